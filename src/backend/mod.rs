@@ -1,0 +1,57 @@
+//! Backends run one validated job in a prepared scratch directory and say how it ended.
+//!
+//! The wasm backend runs Python and JavaScript inside wasmtime; the Firejail backend runs shell
+//! jobs. Everything around a run (validation, scratch, files, ids, timing of the whole) belongs
+//! to [`Sandbox`](crate::Sandbox); a backend only isolates and measures.
+
+pub mod wasm;
+
+use crate::request::ExecRequest;
+use crate::result::Status;
+use crate::scratch::Scratch;
+
+/// What a backend reports about one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// How the run ended.
+    pub status: Status,
+    /// The guest's exit code, when it exited by itself.
+    pub exit_code: Option<i32>,
+    /// Captured standard output (at most `max_output_bytes`).
+    pub stdout: Vec<u8>,
+    /// Captured standard error (at most `max_output_bytes`).
+    pub stderr: Vec<u8>,
+    /// Whether stdout was cut at `max_output_bytes`.
+    pub stdout_truncated: bool,
+    /// Whether stderr was cut at `max_output_bytes`.
+    pub stderr_truncated: bool,
+    /// Fuel burnt, for backends that meter it.
+    pub fuel_consumed: Option<u64>,
+    /// Wall time of the guest in milliseconds.
+    pub wall_ms: f64,
+    /// Highest memory the guest held, in bytes.
+    pub peak_memory_bytes: u64,
+    /// Why it ended, when the status alone does not say.
+    pub detail: Option<String>,
+}
+
+impl Outcome {
+    /// The status for a guest that exited by itself with `code`.
+    pub fn status_for_exit(code: i32) -> Status {
+        if code == 0 {
+            Status::Ok
+        } else {
+            Status::Error
+        }
+    }
+}
+
+/// Runs jobs of one or more languages in isolation.
+///
+/// Implementations must never run a job unisolated: when isolation is impossible, they answer
+/// [`Status::Rejected`] with a detail saying what to install. They must not panic on anything
+/// the guest does, and must leave nothing running when `run` returns.
+pub trait Backend: Send + Sync {
+    /// Runs `request` (already validated) with `scratch` as the guest's only writable directory.
+    fn run(&self, request: &ExecRequest, scratch: &Scratch) -> Outcome;
+}

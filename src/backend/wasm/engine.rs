@@ -1,0 +1,245 @@
+//! The wasmtime engine every wasm guest shares, its epoch ticker, and the compiled-module cache.
+
+use std::hash::Hasher;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig};
+
+use crate::request::Limits;
+
+/// How often the engine's epoch advances. The wall-clock deadline of a compute-bound guest is
+/// checked at this granularity: a run overshoots its deadline by at most one tick. Shorter ticks
+/// cost a wake-up of the ticker thread each; 10 ms is invisible next to CPython's start-up and
+/// keeps the ticker's cost near zero.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Wasm stack a guest may use. CPython's recursion and QuickJS's parser need deep stacks; 8 MiB
+/// lets Python reach its default recursion limit of 1000 frames with room to spare. Guests run
+/// on a host thread with [`HOST_THREAD_STACK`] so this never meets the native guard page.
+pub const MAX_WASM_STACK: usize = 8 << 20;
+
+/// Native stack of the thread a guest runs on: the wasm stack plus room for wasmtime's and
+/// WASI's own frames.
+pub const HOST_THREAD_STACK: usize = MAX_WASM_STACK + (4 << 20);
+
+/// Instances that may be alive at once in one engine's pool. Each slot reserves address space
+/// (not memory) for a linear memory of up to [`Limits::CEILING`]`.memory_mb`.
+pub const POOL_INSTANCES: u32 = 64;
+
+/// Table elements per instance in the pool: CPython's snapshot needs 47,157.
+const POOL_TABLE_ELEMENTS: usize = 65_536;
+
+/// Per-instance metadata size in the pool: CPython's snapshot needs about 1.6 MB.
+const POOL_MAX_INSTANCE_SIZE: usize = 16 << 20;
+
+/// The engine configuration. The compiled-module cache is keyed by it (through wasmtime's
+/// compatibility hash), so changing anything here recompiles the runtimes once.
+fn config() -> Result<Config, wasmtime::Error> {
+    let mut config = Config::new();
+    // CPython's snapshot is built with wasm exception handling.
+    config.wasm_exceptions(true);
+    // CPU metering (`out_of_fuel`) and the wall-clock deadline (`timeout`).
+    config.consume_fuel(true);
+    config.epoch_interruption(true);
+    // wasmtime requires the async stack to be at least the wasm stack, so set it first.
+    config.async_stack_size(MAX_WASM_STACK + (1 << 20));
+    config.max_wasm_stack(MAX_WASM_STACK);
+    // Copy-on-write memory images: a fresh instance maps the snapshot's memory instead of
+    // copying it (measured: without it each Python run costs +6.5 ms and +15.8 M fuel).
+    config.memory_init_cow(true);
+
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_core_instances(POOL_INSTANCES)
+        .total_memories(POOL_INSTANCES)
+        .total_tables(POOL_INSTANCES)
+        .total_stacks(POOL_INSTANCES)
+        .max_memory_size(Limits::CEILING.memory_bytes() as usize)
+        .table_elements(POOL_TABLE_ELEMENTS)
+        .max_core_instance_size(POOL_MAX_INSTANCE_SIZE);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Ok(config)
+}
+
+/// The engine every wasm guest of the process shares, the thread that advances its epoch, and
+/// the modules loaded into it.
+pub struct WasmEngine {
+    engine: Engine,
+    ticker_stop: Arc<AtomicBool>,
+    loaded: Mutex<HashMap<PathBuf, Module>>,
+}
+
+impl WasmEngine {
+    /// The process-wide engine, built on first use. One engine per process means one instance
+    /// pool sized for the process, one epoch ticker, and each compiled module mapped once
+    /// however many [`Sandbox`](crate::Sandbox)es use it.
+    pub fn shared() -> Result<Arc<WasmEngine>, String> {
+        static SHARED: OnceLock<Result<Arc<WasmEngine>, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| WasmEngine::new().map(Arc::new).map_err(|e| format!("creating the wasm engine: {e}")))
+            .clone()
+    }
+
+    /// Builds an engine of its own and starts its epoch ticker. Prefer [`WasmEngine::shared`].
+    pub fn new() -> Result<WasmEngine, wasmtime::Error> {
+        let engine = Engine::new(&config()?)?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let stop = ticker_stop.clone();
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wsbx-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(wasmtime::Error::new)?;
+        Ok(WasmEngine { engine, ticker_stop, loaded: Mutex::new(HashMap::new()) })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The file name of `module_sha256` compiled for this engine: the module's hash, wasmtime's
+    /// version and the engine configuration all go into it.
+    pub fn compiled_name(&self, module_sha256: &str) -> String {
+        let mut hasher = ShaHasher(Sha256::new());
+        hasher.write(module_sha256.as_bytes());
+        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut hasher);
+        format!("{}.cwasm", &hex::encode(hasher.0.finalize())[..32])
+    }
+
+    /// Loads a compiled module from `dir`, or compiles `wasm` into it first.
+    ///
+    /// The compiled file is written to a temporary name and renamed, so a crash mid-write never
+    /// leaves a file that counts as compiled. A compiled file that wasmtime refuses to load
+    /// (truncated, from another build) is compiled again.
+    pub fn load_or_compile(
+        &self,
+        wasm: &Path,
+        module_sha256: &str,
+        dir: &Path,
+        what: &str,
+        progress: &mut dyn Write,
+    ) -> Result<Module, String> {
+        let cwasm = dir.join(self.compiled_name(module_sha256));
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(module) = loaded.get(&cwasm) {
+            return Ok(module.clone());
+        }
+        let module = self.load_or_compile_uncached(wasm, &cwasm, what, progress)?;
+        loaded.insert(cwasm, module.clone());
+        Ok(module)
+    }
+
+    fn load_or_compile_uncached(
+        &self,
+        wasm: &Path,
+        cwasm: &Path,
+        what: &str,
+        progress: &mut dyn Write,
+    ) -> Result<Module, String> {
+        if cwasm.exists() {
+            match self.deserialize(&cwasm) {
+                Ok(module) => return Ok(module),
+                Err(e) => {
+                    let _ = writeln!(progress, "wsbx: compiled {what} is unusable ({e}); compiling again");
+                    let _ = std::fs::remove_file(cwasm);
+                }
+            }
+        }
+        self.compile(wasm, cwasm, what, progress)?;
+        self.deserialize(cwasm)
+    }
+
+    /// Whether `module_sha256` is already compiled for this engine in `dir`.
+    pub fn is_compiled(&self, module_sha256: &str, dir: &Path) -> bool {
+        dir.join(self.compiled_name(module_sha256)).exists()
+    }
+
+    fn deserialize(&self, cwasm: &Path) -> Result<Module, String> {
+        // SAFETY: the file was written by `compile` below through `Engine::precompile_module`
+        // of an engine with this configuration (its name carries the configuration's hash), and
+        // it lives in wsbx's own cache directory. wasmtime checks the header and the engine
+        // compatibility again before mapping it.
+        unsafe { Module::deserialize_file(&self.engine, cwasm) }.map_err(|e| e.to_string())
+    }
+
+    fn compile(&self, wasm: &Path, cwasm: &Path, what: &str, progress: &mut dyn Write) -> Result<(), String> {
+        let bytes = std::fs::read(wasm).map_err(|e| format!("reading {}: {e}", wasm.display()))?;
+        let dir = cwasm.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let _ = writeln!(
+            progress,
+            "wsbx: compiling {what} for this machine (once; about 1-3 minutes for Python)..."
+        );
+        let started = Instant::now();
+        let done = Arc::new(AtomicBool::new(false));
+        let heartbeat = {
+            let done = done.clone();
+            let what = what.to_owned();
+            std::thread::spawn(move || {
+                let mut last = Instant::now();
+                while !done.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if last.elapsed() >= Duration::from_secs(15) {
+                        last = Instant::now();
+                        eprintln!("wsbx: still compiling {what} ({} s)", started.elapsed().as_secs());
+                    }
+                }
+            })
+        };
+        let compiled = self.engine.precompile_module(&bytes);
+        done.store(true, Ordering::Relaxed);
+        let _ = heartbeat.join();
+        let compiled = compiled.map_err(|e| format!("compiling {what}: {e}"))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)
+            .map_err(|e| format!("creating a temporary file in {}: {e}", dir.display()))?;
+        tmp.write_all(&compiled)
+            .and_then(|_| tmp.as_file().sync_all())
+            .map_err(|e| format!("writing {}: {e}", cwasm.display()))?;
+        tmp.persist(cwasm).map_err(|e| format!("writing {}: {e}", cwasm.display()))?;
+        let _ = writeln!(
+            progress,
+            "wsbx: compiled {what} in {:.1} s ({} MB)",
+            started.elapsed().as_secs_f64(),
+            compiled.len() >> 20
+        );
+        Ok(())
+    }
+}
+
+impl Drop for WasmEngine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Feeds `Hash` output into SHA-256, so the cache key is stable across Rust versions (the
+/// standard library's hasher is not).
+struct ShaHasher(Sha256);
+
+impl Hasher for ShaHasher {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// Where compiled modules live inside a wsbx home.
+pub fn compiled_dir(home: &Path) -> PathBuf {
+    home.join("compiled")
+}

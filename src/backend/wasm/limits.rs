@@ -1,0 +1,101 @@
+//! How a run's [`Limits`](crate::Limits) become wasmtime store settings: fuel, the epoch
+//! deadline, and a memory limiter that also records the peak.
+
+use std::time::Duration;
+
+use wasmtime::{ResourceLimiter, Store};
+
+use super::engine::EPOCH_TICK;
+
+/// Table elements a guest may grow to. Tables hold function references; CPython starts with
+/// 47,157 and the engine's pool has room for 65,536.
+const MAX_TABLE_ELEMENTS: usize = 65_536;
+
+/// The memory cap of one store. Growth beyond the cap is refused (the guest's `memory.grow`
+/// returns -1, which CPython turns into `MemoryError`), never a host error.
+#[derive(Debug)]
+pub struct MemoryCap {
+    cap: usize,
+    peak: usize,
+    refused: bool,
+}
+
+impl MemoryCap {
+    /// A cap of `bytes`.
+    pub fn new(bytes: u64) -> MemoryCap {
+        MemoryCap { cap: usize::try_from(bytes).unwrap_or(usize::MAX), peak: 0, refused: false }
+    }
+
+    /// The most linear memory the guest held, in bytes.
+    pub fn peak(&self) -> u64 {
+        self.peak as u64
+    }
+
+    /// Whether the guest asked for more than the cap at least once.
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.refused = true;
+            return Ok(false);
+        }
+        self.peak = self.peak.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Epoch ticks that cover `timeout`: the guest is interrupted at the first tick at or after its
+/// deadline, never before.
+pub fn deadline_ticks(timeout: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos().max(1);
+    let ticks = timeout.as_nanos().div_ceil(tick);
+    u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
+}
+
+/// Arms a store with its fuel budget and epoch deadline. Call before instantiating: a store
+/// that meters fuel and has none traps at once.
+pub fn arm<T>(store: &mut Store<T>, fuel: u64, timeout: Duration) -> wasmtime::Result<()> {
+    store.set_fuel(fuel)?;
+    store.set_epoch_deadline(deadline_ticks(timeout));
+    store.epoch_deadline_trap();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_never_falls_short() {
+        assert!(deadline_ticks(Duration::from_millis(1)) as u128 * EPOCH_TICK.as_millis() >= 1);
+        assert_eq!(deadline_ticks(Duration::from_millis(1000)), 101);
+        assert_eq!(deadline_ticks(Duration::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn growth_past_the_cap_is_refused_and_recorded() {
+        let mut cap = MemoryCap::new(1 << 20);
+        assert!(cap.memory_growing(0, 65536, None).unwrap());
+        assert!(!cap.memory_growing(65536, 2 << 20, None).unwrap());
+        assert!(cap.refused());
+        assert_eq!(cap.peak(), 65536);
+    }
+}

@@ -1,0 +1,312 @@
+//! The guest's view of the world, granted piece by piece: argv, an environment, stdin from
+//! memory, capped stdout/stderr, a clock, and preopened directories. Nothing else: no sockets, no
+//! host environment, no ambient file system.
+//!
+//! It also replaces WASI's `poll_oneoff` so that a guest's sleep never outlives its deadline.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use wasmtime::{Caller, Linker};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{HostMonotonicClock, WasiCtxBuilder};
+
+use super::GuestState;
+
+/// One output stream of the guest, keeping its first `cap` bytes.
+///
+/// Writes past the cap succeed from the guest's point of view (so a chatty program is not
+/// killed by `EPIPE`) but are dropped, and the stream is marked truncated. Memory is bounded
+/// by the cap, whatever the guest writes.
+#[derive(Clone, Debug)]
+pub struct CappedPipe(Arc<Mutex<Captured>>);
+
+#[derive(Debug, Default)]
+struct Captured {
+    bytes: Vec<u8>,
+    cap: usize,
+    truncated: bool,
+}
+
+impl CappedPipe {
+    /// A pipe that keeps at most `cap` bytes.
+    pub fn new(cap: u64) -> CappedPipe {
+        let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+        CappedPipe(Arc::new(Mutex::new(Captured { bytes: Vec::new(), cap, truncated: false })))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Captured> {
+        // A panic while holding this lock cannot leave the buffer inconsistent: take it anyway.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends what fits under the cap; returns how many bytes the guest wrote (all of them).
+    fn append(&self, data: &[u8]) -> usize {
+        let mut captured = self.lock();
+        let room = captured.cap.saturating_sub(captured.bytes.len());
+        let kept = room.min(data.len());
+        captured.bytes.extend_from_slice(&data[..kept]);
+        if kept < data.len() {
+            captured.truncated = true;
+        }
+        data.len()
+    }
+
+    /// The bytes kept so far and whether anything was dropped.
+    pub fn take(&self) -> (Vec<u8>, bool) {
+        let mut captured = self.lock();
+        (std::mem::take(&mut captured.bytes), captured.truncated)
+    }
+}
+
+impl IsTerminal for CappedPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CappedPipe {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    // The default adapter spawns a task per stream; this pipe never blocks, so hand WASI the
+    // pipe itself.
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for CappedPipe {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for CappedPipe {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.append(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(1 << 20)
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedPipe {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(self.append(buf)))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The guest's monotonic clock: nanoseconds since the run started. The replacement
+/// `poll_oneoff` reads the same origin, so absolute sleeps (`clock_nanosleep(TIMER_ABSTIME)`,
+/// which CPython's `time.sleep` uses) are measured against the clock the guest sees.
+pub struct RunClock {
+    origin: Instant,
+}
+
+impl RunClock {
+    /// A clock that reads zero at `origin`.
+    pub fn new(origin: Instant) -> RunClock {
+        RunClock { origin }
+    }
+}
+
+impl HostMonotonicClock for RunClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// What a guest is given, besides stdin/stdout/stderr.
+pub struct Grants<'a> {
+    /// argv, including argv[0].
+    pub args: &'a [String],
+    /// The whole environment.
+    pub env: Vec<(String, String)>,
+    /// Directories: host path, guest path, writable.
+    pub dirs: Vec<(&'a std::path::Path, &'a str, bool)>,
+}
+
+/// Builds the WASI context of one run: only what `grants` names, stdin from `stdin`, output
+/// into the two pipes, the run's own clock.
+pub fn context(
+    grants: &Grants<'_>,
+    stdin: &[u8],
+    stdout: &CappedPipe,
+    stderr: &CappedPipe,
+    origin: Instant,
+) -> Result<WasiP1Ctx, String> {
+    let mut builder = WasiCtxBuilder::new();
+    // File operations run on the guest's own thread instead of hopping to a blocking pool: the
+    // guest is synchronous anyway, and the hop costs more than the operation.
+    builder.allow_blocking_current_thread(true);
+    builder
+        .args(grants.args)
+        .envs(&grants.env)
+        .stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(stdin.to_vec()))
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .monotonic_clock(RunClock::new(origin))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    for (host, guest, writable) in &grants.dirs {
+        let perms = if *writable {
+            wasmtime_wasi::FsPerms::ReadWrite
+        } else {
+            wasmtime_wasi::FsPerms::ReadOnly
+        };
+        builder
+            .preopened_dir(host, guest, perms)
+            .map_err(|e| format!("granting {} as {guest}: {e}", host.display()))?;
+    }
+    Ok(builder.build_p1())
+}
+
+/// The trap a sleeping guest gets when its deadline comes first.
+#[derive(Debug, thiserror::Error)]
+#[error("the wall-clock deadline passed while the guest was sleeping")]
+pub struct DeadlinePassed;
+
+// WASI preview 1 ABI: `subscription` is 48 bytes, `event` 32 bytes.
+const SUBSCRIPTION_SIZE: usize = 48;
+const EVENT_SIZE: usize = 32;
+const EVENTTYPE_CLOCK: u8 = 0;
+const CLOCK_REALTIME: u32 = 0;
+const SUBSCRIPTION_CLOCK_ABSTIME: u16 = 1;
+const ERRNO_SUCCESS: i32 = 0;
+const ERRNO_FAULT: i32 = 21;
+const ERRNO_INVAL: i32 = 28;
+
+/// Replaces `wasi_snapshot_preview1::poll_oneoff` in `linker`.
+///
+/// The guest's file descriptors are all in memory (stdin, capped pipes) or regular files, so
+/// they are always ready: a subscription on one is reported at once. A guest that only waits on
+/// clocks sleeps until the earliest of them, but never past the run's deadline: at the deadline
+/// the call traps with [`DeadlinePassed`] and the run ends as `timeout`. wasmtime-wasi's own
+/// version would sleep the full time, since epochs only interrupt running wasm code.
+pub fn replace_poll_oneoff(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    linker.func_wrap(
+        "wasi_snapshot_preview1",
+        "poll_oneoff",
+        |mut caller: Caller<'_, GuestState>, subs: u32, events: u32, n: u32, nevents: u32| {
+            poll_oneoff(&mut caller, subs, events, n, nevents)
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+struct Subscription {
+    userdata: u64,
+    tag: u8,
+    /// For clocks, when it fires, measured on the guest's monotonic clock.
+    fires_at: Duration,
+}
+
+fn poll_oneoff(
+    caller: &mut Caller<'_, GuestState>,
+    subs_ptr: u32,
+    events_ptr: u32,
+    n: u32,
+    nevents_ptr: u32,
+) -> wasmtime::Result<i32> {
+    let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+        return Ok(ERRNO_FAULT);
+    };
+    if n == 0 {
+        return Ok(ERRNO_INVAL);
+    }
+    let n = n as usize;
+    let mut raw = vec![0u8; n * SUBSCRIPTION_SIZE];
+    if memory.read(&*caller, subs_ptr as usize, &mut raw).is_err() {
+        return Ok(ERRNO_FAULT);
+    }
+    let origin = caller.data().started;
+    let now = origin.elapsed();
+    let mut subs = Vec::with_capacity(n);
+    for chunk in raw.chunks_exact(SUBSCRIPTION_SIZE) {
+        let u64_at = |at: usize| u64::from_le_bytes(chunk[at..at + 8].try_into().unwrap_or_default());
+        let userdata = u64_at(0);
+        let tag = chunk[8];
+        let fires_at = if tag == EVENTTYPE_CLOCK {
+            let clock = u32::from_le_bytes(chunk[16..20].try_into().unwrap_or_default());
+            let timeout = Duration::from_nanos(u64_at(24));
+            let flags = u16::from_le_bytes(chunk[40..42].try_into().unwrap_or_default());
+            if flags & SUBSCRIPTION_CLOCK_ABSTIME == 0 {
+                now.saturating_add(timeout)
+            } else if clock == CLOCK_REALTIME {
+                let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+                now.saturating_add(timeout.saturating_sub(wall))
+            } else {
+                // The monotonic and CPU-time clocks all read the run's clock.
+                timeout
+            }
+        } else {
+            // fd_read / fd_write: every descriptor a guest has is ready.
+            Duration::ZERO
+        };
+        subs.push(Subscription { userdata, tag, fires_at });
+    }
+
+    let earliest = subs.iter().map(|s| s.fires_at).min().unwrap_or_default();
+    let deadline = caller.data().deadline.saturating_duration_since(origin);
+    if earliest > now {
+        let wake = earliest.min(deadline);
+        std::thread::sleep(wake.saturating_sub(origin.elapsed()));
+        if earliest > deadline {
+            return Err(wasmtime::Error::new(DeadlinePassed));
+        }
+    }
+
+    let now = origin.elapsed();
+    let mut out = Vec::with_capacity(n * EVENT_SIZE);
+    let mut count = 0u32;
+    for sub in subs.iter().filter(|s| s.fires_at <= now) {
+        let mut event = [0u8; EVENT_SIZE];
+        event[0..8].copy_from_slice(&sub.userdata.to_le_bytes());
+        event[10] = sub.tag;
+        out.extend_from_slice(&event);
+        count += 1;
+    }
+    if memory.write(&mut *caller, events_ptr as usize, &out).is_err()
+        || memory.write(&mut *caller, nevents_ptr as usize, &count.to_le_bytes()).is_err()
+    {
+        return Ok(ERRNO_FAULT);
+    }
+    Ok(ERRNO_SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capped_pipe_keeps_the_first_bytes_and_flags_the_rest() {
+        let pipe = CappedPipe::new(5);
+        assert_eq!(pipe.append(b"hel"), 3);
+        assert_eq!(pipe.append(b"lo world"), 8);
+        assert_eq!(pipe.take(), (b"hello".to_vec(), true));
+    }
+}

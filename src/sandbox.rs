@@ -1,0 +1,201 @@
+//! [`Sandbox`]: validates a request, prepares its scratch directory, dispatches it to the
+//! backend of its language, and assembles the result.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use uuid::Uuid;
+
+use crate::backend::wasm::python::PythonBackend;
+use crate::backend::wasm::WasmEngine;
+use crate::backend::{Backend, Outcome};
+use crate::request::{ExecRequest, Language, Limits, RequestError};
+use crate::result::{ExecResult, Status};
+use crate::runtimes::{InstallOptions, RuntimeError, RuntimeInfo, Runtimes};
+use crate::scratch::Scratch;
+
+/// How a [`Sandbox`] is set up.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Where runtimes are installed and compiled (`$WSBX_HOME`).
+    pub home: PathBuf,
+    /// Where scratch directories are made (one per run, removed after it).
+    pub scratch_root: PathBuf,
+    /// The most any request may ask for; at most [`Limits::CEILING`].
+    pub ceiling: Limits,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            home: Runtimes::default_home(),
+            scratch_root: std::env::temp_dir(),
+            ceiling: Limits::CEILING,
+        }
+    }
+}
+
+/// Why a language's backend could not be made ready.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PrepareError {
+    /// The runtime could not be installed or loaded.
+    #[error("{0}")]
+    Runtime(String),
+    /// The language is not offered by this build.
+    #[error("{0}")]
+    Unavailable(#[from] RequestError),
+}
+
+/// Runs untrusted code. Cheap to create; each language's runtime is loaded (and on first use
+/// installed and compiled) the first time it is needed, or ahead of time with
+/// [`Sandbox::prepare`]. Share one `Sandbox` between threads: runs are independent.
+///
+/// ```no_run
+/// use wsbx::{ExecRequest, Language, Sandbox, Status};
+/// let sandbox = Sandbox::new(Default::default());
+/// let result = sandbox.run(&ExecRequest::new(Language::Python, "print(6 * 7)"));
+/// assert_eq!(result.status, Status::Ok);
+/// assert_eq!(result.stdout, "42\n");
+/// ```
+pub struct Sandbox {
+    config: SandboxConfig,
+    runtimes: Runtimes,
+    python: OnceLock<Result<PythonBackend, String>>,
+}
+
+impl Sandbox {
+    /// A sandbox with `config`. Nothing is loaded yet.
+    pub fn new(config: SandboxConfig) -> Sandbox {
+        let runtimes = Runtimes::new(config.home.clone());
+        Sandbox { config, runtimes, python: OnceLock::new() }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// The process's wasm engine, built on first use.
+    fn engine(&self) -> Result<Arc<WasmEngine>, String> {
+        WasmEngine::shared()
+    }
+
+    /// Installs (if needed), compiles (if needed) and loads the runtime of `language`, printing
+    /// progress of the long steps on stderr. Later runs of that language start at once.
+    pub fn prepare(&self, language: Language) -> Result<(), PrepareError> {
+        self.backend(language).map(|_| ())
+    }
+
+    /// Installs the runtimes explicitly (`wsbx runtime install`): downloads and verifies what is
+    /// missing, re-verifies what is there, compiles what is not compiled.
+    pub fn install(&self, options: &InstallOptions, progress: &mut dyn Write) -> Result<(), RuntimeError> {
+        let engine = self.engine().map_err(RuntimeError::Compile)?;
+        let installed = self.runtimes.list(&engine).iter().all(|r| r.installed);
+        if installed && !options.force && options.wheel.is_none() {
+            if let Err(e) = self.runtimes.verify_python() {
+                let _ = writeln!(progress, "wsbx: {e}; reinstalling");
+                let force = InstallOptions { force: true, ..options.clone() };
+                self.runtimes.python(&engine, &force, progress)?;
+                return Ok(());
+            }
+        }
+        self.runtimes.python(&engine, options, progress)?;
+        Ok(())
+    }
+
+    /// The pinned runtimes and whether each is installed and compiled.
+    pub fn runtimes(&self) -> Result<Vec<RuntimeInfo>, String> {
+        Ok(self.runtimes.list(&*self.engine()?))
+    }
+
+    fn backend(&self, language: Language) -> Result<&dyn Backend, PrepareError> {
+        match language {
+            Language::Python => {
+                let backend = self.python.get_or_init(|| {
+                    let engine = self.engine()?;
+                    let python = self
+                        .runtimes
+                        .python(&engine, &InstallOptions::default(), &mut std::io::stderr())
+                        .map_err(|e| e.to_string())?;
+                    PythonBackend::new(engine, python)
+                });
+                match backend {
+                    Ok(backend) => Ok(backend),
+                    Err(e) => Err(PrepareError::Runtime(e.clone())),
+                }
+            }
+            other => Err(RequestError::Unavailable(other, "not available yet in this version of wsbx".into()).into()),
+        }
+    }
+
+    /// Runs `request` and returns its result. Never panics on anything in the request or
+    /// anything the guest does; the scratch directory is gone when this returns.
+    pub fn run(&self, request: &ExecRequest) -> ExecResult {
+        self.run_keeping_scratch(request).0
+    }
+
+    /// Like [`Sandbox::run`], but hands back the scratch directory so the caller can copy files
+    /// out of it; it is removed when the [`Scratch`] is dropped. `None` when the run was refused
+    /// before a scratch directory existed.
+    pub fn run_keeping_scratch(&self, request: &ExecRequest) -> (ExecResult, Option<Scratch>) {
+        let language = request.language;
+        if let Err(e) = request.validate(&self.config.ceiling) {
+            return (ExecResult::not_run(language, Status::Rejected, e.to_string()), None);
+        }
+        let backend = match self.backend(language) {
+            Ok(backend) => backend,
+            Err(PrepareError::Unavailable(e)) => {
+                return (ExecResult::not_run(language, Status::Rejected, e.to_string()), None)
+            }
+            Err(PrepareError::Runtime(e)) => {
+                return (ExecResult::not_run(language, Status::InternalError, e), None)
+            }
+        };
+        let scratch = match Scratch::create(&self.config.scratch_root) {
+            Ok(scratch) => scratch,
+            Err(e) => {
+                let detail = format!("creating a scratch directory in {}: {e}", self.config.scratch_root.display());
+                return (ExecResult::not_run(language, Status::InternalError, detail), None);
+            }
+        };
+        if let Err(e) = scratch.write_inputs(&request.files) {
+            let status = match e.kind() {
+                std::io::ErrorKind::InvalidInput => Status::Rejected,
+                _ => Status::InternalError,
+            };
+            return (ExecResult::not_run(language, status, format!("writing input files: {e}")), None);
+        }
+
+        let outcome = backend.run(request, &scratch);
+        let mut result = assemble(language, outcome);
+        if request.return_files {
+            match scratch.collect_files() {
+                Ok(files) => result.files = Some(files),
+                Err(e) => {
+                    result.status = Status::InternalError;
+                    result.detail = Some(format!("reading the scratch directory's files: {e}"));
+                }
+            }
+        }
+        (result, Some(scratch))
+    }
+}
+
+fn assemble(language: Language, outcome: Outcome) -> ExecResult {
+    ExecResult {
+        id: Uuid::new_v4(),
+        language,
+        status: outcome.status,
+        exit_code: outcome.exit_code,
+        stdout: String::from_utf8_lossy(&outcome.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&outcome.stderr).into_owned(),
+        stdout_truncated: outcome.stdout_truncated,
+        stderr_truncated: outcome.stderr_truncated,
+        fuel_consumed: outcome.fuel_consumed,
+        wall_ms: outcome.wall_ms,
+        peak_memory_bytes: outcome.peak_memory_bytes,
+        detail: outcome.detail,
+        files: None,
+    }
+}

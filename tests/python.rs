@@ -1,0 +1,327 @@
+//! Python in the sandbox, against the real CPython-on-wasmtime runtime.
+
+mod common;
+
+use common::{assert_status, python, request, sandbox};
+use wsbx::{InputFile, Language, Limits, Sandbox, SandboxConfig, Status};
+
+#[test]
+fn python_prints_hello() {
+    let r = python("print('hello')");
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.exit_code, Some(0));
+    assert_eq!(r.stdout, "hello\n");
+    assert_eq!(r.stderr, "");
+    assert!(r.fuel_consumed.unwrap() > 0);
+    assert!(r.peak_memory_bytes > 1 << 20);
+    assert!(r.wall_ms > 0.0);
+}
+
+#[test]
+fn python_reports_its_version() {
+    let r = python("import sys, json; print(json.dumps({'v': sys.version_info[:2]}))");
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.stdout, "{\"v\": [3, 15]}\n");
+}
+
+#[test]
+fn python_sys_exit_code_is_the_exit_code() {
+    let r = python("import sys; print('before'); sys.exit(3)");
+    assert_status(&r, Status::Error);
+    assert_eq!(r.exit_code, Some(3));
+    assert_eq!(r.stdout, "before\n");
+
+    let r = python("import sys; sys.exit(0)");
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.exit_code, Some(0));
+
+    let r = python("import os; os._exit(7)");
+    assert_status(&r, Status::Error);
+    assert_eq!(r.exit_code, Some(7));
+}
+
+#[test]
+fn python_uncaught_exception_is_an_error_with_a_traceback() {
+    let r = python("def f():\n    raise ValueError('boom')\nf()");
+    assert_status(&r, Status::Error);
+    assert_eq!(r.exit_code, Some(1));
+    assert!(r.stderr.contains("Traceback (most recent call last)"), "{}", r.stderr);
+    assert!(r.stderr.contains("line 2, in f"), "{}", r.stderr);
+    assert!(r.stderr.contains("ValueError: boom"), "{}", r.stderr);
+}
+
+#[test]
+fn python_syntax_error_is_an_error() {
+    let r = python("def (:");
+    assert_status(&r, Status::Error);
+    assert!(r.stderr.contains("SyntaxError"), "{}", r.stderr);
+}
+
+#[test]
+fn python_last_expression_is_not_echoed() {
+    let r = python("x = 5\nx");
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.stdout, "");
+}
+
+#[test]
+fn python_reads_stdin() {
+    let mut req = request(Language::Python, "import sys\nfor line in sys.stdin: print(line.strip().upper())");
+    req.stdin = b"one\ntwo\n".to_vec();
+    let r = sandbox().run(&req);
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.stdout, "ONE\nTWO\n");
+}
+
+#[test]
+fn python_unicode_round_trips() {
+    let mut req = request(Language::Python, "import sys\ns = sys.stdin.read()\nprint(s[::-1], len(s))\nprint('π ≈ 3.14 — ok ✓', file=sys.stderr)");
+    req.stdin = "héllo wörld 🌍".as_bytes().to_vec();
+    let r = sandbox().run(&req);
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.stdout, "🌍 dlröw olléh 13\n");
+    assert_eq!(r.stderr, "π ≈ 3.14 — ok ✓\n");
+}
+
+#[test]
+fn python_reads_input_files_and_returns_written_files() {
+    let mut req = request(
+        Language::Python,
+        "import os\nprint(os.getcwd())\ndata = open('in/data.csv').read()\nopen('out.txt', 'w').write(data.upper())\nprint(sorted(os.listdir('/scratch')))",
+    );
+    req.files.push(InputFile { path: "in/data.csv".into(), content: b"a,b\n1,2\n".to_vec() });
+    req.return_files = true;
+    let r = sandbox().run(&req);
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.stdout, "/scratch\n['in', 'out.txt']\n");
+    let files = r.files.expect("files returned");
+    let out = files.iter().find(|f| f.path == "out.txt").expect("out.txt returned");
+    use base64::Engine as _;
+    let content = base64::engine::general_purpose::STANDARD.decode(&out.content).unwrap();
+    assert_eq!(content, b"A,B\n1,2\n");
+    assert!(files.iter().any(|f| f.path == "in/data.csv"));
+}
+
+#[test]
+fn python_environment_holds_only_what_the_request_sets() {
+    std::env::set_var("WSBX_TEST_HOST_SECRET", "leaked");
+    let mut req = request(Language::Python, "import os\nprint(sorted(os.environ))\nprint(os.environ.get('GREETING'))");
+    req.env.insert("GREETING".into(), "hi".into());
+    let r = sandbox().run(&req);
+    assert_status(&r, Status::Ok);
+    assert!(!r.stdout.contains("WSBX_TEST_HOST_SECRET"), "{}", r.stdout);
+    assert!(!r.stdout.contains("PATH"), "{}", r.stdout);
+    assert_eq!(r.stdout, "['GREETING', 'HOME', 'TMPDIR']\nhi\n");
+}
+
+#[test]
+fn python_infinite_loop_times_out() {
+    let mut req = request(Language::Python, "while True: pass");
+    req.limits.timeout_ms = 500;
+    let r = sandbox().run(&req);
+    assert_status(&r, Status::Timeout);
+    assert_eq!(r.exit_code, None);
+    assert!(r.wall_ms >= 500.0, "{}", r.wall_ms);
+}
+
+#[test]
+fn python_sleep_stops_at_deadline() {
+    let mut req = request(Language::Python, "import time\nprint('going to sleep')\ntime.sleep(30)\nprint('woke')");
+    req.limits.timeout_ms = 1000;
+    let r = sandbox().run(&req);
+    assert_status(&r, Status::Timeout);
+    assert_eq!(r.stdout, "going to sleep\n");
+    // Well short of the 30 s the guest asked for: the sleep ended at the deadline.
+    assert!(r.wall_ms < 10_000.0, "{}", r.wall_ms);
+}
+
+#[test]
+fn python_short_sleep_completes() {
+    let r = python("import time\nt = time.monotonic()\ntime.sleep(0.05)\nprint(time.monotonic() - t >= 0.05)");
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.stdout, "True\n");
+}
+
+#[test]
+fn python_fuel_runs_out() {
+    let mut req = request(Language::Python, "while True: pass");
+    req.limits.fuel = 50_000_000;
+    let r = sandbox().run(&req);
+    assert_status(&r, Status::OutOfFuel);
+    assert_eq!(r.fuel_consumed, Some(50_000_000));
+}
+
+#[test]
+fn python_output_before_a_limit_is_kept() {
+    let mut req = request(Language::Python, "import sys\nprint('line')\nsys.stdout.write('partial')\nsys.stderr.write('err')\nwhile True: pass");
+    req.limits.fuel = 100_000_000;
+    let r = sandbox().run(&req);
+    assert_status(&r, Status::OutOfFuel);
+    assert_eq!(r.stdout, "line\npartial");
+    assert_eq!(r.stderr, "err");
+}
+
+#[test]
+fn python_memory_cap_raises_memory_error_inside_python() {
+    let mut req = request(
+        Language::Python,
+        "try:\n    b = bytearray(300 * 1024 * 1024)\nexcept MemoryError:\n    print('MemoryError')\nprint('still alive')",
+    );
+    req.limits.memory_mb = 256;
+    let r = sandbox().run(&req);
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.stdout, "MemoryError\nstill alive\n");
+    assert!(r.peak_memory_bytes <= 256 << 20);
+}
+
+#[test]
+fn python_memory_bomb_ends_cleanly() {
+    let mut req = request(Language::Python, "x = []\nwhile True: x.append(' ' * 10_000_000)");
+    req.limits.memory_mb = 128;
+    let r = sandbox().run(&req);
+    assert!(matches!(r.status, Status::Error | Status::MemoryLimit), "{r:#?}");
+    assert!(r.peak_memory_bytes <= 128 << 20);
+    // The host is fine: the next run works.
+    assert_status(&python("print(1)"), Status::Ok);
+}
+
+#[test]
+fn python_memory_cap_below_the_interpreter_is_a_memory_limit() {
+    let mut req = request(Language::Python, "print('never')");
+    req.limits.memory_mb = 8;
+    let r = sandbox().run(&req);
+    assert_status(&r, Status::MemoryLimit);
+    assert_eq!(r.stdout, "");
+}
+
+#[test]
+fn python_output_is_capped_and_flagged() {
+    let mut req = request(Language::Python, "import sys\nprint('x' * 100_000)\nprint('e' * 50, file=sys.stderr)\nprint('done')");
+    req.limits.max_output_bytes = 1000;
+    let r = sandbox().run(&req);
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.stdout.len(), 1000);
+    assert!(r.stdout_truncated);
+    assert!(!r.stderr_truncated);
+    assert_eq!(r.stderr.len(), 51);
+}
+
+#[test]
+fn python_deep_recursion_is_a_recursion_error() {
+    let r = python("import sys\nsys.setrecursionlimit(10**6)\ndef f(n): return f(n + 1)\nf(0)");
+    assert!(matches!(r.status, Status::Error), "{r:#?}");
+    assert_status(&python("print(1)"), Status::Ok);
+}
+
+#[test]
+fn python_cannot_read_host_files() {
+    let r = python("open('/etc/passwd').read()");
+    assert_status(&r, Status::Error);
+    assert!(r.stderr.contains("FileNotFoundError") || r.stderr.contains("PermissionError"), "{}", r.stderr);
+}
+
+#[test]
+fn python_cannot_climb_out_of_scratch() {
+    let r = python(
+        "import os\nfor p in ['../etc/passwd', '/scratch/../etc/passwd', '../../../../etc/passwd']:\n    try:\n        open(p).read()\n        print('READ', p)\n    except OSError as e:\n        print('refused', type(e).__name__)",
+    );
+    assert_status(&r, Status::Ok);
+    assert!(!r.stdout.contains("READ"), "{}", r.stdout);
+    assert_eq!(r.stdout.lines().count(), 3);
+}
+
+#[test]
+fn python_symlink_pointing_out_does_not_lead_out() {
+    let r = python(
+        "import os\ntry:\n    os.symlink('/etc/passwd', 'link')\nexcept OSError as e:\n    print('no symlink', e.errno)\ntry:\n    os.symlink('../../../etc/passwd', 'link2')\n    print(open('link2').read()[:10])\n    print('READ')\nexcept OSError as e:\n    print('refused', e.errno)",
+    );
+    assert!(!r.stdout.contains("READ"), "{r:#?}");
+    assert!(!r.stdout.contains("root:"), "{r:#?}");
+}
+
+#[test]
+fn python_sees_only_its_grants_at_the_root() {
+    let r = python("import os\nprint(sorted(os.listdir('/')))\nprint(os.listdir('/usr/local/lib'))");
+    // The root holds nothing of the host: at most the mount points of the two grants.
+    assert!(!r.stdout.contains("etc"), "{r:#?}");
+    assert!(!r.stdout.contains("home"), "{r:#?}");
+    assert!(!r.stdout.contains("root"), "{r:#?}");
+}
+
+#[test]
+fn python_cannot_write_the_standard_library() {
+    let r = python("open('/usr/local/lib/evil.txt', 'w').write('x')");
+    assert_status(&r, Status::Error);
+    assert!(r.stderr.contains("Error"), "{}", r.stderr);
+}
+
+#[test]
+fn python_cannot_open_a_socket() {
+    let r = python(
+        "import socket\ntry:\n    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n    s.connect(('127.0.0.1', 80))\n    print('CONNECTED')\nexcept OSError as e:\n    print('refused', e.errno)",
+    );
+    assert!(!r.stdout.contains("CONNECTED"), "{r:#?}");
+    assert!(r.stdout.contains("refused") || r.status == Status::Error, "{r:#?}");
+}
+
+#[test]
+fn bad_requests_are_rejected_before_running() {
+    let mut req = request(Language::Python, "print('ran')");
+    req.files.push(InputFile { path: "../escape.txt".into(), content: b"x".to_vec() });
+    let r = sandbox().run(&req);
+    assert_status(&r, Status::Rejected);
+    assert!(r.detail.as_deref().unwrap_or("").contains("climbs out"), "{r:#?}");
+
+    let mut req = request(Language::Python, "print('ran')");
+    req.files.push(InputFile { path: "/etc/x".into(), content: vec![] });
+    assert_status(&sandbox().run(&req), Status::Rejected);
+
+    for limits in [
+        Limits { timeout_ms: 0, ..Limits::default() },
+        Limits { fuel: 0, ..Limits::default() },
+        Limits { memory_mb: 0, ..Limits::default() },
+        Limits { max_output_bytes: 0, ..Limits::default() },
+        Limits { memory_mb: Limits::CEILING.memory_mb + 1, ..Limits::default() },
+    ] {
+        let mut req = request(Language::Python, "print('ran')");
+        req.limits = limits;
+        let r = sandbox().run(&req);
+        assert_status(&r, Status::Rejected);
+        assert_eq!(r.stdout, "");
+    }
+    assert!("cobol".parse::<Language>().is_err());
+}
+
+#[test]
+fn no_scratch_directory_is_left_behind() {
+    let root = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(SandboxConfig { scratch_root: root.path().to_owned(), ..SandboxConfig::default() });
+    let mut looping = request(Language::Python, "open('f', 'w').write('x')\nwhile True: pass");
+    looping.limits.timeout_ms = 300;
+    let mut burning = request(Language::Python, "while True: pass");
+    burning.limits.fuel = 10_000_000;
+    let runs = [
+        request(Language::Python, "open('a.txt', 'w').write('hi')"),
+        request(Language::Python, "raise SystemExit(2)"),
+        looping,
+        burning,
+    ];
+    for req in &runs {
+        let r = sandbox.run(req);
+        assert_ne!(r.status, Status::InternalError, "{r:#?}");
+    }
+    let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn concurrent_runs_are_independent() {
+    let handles: Vec<_> = (0..8)
+        .map(|i| std::thread::spawn(move || python(&format!("print({i} * {i})"))))
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let r = h.join().unwrap();
+        assert_status(&r, Status::Ok);
+        assert_eq!(r.stdout, format!("{}\n", i * i));
+    }
+}
