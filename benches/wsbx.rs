@@ -86,6 +86,8 @@ fn main() {
     let rows = vec![
         in_process(&sandbox, Language::Python, "print(\"hello\")", runs),
         process(Language::Python, "print(\"hello\")", 30),
+        in_process(&sandbox, Language::Javascript, "console.log(1+1)", runs),
+        process(Language::Javascript, "console.log(1+1)", 30),
     ];
     println!("| what | runs | p50 ms | p99 ms | note |");
     println!("|---|---:|---:|---:|---|");

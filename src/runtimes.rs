@@ -27,6 +27,8 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::wasm::{engine::compiled_dir, WasmEngine};
 
+mod quickjs;
+
 /// The manifest as shipped in `runtimes/runtimes.toml`.
 const MANIFEST: &str = include_str!("../runtimes/runtimes.toml");
 
@@ -36,6 +38,28 @@ const MANIFEST: &str = include_str!("../runtimes/runtimes.toml");
 pub struct Manifest {
     /// CPython for WASI, from PyPI.
     pub python: WheelPin,
+    /// QuickJS-NG, built here from the C sources in a crates.io package.
+    pub javascript: SourcePin,
+}
+
+/// An interpreter built here from C sources shipped inside a crates.io package, together with
+/// our driver (`guests/quickjs/driver.c`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcePin {
+    /// crates.io package carrying the sources.
+    #[serde(rename = "crate")]
+    pub krate: String,
+    /// Exact version.
+    pub version: String,
+    /// sha256 of the `.crate` file (cargo checks it against `guests/quickjs/Cargo.lock`).
+    pub crate_sha256: String,
+    /// Directory of the C sources inside the package.
+    pub source_dir: String,
+    /// sha256 over the C sources and headers used (name, NUL, length, bytes; sorted by name).
+    pub sources_sha256: String,
+    /// sha256 of the module the pinned toolchain builds from them and the driver.
+    pub module_sha256: String,
 }
 
 /// An interpreter shipped in a wheel on PyPI: the wheel and the two files taken from it.
@@ -116,6 +140,18 @@ pub enum RuntimeError {
         /// The hash found.
         actual: String,
     },
+    /// The module built here is not the pinned one.
+    #[error(
+        "the JavaScript module built here has sha256 {actual} but runtimes/runtimes.toml pins \
+         {expected}: this clang-16 or wasi-libc differs from the one the pin was made with \
+         (compare `clang-16 --version`), or guests/quickjs/driver.c changed without its pin"
+    )]
+    BuildMismatch {
+        /// The pinned hash.
+        expected: String,
+        /// The hash built.
+        actual: String,
+    },
     /// A file the manifest names is not in the archive.
     #[error("{archive} does not contain {path}: it is not the pinned release")]
     MissingInArchive {
@@ -133,6 +169,20 @@ pub enum RuntimeError {
         home: String,
         /// The cause.
         source: io::Error,
+    },
+    /// The C toolchain for building the JavaScript runtime is missing.
+    #[error("the JavaScript runtime is built with clang-16 for wasm32-wasi, which is not installed: run `{command}`")]
+    ToolchainMissing {
+        /// The command that installs it.
+        command: String,
+    },
+    /// Building the JavaScript runtime failed.
+    #[error("{what} failed: {detail}")]
+    BuildFailed {
+        /// The step.
+        what: String,
+        /// What went wrong.
+        detail: String,
     },
     /// The module could not be compiled or loaded.
     #[error("{0}; remove $WSBX_HOME/compiled and run `wsbx runtime install` again")]
@@ -154,6 +204,12 @@ pub struct InstallOptions {
     pub wheel: Option<PathBuf>,
     /// Reinstall even if already installed.
     pub force: bool,
+}
+
+/// An installed and loaded JavaScript runtime.
+pub struct Javascript {
+    /// The compiled interpreter and driver.
+    pub module: wasmtime::Module,
 }
 
 /// An installed and loaded Python runtime.
@@ -236,6 +292,16 @@ impl Runtimes {
             sha256: pin.module.sha256.clone(),
             installed: dir.join(MODULE_FILE).is_file() && dir.join(STDLIB_FILE).is_file(),
             compiled: engine.is_compiled(&pin.module.sha256, &compiled_dir(&self.home)),
+        }, {
+            let pin = &self.manifest.javascript;
+            RuntimeInfo {
+                language: "javascript".into(),
+                package: pin.krate.clone(),
+                version: pin.version.clone(),
+                sha256: pin.module_sha256.clone(),
+                installed: self.javascript_dir().join(QJS_FILE).is_file(),
+                compiled: engine.is_compiled(&pin.module_sha256, &compiled_dir(&self.home)),
+            }
         }]
     }
 
@@ -260,15 +326,106 @@ impl Runtimes {
             }
         }
         let pin = &self.manifest.python;
-        let compiled = compiled_dir(&self.home);
-        let module = if engine.is_compiled(&pin.module.sha256, &compiled) {
-            engine.load_or_compile(&dir.join(MODULE_FILE), &pin.module.sha256, &compiled, "python", progress)
-        } else {
-            let _lock = self.lock()?;
-            engine.load_or_compile(&dir.join(MODULE_FILE), &pin.module.sha256, &compiled, "python", progress)
-        }
-        .map_err(RuntimeError::Compile)?;
+        let module = self.load_compiled(engine, &dir.join(MODULE_FILE), &pin.module.sha256, "python", progress)?;
         Ok(Python { module, lib_dir: dir.join("lib") })
+    }
+
+    /// Builds JavaScript if it is not built, compiles it if it is not compiled, and loads it.
+    pub fn javascript(
+        &self,
+        engine: &WasmEngine,
+        options: &InstallOptions,
+        progress: &mut dyn Write,
+    ) -> Result<Javascript, RuntimeError> {
+        let module_path = self.javascript_dir().join(QJS_FILE);
+        if !module_path.is_file() || options.force {
+            let _lock = self.lock()?;
+            if !module_path.is_file() || options.force {
+                self.install_javascript(progress)?;
+            }
+        }
+        let pin = &self.manifest.javascript;
+        let module = self.load_compiled(engine, &module_path, &pin.module_sha256, "javascript", progress)?;
+        Ok(Javascript { module })
+    }
+
+    /// Loads a module compiled for `engine`, compiling it first (under the install lock) if
+    /// needed.
+    fn load_compiled(
+        &self,
+        engine: &WasmEngine,
+        module: &Path,
+        sha256: &str,
+        what: &str,
+        progress: &mut dyn Write,
+    ) -> Result<wasmtime::Module, RuntimeError> {
+        let compiled = compiled_dir(&self.home);
+        let _lock = if engine.is_compiled(sha256, &compiled) { None } else { Some(self.lock()?) };
+        engine.load_or_compile(module, sha256, &compiled, what, progress).map_err(RuntimeError::Compile)
+    }
+
+    fn javascript_dir(&self) -> PathBuf {
+        let pin = &self.manifest.javascript;
+        self.home
+            .join("runtimes")
+            .join(format!("javascript-{}-{}", pin.version, &pin.module_sha256[..12]))
+    }
+
+    /// Checks the installed JavaScript module against its pinned hash.
+    pub fn verify_javascript(&self) -> Result<(), RuntimeError> {
+        let path = self.javascript_dir().join(QJS_FILE);
+        let pin = &self.manifest.javascript;
+        let corrupt = |detail: String| RuntimeError::Corrupt { what: "javascript runtime".into(), detail };
+        let actual = sha256_file(&path).map_err(|e| corrupt(format!("{}: {e}", path.display())))?;
+        if actual != pin.module_sha256 {
+            return Err(corrupt(format!("{} has sha256 {actual}, expected {}", path.display(), pin.module_sha256)));
+        }
+        Ok(())
+    }
+
+    fn install_javascript(&self, progress: &mut dyn Write) -> Result<(), RuntimeError> {
+        let pin = &self.manifest.javascript;
+        let started = Instant::now();
+        quickjs::ensure_toolchain(progress)?;
+        let staging_root = self.home.join("runtimes");
+        fs::create_dir_all(&staging_root).map_err(self.io(format!("creating {}", staging_root.display())))?;
+        let staging = tempfile::Builder::new()
+            .prefix(".staging-")
+            .tempdir_in(&staging_root)
+            .map_err(self.io("creating a staging directory"))?;
+        let work = staging.path().join("work");
+        let unpacked = staging.path().join("built");
+        for dir in [&work, &unpacked] {
+            fs::create_dir_all(dir).map_err(self.io(format!("creating {}", dir.display())))?;
+        }
+        let sources = quickjs::fetch_sources(pin, &work, progress)?;
+        let actual = quickjs::sources_sha256(&sources).map_err(self.io(format!("reading {}", sources.display())))?;
+        if actual != pin.sources_sha256 {
+            return Err(RuntimeError::HashMismatch {
+                what: format!("the C sources in {}", sources.display()),
+                expected: pin.sources_sha256.clone(),
+                actual,
+            });
+        }
+        let module = unpacked.join(QJS_FILE);
+        quickjs::build(&sources, &work, &module, progress)?;
+        let actual = sha256_file(&module).map_err(self.io(format!("reading {}", module.display())))?;
+        if actual != pin.module_sha256 {
+            return Err(RuntimeError::BuildMismatch { expected: pin.module_sha256.clone(), actual });
+        }
+        let dir = self.javascript_dir();
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(self.io(format!("removing {}", dir.display())))?;
+        }
+        fs::rename(&unpacked, &dir).map_err(self.io(format!("moving the runtime into {}", dir.display())))?;
+        let _ = writeln!(
+            progress,
+            "wsbx: built QuickJS-NG from {} {} in {:.1} s",
+            pin.krate,
+            pin.version,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
     }
 
     /// Checks the installed files against their pinned hashes (about 0.2 s for Python).
@@ -455,6 +612,8 @@ impl Runtimes {
     }
 }
 
+/// The module inside an installed JavaScript runtime directory.
+const QJS_FILE: &str = "qjs.wasm";
 /// The interpreter module inside an installed Python runtime directory.
 const MODULE_FILE: &str = "python-snapshot.wasm";
 /// The stdlib zip, where the guest looks for it once `lib/` is granted at `/usr/local/lib`.
@@ -482,7 +641,8 @@ mod tests {
     #[test]
     fn builtin_manifest_parses_and_pins_full_hashes() {
         let m = Manifest::builtin();
-        for hash in [&m.python.archive_sha256, &m.python.module.sha256, &m.python.stdlib.sha256] {
+        let js = &m.javascript;
+        for hash in [&m.python.archive_sha256, &m.python.module.sha256, &m.python.stdlib.sha256, &js.crate_sha256, &js.sources_sha256, &js.module_sha256] {
             assert_eq!(hash.len(), 64);
             assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()));
         }

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use uuid::Uuid;
 
+use crate::backend::wasm::javascript::JavascriptBackend;
 use crate::backend::wasm::python::PythonBackend;
 use crate::backend::wasm::WasmEngine;
 use crate::backend::{Backend, Outcome};
@@ -62,13 +63,14 @@ pub struct Sandbox {
     config: SandboxConfig,
     runtimes: Runtimes,
     python: OnceLock<Result<PythonBackend, String>>,
+    javascript: OnceLock<Result<JavascriptBackend, String>>,
 }
 
 impl Sandbox {
     /// A sandbox with `config`. Nothing is loaded yet.
     pub fn new(config: SandboxConfig) -> Sandbox {
         let runtimes = Runtimes::new(config.home.clone());
-        Sandbox { config, runtimes, python: OnceLock::new() }
+        Sandbox { config, runtimes, python: OnceLock::new(), javascript: OnceLock::new() }
     }
 
     /// The configuration.
@@ -91,16 +93,26 @@ impl Sandbox {
     /// missing, re-verifies what is there, compiles what is not compiled.
     pub fn install(&self, options: &InstallOptions, progress: &mut dyn Write) -> Result<(), RuntimeError> {
         let engine = self.engine().map_err(RuntimeError::Compile)?;
-        let installed = self.runtimes.list(&engine).iter().all(|r| r.installed);
-        if installed && !options.force && options.wheel.is_none() {
+        let list = self.runtimes.list(&engine);
+        let installed = |language: &str| list.iter().any(|r| r.language == language && r.installed);
+        let reinstall = InstallOptions { force: true, ..options.clone() };
+        // An installed runtime is verified again; a damaged one is reinstalled.
+        let mut python_options = options;
+        if installed("python") && !options.force && options.wheel.is_none() {
             if let Err(e) = self.runtimes.verify_python() {
                 let _ = writeln!(progress, "wsbx: {e}; reinstalling");
-                let force = InstallOptions { force: true, ..options.clone() };
-                self.runtimes.python(&engine, &force, progress)?;
-                return Ok(());
+                python_options = &reinstall;
             }
         }
-        self.runtimes.python(&engine, options, progress)?;
+        self.runtimes.python(&engine, python_options, progress)?;
+        let mut javascript_options = options;
+        if installed("javascript") && !options.force {
+            if let Err(e) = self.runtimes.verify_javascript() {
+                let _ = writeln!(progress, "wsbx: {e}; rebuilding");
+                javascript_options = &reinstall;
+            }
+        }
+        self.runtimes.javascript(&engine, javascript_options, progress)?;
         Ok(())
     }
 
@@ -119,6 +131,20 @@ impl Sandbox {
                         .python(&engine, &InstallOptions::default(), &mut std::io::stderr())
                         .map_err(|e| e.to_string())?;
                     PythonBackend::new(engine, python)
+                });
+                match backend {
+                    Ok(backend) => Ok(backend),
+                    Err(e) => Err(PrepareError::Runtime(e.clone())),
+                }
+            }
+            Language::Javascript => {
+                let backend = self.javascript.get_or_init(|| {
+                    let engine = self.engine()?;
+                    let javascript = self
+                        .runtimes
+                        .javascript(&engine, &InstallOptions::default(), &mut std::io::stderr())
+                        .map_err(|e| e.to_string())?;
+                    JavascriptBackend::new(engine, javascript)
                 });
                 match backend {
                     Ok(backend) => Ok(backend),

@@ -29,3 +29,8 @@ pub fn python(code: &str) -> ExecResult {
 pub fn assert_status(result: &ExecResult, status: wsbx::Status) {
     assert_eq!(result.status, status, "unexpected result: {result:#?}");
 }
+
+/// Runs `code` as JavaScript with default test limits.
+pub fn javascript(code: &str) -> ExecResult {
+    sandbox().run(&request(Language::Javascript, code))
+}

@@ -182,7 +182,7 @@ impl WasmEngine {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let _ = writeln!(
             progress,
-            "wsbx: compiling {what} for this machine (once; about 1-3 minutes for Python)..."
+            "wsbx: compiling {what} for this machine (once per machine; Python takes 1-3 minutes)..."
         );
         let started = Instant::now();
         let done = Arc::new(AtomicBool::new(false));

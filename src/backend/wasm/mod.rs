@@ -4,9 +4,10 @@
 //! Every interpreter shares the machinery here: [`WasmEngine`] (config, pooling allocator,
 //! epoch ticker, compiled-module cache), [`limits`] (store limits), [`wasi`] (what the guest is
 //! granted, capped output, the deadline-bounded `poll_oneoff`). An interpreter module
-//! ([`python`], later `javascript`) only says how to start its guest and hand it the code.
+//! ([`python`], [`javascript`]) only says how to start its guest and hand it the code.
 
 pub mod engine;
+pub mod javascript;
 pub mod limits;
 pub mod python;
 pub mod wasi;
