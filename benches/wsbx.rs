@@ -75,6 +75,20 @@ fn process(language: Language, code: &str, runs: usize) -> Row {
     Row { what: format!("{language} `{code}`, `wsbx exec` process"), runs, p50, p99, note: String::new() }
 }
 
+/// Firejail alone, with the same isolation options minus wsbx: what a shell job cannot go below.
+fn bare_firejail(runs: usize) -> Row {
+    let run = || {
+        let out = Command::new("firejail")
+            .args(["--quiet", "--noprofile", "--private-tmp", "--private-dev", "--net=none", "--caps.drop=all", "--nonewprivs", "--seccomp", "--", "/bin/true"])
+            .output()
+            .expect("firejail runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    run();
+    let (p50, p99) = measure(runs, run);
+    Row { what: "bare `firejail ... /bin/true` (reference)".into(), runs, p50, p99, note: String::new() }
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
@@ -88,6 +102,9 @@ fn main() {
         process(Language::Python, "print(\"hello\")", 30),
         in_process(&sandbox, Language::Javascript, "console.log(1+1)", runs),
         process(Language::Javascript, "console.log(1+1)", 30),
+        in_process(&sandbox, Language::Shell, "echo hi", 100.min(runs)),
+        process(Language::Shell, "echo hi", 30),
+        bare_firejail(30),
     ];
     println!("| what | runs | p50 ms | p99 ms | note |");
     println!("|---|---:|---:|---:|---|");

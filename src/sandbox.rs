@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use uuid::Uuid;
 
+use crate::backend::firejail::FirejailBackend;
 use crate::backend::wasm::javascript::JavascriptBackend;
 use crate::backend::wasm::python::PythonBackend;
 use crate::backend::wasm::WasmEngine;
@@ -64,13 +65,14 @@ pub struct Sandbox {
     runtimes: Runtimes,
     python: OnceLock<Result<PythonBackend, String>>,
     javascript: OnceLock<Result<JavascriptBackend, String>>,
+    shell: OnceLock<Result<FirejailBackend, String>>,
 }
 
 impl Sandbox {
     /// A sandbox with `config`. Nothing is loaded yet.
     pub fn new(config: SandboxConfig) -> Sandbox {
         let runtimes = Runtimes::new(config.home.clone());
-        Sandbox { config, runtimes, python: OnceLock::new(), javascript: OnceLock::new() }
+        Sandbox { config, runtimes, python: OnceLock::new(), javascript: OnceLock::new(), shell: OnceLock::new() }
     }
 
     /// The configuration.
@@ -151,7 +153,15 @@ impl Sandbox {
                     Err(e) => Err(PrepareError::Runtime(e.clone())),
                 }
             }
-            other => Err(RequestError::Unavailable(other, "not available yet in this version of wsbx".into()).into()),
+            Language::Shell => {
+                let backend = self.shell.get_or_init(|| {
+                    FirejailBackend::new(&self.config.scratch_root, &self.config.home).map_err(|e| e.to_string())
+                });
+                match backend {
+                    Ok(backend) => Ok(backend),
+                    Err(e) => Err(RequestError::Unavailable(Language::Shell, e.clone()).into()),
+                }
+            }
         }
     }
 

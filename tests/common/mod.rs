@@ -34,3 +34,8 @@ pub fn assert_status(result: &ExecResult, status: wsbx::Status) {
 pub fn javascript(code: &str) -> ExecResult {
     sandbox().run(&request(Language::Javascript, code))
 }
+
+/// Runs `code` as a shell job with default test limits.
+pub fn shell(code: &str) -> ExecResult {
+    sandbox().run(&request(Language::Shell, code))
+}

@@ -1,0 +1,404 @@
+//! Shell jobs: bash inside Firejail, as an unprivileged user, with the deadline enforced from
+//! the host.
+//!
+//! Never unisolated: the backend only ever starts `firejail`. When Firejail is missing or cannot
+//! start a sandbox here (checked once, with a probe job, when the backend is made), every shell
+//! run is `rejected` with a line naming what to install or fix.
+
+use std::ffi::{CStr, CString};
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::backend::{Backend, Outcome};
+use crate::request::ExecRequest;
+use crate::result::Status;
+use crate::scratch::Scratch;
+
+/// The system user shell jobs run as when wsbx runs as root. Firejail refuses `nobody`.
+pub const JOB_USER: &str = "wsbx-job";
+/// That user's home: Firejail mounts each run's scratch directory over it, so shell jobs see
+/// their scratch directory at the same path as wasm guests do.
+pub const JOB_HOME: &str = "/scratch";
+/// The PATH a job gets.
+const JOB_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Processes the job user may have at once (across concurrent jobs): ends fork bombs early.
+const MAX_PROCESSES: u64 = 256;
+/// Open files per process.
+const MAX_OPEN_FILES: u64 = 1024;
+/// Largest file a job may write.
+const MAX_FILE_SIZE: u64 = 1 << 30;
+
+/// How a job is started: the user it runs as and the paths it must not see.
+#[derive(Debug, Clone)]
+pub struct FirejailBackend {
+    firejail: PathBuf,
+    /// uid and gid to start Firejail as; `None` runs it as the current (non-root) user.
+    user: Option<(u32, u32)>,
+    /// The job's home inside the sandbox (where its scratch directory appears).
+    home: PathBuf,
+    /// Host paths hidden from the job.
+    hidden: Vec<PathBuf>,
+}
+
+/// Why the shell backend cannot isolate jobs here.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+impl FirejailBackend {
+    /// Finds Firejail, prepares the job user (creating it when running as root), and proves
+    /// that a sandbox starts by running a probe job in one.
+    ///
+    /// `scratch_root` and `home` (wsbx's runtime directory) are hidden from jobs along with
+    /// the usual places (`/root`, `/home`, `/work`, `/etc/shadow`, wsbx's own binary).
+    pub fn new(scratch_root: &Path, wsbx_home: &Path) -> Result<FirejailBackend, Unavailable> {
+        let firejail = find_in_path("firejail").ok_or_else(|| {
+            Unavailable("shell jobs run under Firejail, which is not installed: apt-get install firejail".into())
+        })?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let (user, home) = if root {
+            let (uid, gid) = ensure_job_user()?;
+            (Some((uid, gid)), PathBuf::from(JOB_HOME))
+        } else {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+            (None, home)
+        };
+        let mut hidden: Vec<PathBuf> =
+            ["/root", "/work", "/srv", "/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers", "/etc/sudoers.d", "/etc/ssh"]
+                .iter()
+                .map(PathBuf::from)
+                .collect();
+        if root {
+            // As root the job's home is /scratch; otherwise Firejail hides other users' homes
+            // itself and the job's own home is replaced by its scratch directory.
+            hidden.push("/home".into());
+        }
+        if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_owned)) {
+            hidden.push(dir);
+        }
+        hidden.push(wsbx_home.to_owned());
+        // Other runs' scratch directories: under /tmp, --private-tmp already hides them (and
+        // blacklisting /tmp would take the job's own /tmp away).
+        if !scratch_root.starts_with("/tmp") {
+            hidden.push(scratch_root.to_owned());
+        }
+        if let Ok(cwd) = std::env::current_dir() {
+            if cwd.components().count() > 2 {
+                hidden.push(cwd);
+            }
+        }
+        hidden.retain(|p| p.exists() && !home.starts_with(p) && p != Path::new("/"));
+        hidden.sort();
+        hidden.dedup();
+        let backend = FirejailBackend { firejail, user, home, hidden };
+        // The probe costs a sandbox start (~40 ms): remember that it passed for this Firejail,
+        // its configuration and this job user, so a `wsbx exec` process does not pay it twice.
+        let stamp = wsbx_home.join("firejail-probe.ok");
+        let key = backend.probe_key();
+        if std::fs::read_to_string(&stamp).ok().as_deref() != Some(key.as_str()) {
+            backend.probe(scratch_root)?;
+            let _ = std::fs::create_dir_all(wsbx_home).and_then(|()| std::fs::write(&stamp, &key));
+        }
+        Ok(backend)
+    }
+
+    /// What a passed probe depends on: the firejail binary, its configuration, the job user.
+    fn probe_key(&self) -> String {
+        let stat = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    format!("{}:{}:{}", p.display(), m.len(), m.mtime())
+                })
+                .unwrap_or_else(|_| format!("{}:-", p.display()))
+        };
+        format!(
+            "{} {} {:?} {}\n",
+            stat(&self.firejail),
+            stat(Path::new("/etc/firejail/firejail.config")),
+            self.user,
+            self.home.display()
+        )
+    }
+
+    /// Runs `exit 0` in a sandbox: if Firejail cannot start one here, say so now rather than
+    /// confuse its error with a job's.
+    fn probe(&self, scratch_root: &Path) -> Result<(), Unavailable> {
+        let scratch = Scratch::create(scratch_root)
+            .map_err(|e| Unavailable(format!("creating a scratch directory for the Firejail probe: {e}")))?;
+        let mut request = ExecRequest::new(crate::Language::Shell, "exit 0");
+        request.limits.timeout_ms = 10_000;
+        let outcome = self.run(&request, &scratch);
+        if outcome.status == Status::Ok {
+            return Ok(());
+        }
+        let why = String::from_utf8_lossy(&outcome.stderr);
+        let why = why.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message").trim().to_owned();
+        Err(Unavailable(format!(
+            "Firejail cannot start a sandbox here ({why}); shell jobs are refused rather than run unisolated"
+        )))
+    }
+
+    /// The Firejail command line, each option with why it is there.
+    fn command(&self, request: &ExecRequest, scratch: &Path) -> Command {
+        let limits = &request.limits;
+        let mut cmd = Command::new(&self.firejail);
+        cmd.arg("--quiet")
+            // No profile: every restriction is the explicit list below, not a distribution default.
+            .arg("--noprofile")
+            // The scratch directory becomes the job's home and working directory.
+            .arg(format!("--private={}", scratch.display()))
+            // Empty /tmp and a minimal /dev (no disks, no GPUs, no sound, no TTYs of the host).
+            .arg("--private-tmp")
+            .arg("--private-dev")
+            // No network at all: only a loopback-less namespace.
+            .arg("--net=none")
+            // No capabilities, no setuid gains (`sudo`, `su`, `ping`), syscall filter.
+            .arg("--caps.drop=all")
+            .arg("--nonewprivs")
+            .arg("--seccomp")
+            // No supplementary groups of the user, no D-Bus, no X11, no /mnt and /media.
+            .arg("--nogroups")
+            .arg("--dbus-user=none")
+            .arg("--dbus-system=none")
+            .arg("--x11=none")
+            .arg("--disable-mnt")
+            // Resource limits: address space, processes, open files, file size, CPU seconds as
+            // a backstop to the host's deadline.
+            .arg(format!("--rlimit-as={}", limits.memory_bytes()))
+            .arg(format!("--rlimit-nproc={MAX_PROCESSES}"))
+            .arg(format!("--rlimit-nofile={MAX_OPEN_FILES}"))
+            .arg(format!("--rlimit-fsize={MAX_FILE_SIZE}"))
+            .arg(format!("--rlimit-cpu={}", limits.timeout_ms.div_ceil(1000) + 1));
+        for path in &self.hidden {
+            // What the job must not see: other users, the host's secrets, wsbx's own files.
+            cmd.arg(format!("--blacklist={}", path.display()));
+        }
+        // Firejail adds variables of its own; `env -i` leaves exactly the job's environment.
+        cmd.arg("--").arg("/usr/bin/env").arg("-i");
+        cmd.arg(format!("PATH={JOB_PATH}")).arg(format!("HOME={}", self.home.display()));
+        for (name, value) in &request.env {
+            cmd.arg(format!("{name}={value}"));
+        }
+        cmd.arg("/bin/bash").arg("-c").arg(&request.code);
+
+        cmd.env_clear()
+            .env("PATH", JOB_PATH)
+            // Firejail keeps the working directory when it exists inside: the job's home.
+            .current_dir(&self.home)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so the deadline can end every process of the job.
+            .process_group(0);
+        if let Some((uid, gid)) = self.user {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+}
+
+impl Backend for FirejailBackend {
+    fn run(&self, request: &ExecRequest, scratch: &Scratch) -> Outcome {
+        if let Some((uid, gid)) = self.user {
+            if let Err(e) = chown_tree(scratch.path(), uid, gid) {
+                return failed(Status::InternalError, format!("handing the scratch directory to {JOB_USER}: {e}"));
+            }
+        }
+        let started = Instant::now();
+        let deadline = started + request.limits.timeout();
+        let mut child = match self.command(request, scratch.path()).spawn() {
+            Ok(child) => child,
+            Err(e) => return failed(Status::Rejected, format!("could not start firejail: {e}")),
+        };
+        let pid = child.id() as libc::pid_t;
+        let cap = usize::try_from(request.limits.max_output_bytes).unwrap_or(usize::MAX);
+        let stdout = child.stdout.take().map(|s| read_capped(s, cap));
+        let stderr = child.stderr.take().map(|s| read_capped(s, cap));
+        if let Some(mut stdin) = child.stdin.take() {
+            let input = request.stdin.clone();
+            // A job that never reads its stdin must not block the host: write from a thread.
+            thread::spawn(move || {
+                let _ = stdin.write_all(&input);
+            });
+        }
+
+        let (wait_status, usage, timed_out) = wait_until(pid, deadline);
+        let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (stdout, stdout_truncated) = stdout.and_then(|h| h.join().ok()).unwrap_or_default();
+        let (stderr, stderr_truncated) = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
+        drop_untouched_skel(scratch.path());
+
+        let (status, exit_code, detail) = if timed_out {
+            (Status::Timeout, None, Some(format!("the deadline of {} ms passed", request.limits.timeout_ms)))
+        } else if libc::WIFEXITED(wait_status) {
+            let code = libc::WEXITSTATUS(wait_status);
+            (Outcome::status_for_exit(code), Some(code), None)
+        } else if libc::WIFSIGNALED(wait_status) {
+            let signal = libc::WTERMSIG(wait_status);
+            (Status::Killed, None, Some(format!("the job was killed by signal {signal}")))
+        } else {
+            (Status::InternalError, None, Some(format!("unexpected wait status {wait_status}")))
+        };
+        Outcome {
+            status,
+            exit_code,
+            stdout,
+            stderr,
+            stdout_truncated,
+            stderr_truncated,
+            fuel_consumed: None,
+            wall_ms,
+            peak_memory_bytes: u64::try_from(usage.ru_maxrss).unwrap_or(0).saturating_mul(1024),
+            detail,
+        }
+    }
+}
+
+/// Waits for the job's Firejail process until `deadline`; then kills its whole process group
+/// (Firejail, the sandbox's init, and through the PID namespace everything the job started) and
+/// reaps it. Returns the wait status, the resource usage and whether the deadline passed.
+fn wait_until(pid: libc::pid_t, deadline: Instant) -> (libc::c_int, libc::rusage, bool) {
+    // SAFETY: rusage is plain data; zeroed is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut status: libc::c_int = 0;
+    let mut nap = Duration::from_micros(100);
+    loop {
+        // SAFETY: pid is our child; status and usage point to live locals.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid || (r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)) {
+            return (status, usage, false);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            // SAFETY: killing our own child's process group; the group was made at spawn.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            // SAFETY: as above; blocking wait to reap it.
+            unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+            return (status, usage, true);
+        }
+        thread::sleep(nap.min(deadline - now));
+        nap = (nap * 2).min(Duration::from_millis(5));
+    }
+}
+
+/// Reads a stream to its end on a thread, keeping the first `cap` bytes.
+fn read_capped(mut stream: impl Read + Send + 'static, cap: usize) -> thread::JoinHandle<(Vec<u8>, bool)> {
+    thread::spawn(move || {
+        let mut kept = Vec::new();
+        let mut truncated = false;
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let room = cap.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buf[..n.min(room)]);
+                    truncated |= n > room;
+                }
+            }
+        }
+        (kept, truncated)
+    })
+}
+
+/// Firejail puts a `.bashrc` (from /etc/skel) and a one-line `.inputrc` into every private
+/// home. Remove them after the run unless the job wrote them, so the scratch directory holds
+/// only the job's files.
+fn drop_untouched_skel(scratch: &Path) {
+    let bashrc = std::fs::read("/etc/skel/.bashrc").ok();
+    let placed: [(&str, Option<&[u8]>); 2] =
+        [(".bashrc", bashrc.as_deref()), (".inputrc", Some(b"set disable-completion on\n"))];
+    for (name, content) in placed {
+        let path = scratch.join(name);
+        if content.is_some() && std::fs::read(&path).ok().as_deref() == content {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Gives `dir` and everything in it to `uid:gid` (the input files were written by wsbx).
+fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            chown_tree(&entry.path(), uid, gid)?;
+        } else {
+            std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes sure the job user exists, with [`JOB_HOME`] as an empty home it owns (Firejail mounts
+/// each run's scratch directory over it). Creates both when missing; needs root.
+fn ensure_job_user() -> Result<(u32, u32), Unavailable> {
+    if lookup_user(JOB_USER).is_none() {
+        let status = Command::new("useradd")
+            .args(["--system", "--user-group", "--no-create-home", "--home-dir", JOB_HOME, "--shell", "/bin/sh", JOB_USER])
+            .stdin(Stdio::null())
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            return Err(Unavailable(format!(
+                "shell jobs run as the system user {JOB_USER}, which could not be created: run `useradd --system \
+                 --user-group --no-create-home --home-dir {JOB_HOME} --shell /bin/sh {JOB_USER}`"
+            )));
+        }
+    }
+    let (uid, gid, home) = lookup_user(JOB_USER)
+        .ok_or_else(|| Unavailable(format!("the system user {JOB_USER} does not exist")))?;
+    if home != Path::new(JOB_HOME) {
+        return Err(Unavailable(format!("the home of {JOB_USER} must be {JOB_HOME}, not {}", home.display())));
+    }
+    let prepared = std::fs::create_dir_all(JOB_HOME)
+        .and_then(|()| std::os::unix::fs::chown(JOB_HOME, Some(uid), Some(gid)))
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(JOB_HOME, std::fs::Permissions::from_mode(0o700))
+        });
+    prepared.map_err(|e| Unavailable(format!("preparing {JOB_HOME} for {JOB_USER}: {e}")))?;
+    Ok((uid, gid))
+}
+
+/// uid, gid and home of `name`, from the user database.
+fn lookup_user(name: &str) -> Option<(u32, u32, PathBuf)> {
+    let name = CString::new(name).ok()?;
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: all pointers are to live locals, buf's length is passed, getpwnam_r is reentrant.
+    let r = unsafe { libc::getpwnam_r(name.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if r != 0 || result.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_dir points into buf, NUL-terminated.
+    let home = unsafe { CStr::from_ptr(pwd.pw_dir) }.to_string_lossy().into_owned();
+    Some((pwd.pw_uid, pwd.pw_gid, PathBuf::from(home)))
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
+}
+
+fn failed(status: Status, detail: String) -> Outcome {
+    Outcome {
+        status,
+        exit_code: None,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        fuel_consumed: None,
+        wall_ms: 0.0,
+        peak_memory_bytes: 0,
+        detail: Some(detail),
+    }
+}
