@@ -89,6 +89,94 @@ fn bare_firejail(runs: usize) -> Row {
     Row { what: "bare `firejail ... /bin/true` (reference)".into(), runs, p50, p99, note: String::new() }
 }
 
+/// A `wsbx serve` process on an ephemeral port, killed on drop.
+struct Server(std::process::Child, String);
+
+impl Server {
+    fn start() -> Server {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wsbx"))
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("wsbx serve starts");
+        let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let base = loop {
+            let line = lines.next().expect("server starts").expect("utf-8");
+            if let Some(addr) = line.strip_prefix("wsbx: listening on ") {
+                break addr.to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Server(child, base)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn post_run(client: reqwest::Client, url: String, language: &'static str, code: &'static str) {
+    let body = serde_json::json!({"language": language, "code": code});
+    let v: serde_json::Value = client.post(&url).json(&body).send().await.expect("answer").json().await.expect("json");
+    assert_eq!(v["status"], "ok", "{v}");
+}
+
+/// HTTP round trips (sequential) and throughput (concurrent clients) against a real server.
+fn http(runs: usize) -> Vec<Row> {
+    let server = Server::start();
+    let url = format!("{}/v1/exec", server.1);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
+    let client = reqwest::Client::new();
+    let post = move |language: &'static str, code: &'static str| post_run(client.clone(), url.clone(), language, code);
+    let mut rows = Vec::new();
+    for (language, code) in [("python", "print(\"hello\")"), ("javascript", "console.log(1+1)")] {
+        rt.block_on(async {
+            for _ in 0..20 {
+                post(language, code).await;
+            }
+        });
+        let (p50, p99) = measure(runs, || rt.block_on(post(language, code)));
+        rows.push(Row { what: format!("{language} `{code}`, HTTP round trip"), runs, p50, p99, note: String::new() });
+    }
+    for clients in [2usize, 8] {
+        let window = Duration::from_secs(10);
+        let done = rt.block_on(async {
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..clients)
+                .map(|_| {
+                    let post = post.clone();
+                    tokio::spawn(async move {
+                        let mut n = 0u64;
+                        while start.elapsed() < window {
+                            post("python", "print(\"hello\")").await;
+                            n += 1;
+                        }
+                        n
+                    })
+                })
+                .collect();
+            let mut total = 0;
+            for t in tasks {
+                total += t.await.expect("client");
+            }
+            total
+        });
+        let per_minute = done as f64 * 60.0 / window.as_secs_f64();
+        rows.push(Row {
+            what: format!("python hello throughput, {clients} concurrent HTTP clients"),
+            runs: done as usize,
+            p50: Duration::ZERO,
+            p99: Duration::ZERO,
+            note: format!("{per_minute:.0} runs/minute"),
+        });
+    }
+    rows
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
@@ -97,7 +185,7 @@ fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let runs: usize = std::env::var("WSBX_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     let sandbox = Sandbox::new(SandboxConfig::default());
-    let rows = vec![
+    let mut rows = vec![
         in_process(&sandbox, Language::Python, "print(\"hello\")", runs),
         process(Language::Python, "print(\"hello\")", 30),
         in_process(&sandbox, Language::Javascript, "console.log(1+1)", runs),
@@ -106,6 +194,7 @@ fn main() {
         process(Language::Shell, "echo hi", 30),
         bare_firejail(30),
     ];
+    rows.extend(http(runs.max(200)));
     println!("| what | runs | p50 ms | p99 ms | note |");
     println!("|---|---:|---:|---:|---|");
     for r in rows {

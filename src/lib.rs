@@ -1,8 +1,10 @@
 //! wsbx runs untrusted code — most often code an AI agent just wrote — isolated, fast and
 //! under hard limits, and tells you exactly what happened.
 //!
-//! Python runs as CPython compiled to WebAssembly inside wasmtime, with fuel metering, a memory
-//! cap, a wall-clock deadline, no network and one scratch directory.
+//! Python runs as CPython and JavaScript as QuickJS, both compiled to WebAssembly and run inside
+//! wasmtime with fuel metering, a memory cap, a wall-clock deadline, no network and one scratch
+//! directory; shell jobs run in bash under Firejail. The same [`Sandbox`] serves the CLI
+//! (`wsbx exec`) and HTTP ([`server`]).
 //!
 //! ```no_run
 //! use wsbx::{ExecRequest, Language, Limits, Sandbox};
@@ -15,11 +17,13 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod metrics;
 pub mod request;
 pub mod result;
 pub mod runtimes;
 pub mod sandbox;
 pub mod scratch;
+pub mod server;
 
 pub use request::{ExecRequest, InputFile, Language, Limits, RequestError};
 pub use result::{ExecResult, OutputFile, Status};

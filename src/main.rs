@@ -28,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run code in the sandbox.
     Exec(ExecArgs),
+    /// Serve the HTTP API.
+    Serve(ServeArgs),
     /// Install or list the pinned interpreters.
     Runtime {
         #[command(subcommand)]
@@ -52,6 +54,37 @@ enum RuntimeAction {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Bearer token required on /v1/ routes.
+    #[arg(long, env = "WSBX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Runs executing at once (default: the number of cores).
+    #[arg(long = "max-concurrency", value_name = "N")]
+    max_concurrency: Option<usize>,
+    /// Requests that may wait for a slot before the server answers 429 (default: 4 × cores).
+    #[arg(long = "max-queue", value_name = "N")]
+    max_queue: Option<usize>,
+    /// Largest request body in bytes.
+    #[arg(long = "max-body-bytes", value_name = "BYTES", default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    /// Ceiling on a request's timeout, in seconds.
+    #[arg(long = "max-timeout", value_name = "SECONDS", default_value_t = 60.0)]
+    max_timeout: f64,
+    /// Ceiling on a request's fuel.
+    #[arg(long = "max-fuel", value_name = "N", default_value_t = Limits::CEILING.fuel)]
+    max_fuel: u64,
+    /// Ceiling on a request's memory, in MiB.
+    #[arg(long = "max-memory", value_name = "MIB", default_value_t = 1024)]
+    max_memory: u64,
+    /// Ceiling on a request's output per stream, in bytes.
+    #[arg(long = "max-output", value_name = "BYTES", default_value_t = 16 << 20)]
+    max_output: u64,
 }
 
 #[derive(Args)]
@@ -110,6 +143,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Exec(args) => exec(args),
+        Command::Serve(args) => serve(args),
         Command::Runtime { action } => runtime(action),
     }
 }
@@ -271,6 +305,66 @@ fn exit_code(result: &ExecResult) -> ExitCode {
         (Status::InternalError, _) | (Status::Ok, None) => EXIT_INTERNAL,
     };
     ExitCode::from(code)
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let mut config = wsbx::server::ServeConfig::default();
+    config.token = args.token;
+    if let Some(n) = args.max_concurrency {
+        config.max_concurrency = n.max(1);
+        config.max_queue = n.max(1) * 4;
+    }
+    if let Some(n) = args.max_queue {
+        config.max_queue = n;
+    }
+    config.max_body_bytes = args.max_body_bytes;
+    if !(args.max_timeout.is_finite() && args.max_timeout > 0.0) {
+        eprintln!("wsbx: rejected: --max-timeout must be a positive number of seconds");
+        return ExitCode::from(EXIT_REJECTED);
+    }
+    config.ceiling = Limits {
+        timeout_ms: (args.max_timeout * 1000.0).ceil() as u64,
+        fuel: args.max_fuel,
+        memory_mb: args.max_memory,
+        max_output_bytes: args.max_output,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("wsbx: internal_error: starting the async runtime: {e}");
+            return ExitCode::from(EXIT_INTERNAL);
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&args.addr).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("wsbx: error: cannot listen on {}: {e}", args.addr);
+                return ExitCode::from(EXIT_INTERNAL);
+            }
+        };
+        // Install, compile and load the runtimes now rather than on the first request.
+        let warm = wsbx::Sandbox::new(config.sandbox.clone());
+        let warmed = tokio::task::spawn_blocking(move || {
+            for language in Language::ALL {
+                if let Err(e) = warm.prepare(language) {
+                    eprintln!("wsbx: {language} is not available: {e}");
+                }
+            }
+        });
+        let _ = warmed.await;
+        match listener.local_addr() {
+            Ok(addr) => eprintln!("wsbx: listening on http://{addr}"),
+            Err(_) => eprintln!("wsbx: listening on http://{}", args.addr),
+        }
+        match wsbx::server::serve(listener, config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wsbx: error: {e}");
+                ExitCode::from(EXIT_INTERNAL)
+            }
+        }
+    })
 }
 
 fn runtime(action: RuntimeAction) -> ExitCode {

@@ -205,6 +205,17 @@ impl Sandbox {
 
         let outcome = backend.run(request, &scratch);
         let mut result = assemble(language, outcome);
+        // The audit line of every run: never the code or the streams at info level.
+        tracing::info!(
+            id = %result.id,
+            language = %language,
+            status = %result.status,
+            exit_code = ?result.exit_code,
+            wall_ms = result.wall_ms,
+            fuel = ?result.fuel_consumed,
+            peak_memory_bytes = result.peak_memory_bytes,
+            "run finished"
+        );
         if request.return_files {
             match scratch.collect_files() {
                 Ok(files) => result.files = Some(files),

@@ -1,0 +1,106 @@
+//! Prometheus metrics of a wsbx server, in a registry of their own.
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::result::ExecResult;
+use crate::runtimes::RuntimeInfo;
+
+/// Buckets of `wsbx_exec_duration_seconds`: fine below a millisecond (a JavaScript run takes
+/// ~1 ms, a Python run ~3 ms) and up to the largest deadline.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];
+
+/// The server's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    exec_total: IntCounterVec,
+    exec_duration: HistogramVec,
+    fuel_total: IntCounterVec,
+    in_flight: IntGauge,
+    http_requests: IntCounterVec,
+    runtime_info: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let exec_total = IntCounterVec::new(
+            Opts::new("wsbx_exec_total", "Runs finished, by language and status."),
+            &["language", "status"],
+        )?;
+        let exec_duration = HistogramVec::new(
+            HistogramOpts::new("wsbx_exec_duration_seconds", "Wall time of runs, guest start to guest end.")
+                .buckets(DURATION_BUCKETS.to_vec()),
+            &["language"],
+        )?;
+        let fuel_total = IntCounterVec::new(
+            Opts::new("wsbx_exec_fuel_consumed_total", "Fuel burnt by wasm guests."),
+            &["language"],
+        )?;
+        let in_flight = IntGauge::new("wsbx_exec_in_flight", "Runs executing now.")?;
+        let http_requests = IntCounterVec::new(
+            Opts::new("wsbx_http_requests_total", "HTTP requests answered, by route and status code."),
+            &["route", "code"],
+        )?;
+        let runtime_info = IntGaugeVec::new(
+            Opts::new("wsbx_runtime_info", "The pinned runtimes (value 1), with versions and sha256."),
+            &["language", "package", "version", "sha256"],
+        )?;
+        registry.register(Box::new(exec_total.clone()))?;
+        registry.register(Box::new(exec_duration.clone()))?;
+        registry.register(Box::new(fuel_total.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(runtime_info.clone()))?;
+        Ok(Metrics { registry, exec_total, exec_duration, fuel_total, in_flight, http_requests, runtime_info })
+    }
+
+    /// Records the pinned runtimes in `wsbx_runtime_info`.
+    pub fn set_runtimes(&self, runtimes: &[RuntimeInfo]) {
+        for r in runtimes {
+            self.runtime_info.with_label_values(&[&r.language, &r.package, &r.version, &r.sha256]).set(1);
+        }
+    }
+
+    /// Counts a run that is starting; the guard counts it finished when dropped.
+    pub fn start_run(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Records a finished run.
+    pub fn record_run(&self, result: &ExecResult) {
+        let language = result.language.as_str();
+        self.exec_total.with_label_values(&[language, result.status.as_str()]).inc();
+        self.exec_duration.with_label_values(&[language]).observe(result.wall_ms / 1000.0);
+        if let Some(fuel) = result.fuel_consumed {
+            self.fuel_total.with_label_values(&[language]).inc_by(fuel);
+        }
+    }
+
+    /// Counts an HTTP response.
+    pub fn record_http(&self, route: &str, code: u16) {
+        self.http_requests.with_label_values(&[route, &code.to_string()]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail on I/O; a metric family that fails to encode is skipped.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// A run in flight; decrements `wsbx_exec_in_flight` when dropped.
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,321 @@
+//! `wsbx serve`: the HTTP surface. Handlers are thin — parse, call [`Sandbox`], map the result
+//! to a status code; everything about running code lives in the library.
+//!
+//! Routes: `POST /v1/exec`, `GET /v1/runtimes`, `GET /healthz`, `GET /metrics`. Every failure
+//! answers `{"error": "..."}`.
+
+use std::collections::BTreeMap;
+use std::future::IntoFuture;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+use crate::metrics::Metrics;
+use crate::request::{ExecRequest, InputFile, Language, Limits};
+use crate::sandbox::{Sandbox, SandboxConfig};
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Bearer token every `/v1/` request must carry; `None` serves without authentication.
+    pub token: Option<String>,
+    /// Runs executing at once; more wait in the queue.
+    pub max_concurrency: usize,
+    /// Requests that may wait for a run slot; beyond it, 429.
+    pub max_queue: usize,
+    /// Largest request body in bytes; beyond it, 413.
+    pub max_body_bytes: usize,
+    /// The most any request may ask for (and the defaults are clamped to it).
+    pub ceiling: Limits,
+    /// The sandbox's own configuration.
+    pub sandbox: SandboxConfig,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        ServeConfig {
+            token: None,
+            max_concurrency: cores,
+            max_queue: cores * 4,
+            max_body_bytes: 16 << 20,
+            ceiling: Limits { timeout_ms: 60_000, memory_mb: 1024, max_output_bytes: 16 << 20, ..Limits::CEILING },
+            sandbox: SandboxConfig::default(),
+        }
+    }
+}
+
+struct AppState {
+    sandbox: Arc<Sandbox>,
+    metrics: Metrics,
+    token: Option<String>,
+    slots: Semaphore,
+    waiting: AtomicUsize,
+    max_queue: usize,
+    max_body_bytes: usize,
+    ceiling: Limits,
+    defaults: Limits,
+}
+
+/// The request body of `POST /v1/exec`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecBody {
+    language: String,
+    code: String,
+    #[serde(default)]
+    stdin: String,
+    #[serde(default)]
+    files: Vec<FileBody>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    limits: LimitsBody,
+    #[serde(default)]
+    return_files: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBody {
+    path: String,
+    content: String,
+    #[serde(default)]
+    encoding: Encoding,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Encoding {
+    #[default]
+    Utf8,
+    Base64,
+}
+
+/// Limits as sent: any left out take the server's default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsBody {
+    timeout_ms: Option<u64>,
+    fuel: Option<u64>,
+    memory_mb: Option<u64>,
+    max_output_bytes: Option<u64>,
+}
+
+/// An error answer: a status code and `{"error": message}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+/// Builds the router for `config`.
+pub fn router(config: ServeConfig) -> Result<Router, String> {
+    let ceiling = Limits {
+        timeout_ms: config.ceiling.timeout_ms.min(Limits::CEILING.timeout_ms),
+        fuel: config.ceiling.fuel.min(Limits::CEILING.fuel),
+        memory_mb: config.ceiling.memory_mb.min(Limits::CEILING.memory_mb),
+        max_output_bytes: config.ceiling.max_output_bytes.min(Limits::CEILING.max_output_bytes),
+    };
+    let d = Limits::DEFAULT;
+    let defaults = Limits {
+        timeout_ms: d.timeout_ms.min(ceiling.timeout_ms),
+        fuel: d.fuel.min(ceiling.fuel),
+        memory_mb: d.memory_mb.min(ceiling.memory_mb),
+        max_output_bytes: d.max_output_bytes.min(ceiling.max_output_bytes),
+    };
+    let metrics = Metrics::new().map_err(|e| format!("registering metrics: {e}"))?;
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig { ceiling, ..config.sandbox }));
+    if let Ok(runtimes) = sandbox.runtimes() {
+        metrics.set_runtimes(&runtimes);
+    }
+    let state = Arc::new(AppState {
+        sandbox,
+        metrics,
+        token: config.token.filter(|t| !t.is_empty()),
+        slots: Semaphore::new(config.max_concurrency.max(1)),
+        waiting: AtomicUsize::new(0),
+        max_queue: config.max_queue,
+        max_body_bytes: config.max_body_bytes,
+        ceiling,
+        defaults,
+    });
+    let api = Router::new()
+        .route("/v1/exec", post(exec))
+        .route("/v1/runtimes", get(runtimes))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Ok(Router::new()
+        .merge(api)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route".into())
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state))
+}
+
+/// Serves on `listener` until SIGTERM or Ctrl-C, then stops accepting, lets in-flight runs
+/// finish (each ends by its own deadline; the wait is bounded by the timeout ceiling plus a
+/// margin) so their scratch directories are removed, and returns.
+pub async fn serve(listener: tokio::net::TcpListener, config: ServeConfig) -> std::io::Result<()> {
+    let grace = Duration::from_millis(config.ceiling.timeout_ms.min(Limits::CEILING.timeout_ms)) + Duration::from_secs(5);
+    let app = router(config).map_err(std::io::Error::other)?;
+    let (stop_tx, mut stopped) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight runs");
+        let _ = stop_tx.send(true);
+    });
+    tokio::select! {
+        result = server.into_future() => result,
+        () = async move {
+            // Only once the signal came does the grace period start.
+            let _ = stopped.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("in-flight runs did not finish within {grace:?}; exiting");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Counts every response in `wsbx_http_requests_total{route,code}`.
+async fn count_requests(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    state.metrics.record_http(&route, response.status().as_u16());
+    response
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time when a token is configured.
+async fn require_token(State(state): State<Arc<AppState>>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+            let mut response = ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+async fn runtimes(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let sandbox = state.sandbox.clone();
+    let list = tokio::task::spawn_blocking(move || sandbox.runtimes())
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(Json(list).into_response())
+}
+
+async fn exec(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+    let bytes = axum::body::to_bytes(body, state.max_body_bytes).await.map_err(|_| {
+        ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {} bytes", state.max_body_bytes))
+    })?;
+    let body: ExecBody = serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("bad request body: {e}")))?;
+    let request = to_request(body, &state.defaults)?;
+    request.validate(&state.ceiling).map_err(|e| bad_request(e.to_string()))?;
+
+    let _slot = match state.slots.try_acquire() {
+        Ok(slot) => slot,
+        Err(_) => {
+            if state.waiting.fetch_add(1, Ordering::SeqCst) >= state.max_queue {
+                state.waiting.fetch_sub(1, Ordering::SeqCst);
+                let mut response = ApiError(StatusCode::TOO_MANY_REQUESTS, "all run slots and the queue are busy; retry".into())
+                    .into_response();
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return Ok(response);
+            }
+            let slot = state.slots.acquire().await;
+            state.waiting.fetch_sub(1, Ordering::SeqCst);
+            slot.map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?
+        }
+    };
+    let in_flight = state.metrics.start_run();
+    let sandbox = state.sandbox.clone();
+    // Runs are CPU-bound and synchronous: keep them off the async workers.
+    let result = tokio::task::spawn_blocking(move || sandbox.run(&request))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the run failed: {e}")))?;
+    drop(in_flight);
+    state.metrics.record_run(&result);
+    Ok(Json(result).into_response())
+}
+
+fn to_request(body: ExecBody, defaults: &Limits) -> Result<ExecRequest, ApiError> {
+    let language: Language = body.language.parse().map_err(|e: crate::RequestError| bad_request(e.to_string()))?;
+    let mut request = ExecRequest::new(language, body.code);
+    request.stdin = body.stdin.into_bytes();
+    request.env = body.env;
+    request.return_files = body.return_files;
+    request.limits = Limits {
+        timeout_ms: body.limits.timeout_ms.unwrap_or(defaults.timeout_ms),
+        fuel: body.limits.fuel.unwrap_or(defaults.fuel),
+        memory_mb: body.limits.memory_mb.unwrap_or(defaults.memory_mb),
+        max_output_bytes: body.limits.max_output_bytes.unwrap_or(defaults.max_output_bytes),
+    };
+    for file in body.files {
+        let content = match file.encoding {
+            Encoding::Utf8 => file.content.into_bytes(),
+            Encoding::Base64 => base64::engine::general_purpose::STANDARD
+                .decode(file.content.as_bytes())
+                .map_err(|e| bad_request(format!("file {:?}: bad base64: {e}", file.path)))?,
+        };
+        request.files.push(InputFile { path: file.path, content });
+    }
+    Ok(request)
+}
