@@ -4,7 +4,8 @@
 //! production), and of a whole `wsbx exec` process. Prints a Markdown table; the figures
 //! recorded in `benches/README.md` come from it.
 //!
-//! `WSBX_BENCH_RUNS` overrides the in-process run count (default 300).
+//! `WSBX_BENCH_RUNS` overrides the in-process run count (default 300); `WSBX_BENCH_FILTER`
+//! keeps only the rows whose label contains it (`python`, `HTTP`, `prepared`).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -36,6 +37,21 @@ fn measure(runs: usize, mut f: impl FnMut()) -> (Duration, Duration) {
     (percentile(&times, 0.5), percentile(&times, 0.99))
 }
 
+/// Like [`measure`], with an untimed pause before each run: the latency of a run that finds a
+/// prepared guest ready (the pool refills during the pause).
+fn measure_spaced(runs: usize, pause: Duration, mut f: impl FnMut()) -> (Duration, Duration) {
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            std::thread::sleep(pause);
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    (percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
 fn in_process(sandbox: &Sandbox, language: Language, code: &str, runs: usize) -> Row {
     let request = ExecRequest::new(language, code);
     if let Err(e) = sandbox.prepare(language) {
@@ -43,19 +59,29 @@ fn in_process(sandbox: &Sandbox, language: Language, code: &str, runs: usize) ->
     }
     let first = sandbox.run(&request);
     assert_eq!(first.status, Status::Ok, "{first:?}");
+    std::thread::sleep(Duration::from_millis(200));
     for _ in 0..20 {
         sandbox.run(&request);
     }
-    let (p50, p99) = measure(runs, || {
+    let warm = sandbox.config().warm_instances > 0;
+    let mut guest = Vec::with_capacity(runs);
+    let mut fuel = Vec::with_capacity(runs);
+    let run = || {
         let r = sandbox.run(&request);
         assert_eq!(r.status, Status::Ok);
-    });
+        guest.push(r.wall_ms);
+        fuel.push(r.fuel_consumed.unwrap_or(0));
+    };
+    let (p50, p99) = if warm { measure_spaced(runs, Duration::from_millis(8), run) } else { measure(runs, run) };
+    guest.sort_by(f64::total_cmp);
+    fuel.sort();
+    let how = if warm { "prepared instance" } else { "fresh instance made in the run" };
     Row {
-        what: format!("{language} `{code}`, library, fresh instance"),
+        what: format!("{language} `{code}`, library, {how}"),
         runs,
         p50,
         p99,
-        note: format!("{} fuel, guest wall {:.2} ms", first.fuel_consumed.unwrap_or(0), first.wall_ms),
+        note: format!("median guest {:.3} ms, {} fuel", guest[guest.len() / 2], fuel[fuel.len() / 2]),
     }
 }
 
@@ -184,17 +210,24 @@ fn ms(d: Duration) -> String {
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let runs: usize = std::env::var("WSBX_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
-    let sandbox = Sandbox::new(SandboxConfig::default());
-    let mut rows = vec![
-        in_process(&sandbox, Language::Python, "print(\"hello\")", runs),
-        process(Language::Python, "print(\"hello\")", 30),
-        in_process(&sandbox, Language::Javascript, "console.log(1+1)", runs),
-        process(Language::Javascript, "console.log(1+1)", 30),
-        in_process(&sandbox, Language::Shell, "echo hi", 100.min(runs)),
-        process(Language::Shell, "echo hi", 30),
-        bare_firejail(30),
+    let filter = std::env::var("WSBX_BENCH_FILTER").unwrap_or_default();
+    let wanted = |label: &str| label.contains(filter.as_str());
+    let cold = Sandbox::new(SandboxConfig { warm_instances: 0, ..SandboxConfig::default() });
+    let warm = Sandbox::new(SandboxConfig::default());
+    type Bench<'a> = (&'static str, Box<dyn Fn() -> Vec<Row> + 'a>);
+    let benches: Vec<Bench> = vec![
+        ("python library fresh", Box::new(|| vec![in_process(&cold, Language::Python, "print(\"hello\")", runs)])),
+        ("python library prepared", Box::new(|| vec![in_process(&warm, Language::Python, "print(\"hello\")", runs)])),
+        ("python process", Box::new(|| vec![process(Language::Python, "print(\"hello\")", 30)])),
+        ("javascript library fresh", Box::new(|| vec![in_process(&cold, Language::Javascript, "console.log(1+1)", runs)])),
+        ("javascript library prepared", Box::new(|| vec![in_process(&warm, Language::Javascript, "console.log(1+1)", runs)])),
+        ("javascript process", Box::new(|| vec![process(Language::Javascript, "console.log(1+1)", 30)])),
+        ("shell library", Box::new(|| vec![in_process(&cold, Language::Shell, "echo hi", 100.min(runs))])),
+        ("shell process", Box::new(|| vec![process(Language::Shell, "echo hi", 30)])),
+        ("shell firejail", Box::new(|| vec![bare_firejail(30)])),
+        ("python javascript HTTP", Box::new(|| http(runs.max(200)))),
     ];
-    rows.extend(http(runs.max(200)));
+    let rows: Vec<Row> = benches.iter().filter(|(label, _)| wanted(label)).flat_map(|(_, bench)| bench()).collect();
     println!("| what | runs | p50 ms | p99 ms | note |");
     println!("|---|---:|---:|---:|---|");
     for r in rows {

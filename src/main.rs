@@ -158,7 +158,8 @@ fn exec(args: ExecArgs) -> ExitCode {
         Ok(request) => request,
         Err(message) => return refuse(json, Some(language), &message),
     };
-    let sandbox = Sandbox::new(SandboxConfig::default());
+    // One run per process: preparing guests ahead would only cost time.
+    let sandbox = Sandbox::new(SandboxConfig { warm_instances: 0, ..SandboxConfig::default() });
     // Refuse bad requests before any install work.
     if let Err(e) = request.validate(&sandbox.config().ceiling) {
         return refuse(json, Some(language), &e.to_string());
@@ -344,7 +345,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         };
         // Install, compile and load the runtimes now rather than on the first request.
-        let warm = wsbx::Sandbox::new(config.sandbox.clone());
+        let warm = wsbx::Sandbox::new(SandboxConfig { warm_instances: 0, ..config.sandbox.clone() });
         let warmed = tokio::task::spawn_blocking(move || {
             for language in Language::ALL {
                 if let Err(e) = warm.prepare(language) {
@@ -368,7 +369,7 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 fn runtime(action: RuntimeAction) -> ExitCode {
-    let sandbox = Sandbox::new(SandboxConfig::default());
+    let sandbox = Sandbox::new(SandboxConfig { warm_instances: 0, ..SandboxConfig::default() });
     match action {
         RuntimeAction::Install { wheel, force } => {
             let options = InstallOptions { wheel, force };

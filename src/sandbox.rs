@@ -26,6 +26,12 @@ pub struct SandboxConfig {
     pub scratch_root: PathBuf,
     /// The most any request may ask for; at most [`Limits::CEILING`].
     pub ceiling: Limits,
+    /// Python and JavaScript guests (each) kept prepared ahead of runs (instantiated and initialized on a background
+    /// thread, each with a fresh scratch directory, each used for exactly one run). A run that
+    /// finds one ready only executes its own code: for a hello, about 0.3 ms instead of 3 ms (Python) or 1 ms (JavaScript).
+    /// Worth it in a long-lived process (a server, an agent loop); a one-shot process (the
+    /// CLI) sets 0. Requests that set environment variables always prepare their own guest.
+    pub warm_instances: usize,
 }
 
 impl Default for SandboxConfig {
@@ -34,6 +40,7 @@ impl Default for SandboxConfig {
             home: Runtimes::default_home(),
             scratch_root: std::env::temp_dir(),
             ceiling: Limits::CEILING,
+            warm_instances: 2,
         }
     }
 }
@@ -132,7 +139,7 @@ impl Sandbox {
                         .runtimes
                         .python(&engine, &InstallOptions::default(), &mut std::io::stderr())
                         .map_err(|e| e.to_string())?;
-                    PythonBackend::new(engine, python)
+                    PythonBackend::new(engine, python, &self.config.scratch_root, self.config.warm_instances)
                 });
                 match backend {
                     Ok(backend) => Ok(backend),
@@ -146,7 +153,7 @@ impl Sandbox {
                         .runtimes
                         .javascript(&engine, &InstallOptions::default(), &mut std::io::stderr())
                         .map_err(|e| e.to_string())?;
-                    JavascriptBackend::new(engine, javascript)
+                    JavascriptBackend::new(engine, javascript, &self.config.scratch_root, self.config.warm_instances)
                 });
                 match backend {
                     Ok(backend) => Ok(backend),

@@ -310,6 +310,8 @@ fn no_scratch_directory_is_left_behind() {
         let r = sandbox.run(req);
         assert_ne!(r.status, Status::InternalError, "{r:#?}");
     }
+    // Guests prepared ahead hold scratch directories of their own until the sandbox goes.
+    drop(sandbox);
     let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
@@ -323,5 +325,39 @@ fn concurrent_runs_are_independent() {
         let r = h.join().unwrap();
         assert_status(&r, Status::Ok);
         assert_eq!(r.stdout, format!("{}\n", i * i));
+    }
+}
+
+#[test]
+fn warm_and_cold_guests_give_the_same_results() {
+    let cold = Sandbox::new(SandboxConfig { warm_instances: 0, ..SandboxConfig::default() });
+    let warm = Sandbox::new(SandboxConfig { warm_instances: 1, ..SandboxConfig::default() });
+    let programs = [
+        "import os, sys\nprint(os.getcwd(), sys.argv, sorted(os.environ))\nprint(sys.stdin.read())\nopen('o.txt', 'w').write(open('i.txt').read() * 2)\nsys.exit(5)",
+        "1 + 1",
+        "raise KeyError('k')",
+    ];
+    for code in programs {
+        let mut req = request(Language::Python, code);
+        req.stdin = b"input".to_vec();
+        req.files.push(InputFile { path: "i.txt".into(), content: b"ab".to_vec() });
+        req.return_files = true;
+        let expected = cold.run(&req);
+        // The pool fills in the background: wait until a run is served by a prepared guest,
+        // which shows as fuel spent on the code alone.
+        let mut got = warm.run(&req);
+        for _ in 0..100 {
+            if got.fuel_consumed < expected.fuel_consumed {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            got = warm.run(&req);
+        }
+        assert!(got.fuel_consumed < expected.fuel_consumed, "never served warm: {got:#?}");
+        assert_eq!(
+            (got.status, got.exit_code, &got.stdout, &got.stderr, &got.files),
+            (expected.status, expected.exit_code, &expected.stdout, &expected.stderr, &expected.files),
+            "{code}"
+        );
     }
 }

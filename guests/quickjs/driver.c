@@ -1,9 +1,13 @@
 /*
- * wsbx's JavaScript guest: a WASI command that runs one program with QuickJS-NG.
+ * wsbx's JavaScript guest: a WASI reactor that runs one program with QuickJS-NG.
  *
- *   qjs [--module | --script] -e CODE [ARGS...]
- *   qjs [--module | --script] FILE [ARGS...]
- *   qjs [--module | --script]                 (the program is read from stdin)
+ * The host calls, on a fresh instance:
+ *   _initialize()                 C runtime set-up (from wasi-libc)
+ *   wsbx_prepare() -> 0 | 1       runtime, context, globals; done ahead of the request when the
+ *                                 host keeps guests warm
+ *   wsbx_alloc(len) -> ptr        room for the program's UTF-8 text (0 when out of memory)
+ *   wsbx_run(ptr, len, mode)      runs it; returns the exit status (mode: 0 detect, 1 script,
+ *                                 2 module). `process.exit(n)` ends the instance with status n.
  *
  * A program is run as a classic script unless it is asked to be a module or looks like one
  * (`import`/`export`, or a top-level `await` that a script cannot hold). Then the job queue and
@@ -155,120 +159,88 @@ static int pending_syntax_error(JSContext *ctx)
     return is;
 }
 
-static char *read_all(FILE *f, size_t *len)
-{
-    size_t cap = 1 << 16, n = 0, r;
-    char *buf = malloc(cap + 1);
-    if (!buf)
-        return NULL;
-    while ((r = fread(buf + n, 1, cap - n, f)) > 0) {
-        n += r;
-        if (n == cap) {
-            char *bigger = realloc(buf, cap * 2 + 1);
-            if (!bigger) {
-                free(buf);
-                return NULL;
-            }
-            buf = bigger;
-            cap *= 2;
-        }
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
-}
+/* The one runtime and context of this instance, made by wsbx_prepare. */
+static JSRuntime *the_rt;
+static JSContext *the_ctx;
 
-int main(int argc, char **argv)
+/* Sets up the runtime, the context, the std/os modules and the bootstrap globals. */
+__attribute__((export_name("wsbx_prepare")))
+int wsbx_prepare(void)
 {
-    int i = 1, force_module = 0, force_script = 0;
-    const char *name = "<input>";
-    char *code = NULL;
-    size_t len = 0;
+    static char *no_args[] = { "qjs", NULL };
 
-    for (; i < argc && argv[i][0] == '-' && argv[i][1] == '-'; i++) {
-        if (!strcmp(argv[i], "--module"))
-            force_module = 1;
-        else if (!strcmp(argv[i], "--script"))
-            force_script = 1;
-        else {
-            fprintf(stderr, "qjs: unknown option %s\n", argv[i]);
-            return 2;
-        }
-    }
-    if (i + 1 < argc && !strcmp(argv[i], "-e")) {
-        code = strdup(argv[i + 1]);
-        len = strlen(argv[i + 1]);
-        i += 2;
-    } else if (i < argc) {
-        FILE *f = fopen(argv[i], "rb");
-        if (!f) {
-            fprintf(stderr, "qjs: cannot open %s: %s\n", argv[i], strerror(errno));
-            return 2;
-        }
-        name = argv[i++];
-        code = read_all(f, &len);
-        fclose(f);
-    } else {
-        code = read_all(stdin, &len);
-    }
-    if (!code) {
-        fprintf(stderr, "qjs: out of memory reading the program\n");
-        return 1;
-    }
-    /* Relative paths land in the scratch directory when the host grants one. */
+    /* Relative paths land in the scratch directory the host grants. */
     if (chdir("/scratch") != 0)
         errno = 0;
-
-    JSRuntime *rt = JS_NewRuntime();
-    if (!rt) {
-        fprintf(stderr, "qjs: out of memory\n");
+    the_rt = JS_NewRuntime();
+    if (!the_rt)
         return 1;
-    }
-    JS_SetMaxStackSize(rt, JS_STACK_LIMIT);
-    js_std_init_handlers(rt);
-    JS_SetModuleLoaderFunc2(rt, NULL, js_module_loader, js_module_check_attributes, NULL);
-    JS_SetHostPromiseRejectionTracker(rt, js_std_promise_rejection_tracker, NULL);
-    JSContext *ctx = JS_NewContext(rt);
-    if (!ctx) {
-        fprintf(stderr, "qjs: out of memory\n");
+    JS_SetMaxStackSize(the_rt, JS_STACK_LIMIT);
+    js_std_init_handlers(the_rt);
+    JS_SetModuleLoaderFunc2(the_rt, NULL, js_module_loader, js_module_check_attributes, NULL);
+    JS_SetHostPromiseRejectionTracker(the_rt, js_std_promise_rejection_tracker, NULL);
+    the_ctx = JS_NewContext(the_rt);
+    if (!the_ctx)
         return 1;
-    }
-    js_init_module_std(ctx, "qjs:std");
-    js_init_module_os(ctx, "qjs:os");
-    js_std_add_helpers(ctx, argc - i, argv + i);
-    JSValue global = JS_GetGlobalObject(ctx);
-    JS_SetPropertyStr(ctx, global, "__wsbx_write", JS_NewCFunction(ctx, js_write, "write", 2));
-    JS_FreeValue(ctx, global);
+    js_init_module_std(the_ctx, "qjs:std");
+    js_init_module_os(the_ctx, "qjs:os");
+    js_std_add_helpers(the_ctx, 1, no_args);
+    JSValue global = JS_GetGlobalObject(the_ctx);
+    JS_SetPropertyStr(the_ctx, global, "__wsbx_write", JS_NewCFunction(the_ctx, js_write, "write", 2));
+    JS_FreeValue(the_ctx, global);
 
-    JSValue val = eval_module(ctx, BOOTSTRAP, sizeof(BOOTSTRAP) - 1, "<wsbx>");
+    JSValue val = eval_module(the_ctx, BOOTSTRAP, sizeof(BOOTSTRAP) - 1, "<wsbx>");
     if (JS_IsException(val)) {
-        js_std_dump_error(ctx);
+        js_std_dump_error(the_ctx);
         return 1;
     }
-    JS_FreeValue(ctx, val);
+    JS_FreeValue(the_ctx, val);
+    return 0;
+}
 
-    int module = force_module || (!force_script && JS_DetectModule(code, len));
+__attribute__((export_name("wsbx_alloc")))
+char *wsbx_alloc(size_t len)
+{
+    return malloc(len + 1);
+}
+
+__attribute__((export_name("wsbx_run")))
+int wsbx_run(char *code, size_t len, int mode)
+{
+    static const char name[] = "<input>";
+    JSValue val;
+
+    if (!the_ctx) {
+        fprintf(stderr, "qjs: wsbx_run before wsbx_prepare\n");
+        return 1;
+    }
+    if (!code) {
+        fprintf(stderr, "qjs: out of memory for the program\n");
+        return 1;
+    }
+    code[len] = '\0';
+    int module = mode == 2 || (mode == 0 && JS_DetectModule(code, len));
     if (module) {
-        val = eval_module(ctx, code, len, name);
+        val = eval_module(the_ctx, code, len, name);
     } else {
-        val = JS_Eval(ctx, code, len, name, JS_EVAL_TYPE_GLOBAL);
+        val = JS_Eval(the_ctx, code, len, name, JS_EVAL_TYPE_GLOBAL);
         /* A top-level await is a SyntaxError in a script: run it as the module it is. */
-        if (JS_IsException(val) && !force_script && strstr(code, "await") && pending_syntax_error(ctx)) {
-            JS_FreeValue(ctx, JS_GetException(ctx));
-            val = eval_module(ctx, code, len, name);
+        if (JS_IsException(val) && mode == 0 && strstr(code, "await") && pending_syntax_error(the_ctx)) {
+            JS_FreeValue(the_ctx, JS_GetException(the_ctx));
+            val = eval_module(the_ctx, code, len, name);
         }
     }
     if (JS_IsException(val)) {
-        report(ctx);
+        report(the_ctx);
         return 1;
     }
-    JS_FreeValue(ctx, val);
+    JS_FreeValue(the_ctx, val);
 
     /* Jobs and timers, to the end; an unhandled rejection exits 1 from inside the loop. */
-    if (js_std_loop(ctx)) {
-        report(ctx);
+    if (js_std_loop(the_ctx)) {
+        report(the_ctx);
         return 1;
     }
-    /* The process ends here; the runtime is not torn down (the instance is thrown away). */
+    /* The instance is thrown away after this: no teardown. */
     return 0;
 }

@@ -132,6 +132,8 @@ pub(super) fn build(sources: &Path, work: &Path, out: &Path, progress: &mut dyn 
     let mut clang = Command::new(CLANG);
     clang
         .args(["--target=wasm32-wasi", "--sysroot=/usr", "-isystem", "/usr/include/wasm32-wasi", "-O2"])
+        // A reactor: the host initializes it, then calls the driver's exports.
+        .arg("-mexec-model=reactor")
         .args(["-D_GNU_SOURCE", "-DNDEBUG", "-D_WASI_EMULATED_PROCESS_CLOCKS", "-D_WASI_EMULATED_SIGNAL"])
         // Paths in the output must not depend on where cargo keeps its registry.
         .arg(format!("-ffile-prefix-map={}=quickjs", sources.display()))

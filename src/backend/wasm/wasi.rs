@@ -57,6 +57,14 @@ impl CappedPipe {
         data.len()
     }
 
+    /// Empties the pipe and sets its cap, for a guest made before its request was known.
+    pub fn reset(&self, cap: u64) {
+        let mut captured = self.lock();
+        captured.bytes.clear();
+        captured.truncated = false;
+        captured.cap = usize::try_from(cap).unwrap_or(usize::MAX);
+    }
+
     /// The bytes kept so far and whether anything was dropped.
     pub fn take(&self) -> (Vec<u8>, bool) {
         let mut captured = self.lock();
@@ -114,6 +122,63 @@ impl tokio::io::AsyncWrite for CappedPipe {
     }
 }
 
+/// The guest's standard input: bytes in memory, then end of file. Its content can be set after
+/// the guest was made (a warm instance learns its stdin only when its request comes).
+#[derive(Clone, Debug, Default)]
+pub struct InputPipe(Arc<Mutex<Bytes>>);
+
+impl InputPipe {
+    /// Replaces what the guest will read.
+    pub fn set(&self, bytes: Vec<u8>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Bytes::from(bytes);
+    }
+
+    fn read_up_to(&self, size: usize) -> Bytes {
+        let mut buffer = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let size = size.min(buffer.len());
+        buffer.split_to(size)
+    }
+}
+
+impl IsTerminal for InputPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdinStream for InputPipe {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncRead + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::InputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for InputPipe {
+    async fn ready(&mut self) {}
+}
+
+impl wasmtime_wasi::p2::InputStream for InputPipe {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        let data = self.read_up_to(size);
+        if data.is_empty() && size > 0 {
+            return Err(wasmtime_wasi::p2::StreamError::Closed);
+        }
+        Ok(data)
+    }
+}
+
+impl tokio::io::AsyncRead for InputPipe {
+    fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let data = self.read_up_to(buf.remaining());
+        buf.put_slice(&data);
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// The guest's monotonic clock: nanoseconds since the run started. The replacement
 /// `poll_oneoff` reads the same origin, so absolute sleeps (`clock_nanosleep(TIMER_ABSTIME)`,
 /// which CPython's `time.sleep` uses) are measured against the clock the guest sees.
@@ -138,34 +203,46 @@ impl HostMonotonicClock for RunClock {
 }
 
 /// What a guest is given, besides stdin/stdout/stderr.
-pub struct Grants<'a> {
+pub struct Grants {
     /// argv, including argv[0].
-    pub args: &'a [String],
+    pub args: Vec<String>,
     /// The whole environment.
     pub env: Vec<(String, String)>,
     /// Directories: host path, guest path, writable.
-    pub dirs: Vec<(&'a std::path::Path, &'a str, bool)>,
+    pub dirs: Vec<(std::path::PathBuf, &'static str, bool)>,
 }
 
-/// Builds the WASI context of one run: only what `grants` names, stdin from `stdin`, output
-/// into the two pipes, the run's own clock.
-pub fn context(
-    grants: &Grants<'_>,
-    stdin: &[u8],
-    stdout: &CappedPipe,
-    stderr: &CappedPipe,
-    origin: Instant,
-) -> Result<WasiP1Ctx, String> {
+/// The host's ends of a guest's three standard streams.
+#[derive(Clone, Debug)]
+pub struct GuestIo {
+    /// What the guest reads.
+    pub stdin: InputPipe,
+    /// What it writes to stdout.
+    pub stdout: CappedPipe,
+    /// What it writes to stderr.
+    pub stderr: CappedPipe,
+}
+
+impl GuestIo {
+    /// Empty streams with output capped at `cap` bytes each.
+    pub fn new(cap: u64) -> GuestIo {
+        GuestIo { stdin: InputPipe::default(), stdout: CappedPipe::new(cap), stderr: CappedPipe::new(cap) }
+    }
+}
+
+/// Builds the WASI context of one guest: only what `grants` names, the three streams of `io`,
+/// and a monotonic clock that reads zero at `origin`.
+pub fn context(grants: &Grants, io: &GuestIo, origin: Instant) -> Result<WasiP1Ctx, String> {
     let mut builder = WasiCtxBuilder::new();
     // File operations run on the guest's own thread instead of hopping to a blocking pool: the
     // guest is synchronous anyway, and the hop costs more than the operation.
     builder.allow_blocking_current_thread(true);
     builder
-        .args(grants.args)
+        .args(&grants.args)
         .envs(&grants.env)
-        .stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(stdin.to_vec()))
-        .stdout(stdout.clone())
-        .stderr(stderr.clone())
+        .stdin(io.stdin.clone())
+        .stdout(io.stdout.clone())
+        .stderr(io.stderr.clone())
         .monotonic_clock(RunClock::new(origin))
         .allow_tcp(false)
         .allow_udp(false)
