@@ -25,21 +25,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn measure(runs: usize, mut f: impl FnMut()) -> (Duration, Duration) {
-    let mut times: Vec<Duration> = (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    (percentile(&times, 0.5), percentile(&times, 0.99))
-}
-
-/// Like [`measure`], with an untimed pause before each run: the latency of a run that finds a
-/// prepared guest ready (the pool refills during the pause).
-fn measure_spaced(runs: usize, pause: Duration, mut f: impl FnMut()) -> (Duration, Duration) {
+/// Times `runs` calls of `f`; with a non-zero `pause`, sleeps that long (untimed) before each,
+/// which measures a run that finds a prepared guest ready (the pool refills during the pause).
+fn measure(runs: usize, pause: Duration, mut f: impl FnMut()) -> (Duration, Duration) {
     let mut times: Vec<Duration> = (0..runs)
         .map(|_| {
             std::thread::sleep(pause);
@@ -72,7 +60,8 @@ fn in_process(sandbox: &Sandbox, language: Language, code: &str, runs: usize) ->
         guest.push(r.wall_ms);
         fuel.push(r.fuel_consumed.unwrap_or(0));
     };
-    let (p50, p99) = if warm { measure_spaced(runs, Duration::from_millis(8), run) } else { measure(runs, run) };
+    let pause = if warm { Duration::from_millis(8) } else { Duration::ZERO };
+    let (p50, p99) = measure(runs, pause, run);
     guest.sort_by(f64::total_cmp);
     fuel.sort();
     let how = if warm { "prepared instance" } else { "fresh instance made in the run" };
@@ -97,7 +86,7 @@ fn process(language: Language, code: &str, runs: usize) -> Row {
     for _ in 0..3 {
         run();
     }
-    let (p50, p99) = measure(runs, run);
+    let (p50, p99) = measure(runs, Duration::ZERO, run);
     Row { what: format!("{language} `{code}`, `wsbx exec` process"), runs, p50, p99, note: String::new() }
 }
 
@@ -111,7 +100,7 @@ fn bare_firejail(runs: usize) -> Row {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
     run();
-    let (p50, p99) = measure(runs, run);
+    let (p50, p99) = measure(runs, Duration::ZERO, run);
     Row { what: "bare `firejail ... /bin/true` (reference)".into(), runs, p50, p99, note: String::new() }
 }
 
@@ -165,7 +154,7 @@ fn http(runs: usize) -> Vec<Row> {
                 post(language, code).await;
             }
         });
-        let (p50, p99) = measure(runs, || rt.block_on(post(language, code)));
+        let (p50, p99) = measure(runs, Duration::ZERO, || rt.block_on(post(language, code)));
         rows.push(Row { what: format!("{language} `{code}`, HTTP round trip"), runs, p50, p99, note: String::new() });
     }
     for clients in [2usize, 8] {

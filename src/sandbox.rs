@@ -132,43 +132,23 @@ impl Sandbox {
 
     fn backend(&self, language: Language) -> Result<&dyn Backend, PrepareError> {
         match language {
-            Language::Python => {
-                let backend = self.python.get_or_init(|| {
-                    let engine = self.engine()?;
-                    let python = self
-                        .runtimes
-                        .python(&engine, &InstallOptions::default(), &mut std::io::stderr())
-                        .map_err(|e| e.to_string())?;
-                    PythonBackend::new(engine, python, &self.config.scratch_root, self.config.warm_instances)
-                });
-                match backend {
-                    Ok(backend) => Ok(backend),
-                    Err(e) => Err(PrepareError::Runtime(e.clone())),
-                }
-            }
-            Language::Javascript => {
-                let backend = self.javascript.get_or_init(|| {
-                    let engine = self.engine()?;
-                    let javascript = self
-                        .runtimes
-                        .javascript(&engine, &InstallOptions::default(), &mut std::io::stderr())
-                        .map_err(|e| e.to_string())?;
-                    JavascriptBackend::new(engine, javascript, &self.config.scratch_root, self.config.warm_instances)
-                });
-                match backend {
-                    Ok(backend) => Ok(backend),
-                    Err(e) => Err(PrepareError::Runtime(e.clone())),
-                }
-            }
-            Language::Shell => {
-                let backend = self.shell.get_or_init(|| {
-                    FirejailBackend::new(&self.config.scratch_root, &self.config.home).map_err(|e| e.to_string())
-                });
-                match backend {
-                    Ok(backend) => Ok(backend),
-                    Err(e) => Err(RequestError::Unavailable(Language::Shell, e.clone()).into()),
-                }
-            }
+            Language::Python => loaded(&self.python, PrepareError::Runtime, || {
+                let engine = self.engine()?;
+                let python = self.runtimes.python(&engine, &InstallOptions::default(), &mut std::io::stderr());
+                let python = python.map_err(|e| e.to_string())?;
+                PythonBackend::new(engine, python, &self.config.scratch_root, self.config.warm_instances)
+            }),
+            Language::Javascript => loaded(&self.javascript, PrepareError::Runtime, || {
+                let engine = self.engine()?;
+                let javascript = self.runtimes.javascript(&engine, &InstallOptions::default(), &mut std::io::stderr());
+                let javascript = javascript.map_err(|e| e.to_string())?;
+                JavascriptBackend::new(engine, javascript, &self.config.scratch_root, self.config.warm_instances)
+            }),
+            Language::Shell => loaded(
+                &self.shell,
+                |e| RequestError::Unavailable(Language::Shell, e).into(),
+                || FirejailBackend::new(&self.config.scratch_root, &self.config.home).map_err(|e| e.to_string()),
+            ),
         }
     }
 
@@ -233,6 +213,19 @@ impl Sandbox {
             }
         }
         (result, Some(scratch))
+    }
+}
+
+/// The backend in `cell`, made by `make` the first time; a failure to make it is remembered
+/// (it is not retried) and reported through `error`.
+fn loaded<'a, B: Backend + 'a>(
+    cell: &'a OnceLock<Result<B, String>>,
+    error: impl FnOnce(String) -> PrepareError,
+    make: impl FnOnce() -> Result<B, String>,
+) -> Result<&'a dyn Backend, PrepareError> {
+    match cell.get_or_init(make) {
+        Ok(backend) => Ok(backend),
+        Err(e) => Err(error(e.clone())),
     }
 }
 

@@ -207,36 +207,13 @@ fn javascript_environment_holds_only_what_the_request_sets() {
 }
 
 #[test]
-fn warm_and_cold_guests_give_the_same_results() {
-    use wsbx::{Sandbox, SandboxConfig};
-    let cold = Sandbox::new(SandboxConfig { warm_instances: 0, ..SandboxConfig::default() });
-    let warm = Sandbox::new(SandboxConfig { warm_instances: 1, ..SandboxConfig::default() });
-    let programs = [
-        "import * as std from 'qjs:std';\nconsole.log(std.in.readAsString(), std.loadFile('i.txt'), Object.keys(process.env));\nconst f = std.open('o.txt', 'w'); f.puts('out'); f.close();\nprocess.exit(5)",
-        "const v = await Promise.resolve(7); console.log(v)",
-        "throw new TypeError('t')",
-    ];
-    for code in programs {
-        let mut req = request(Language::Javascript, code);
-        req.stdin = b"input".to_vec();
-        req.files.push(InputFile { path: "i.txt".into(), content: b"ab".to_vec() });
-        req.return_files = true;
-        let expected = cold.run(&req);
-        // The pool fills in the background: wait until a run is served by a prepared guest,
-        // which shows as fuel spent on the program alone.
-        let mut got = warm.run(&req);
-        for _ in 0..100 {
-            if got.fuel_consumed < expected.fuel_consumed {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            got = warm.run(&req);
-        }
-        assert!(got.fuel_consumed < expected.fuel_consumed, "never served warm: {got:#?}");
-        assert_eq!(
-            (got.status, got.exit_code, &got.stdout, &got.stderr, &got.files),
-            (expected.status, expected.exit_code, &expected.stdout, &expected.stderr, &expected.files),
-            "{code}"
-        );
-    }
+fn prepared_guests_give_the_same_results_as_fresh_ones() {
+    common::assert_prepared_guests_match_fresh_ones(
+        Language::Javascript,
+        &[
+            "import * as std from 'qjs:std';\nconsole.log(std.in.readAsString(), std.loadFile('i.txt'), Object.keys(process.env));\nconst f = std.open('o.txt', 'w'); f.puts('out'); f.close();\nprocess.exit(5)",
+            "const v = await Promise.resolve(7); console.log(v)",
+            "throw new TypeError('t')",
+        ],
+    );
 }

@@ -329,35 +329,13 @@ fn concurrent_runs_are_independent() {
 }
 
 #[test]
-fn warm_and_cold_guests_give_the_same_results() {
-    let cold = Sandbox::new(SandboxConfig { warm_instances: 0, ..SandboxConfig::default() });
-    let warm = Sandbox::new(SandboxConfig { warm_instances: 1, ..SandboxConfig::default() });
-    let programs = [
-        "import os, sys\nprint(os.getcwd(), sys.argv, sorted(os.environ))\nprint(sys.stdin.read())\nopen('o.txt', 'w').write(open('i.txt').read() * 2)\nsys.exit(5)",
-        "1 + 1",
-        "raise KeyError('k')",
-    ];
-    for code in programs {
-        let mut req = request(Language::Python, code);
-        req.stdin = b"input".to_vec();
-        req.files.push(InputFile { path: "i.txt".into(), content: b"ab".to_vec() });
-        req.return_files = true;
-        let expected = cold.run(&req);
-        // The pool fills in the background: wait until a run is served by a prepared guest,
-        // which shows as fuel spent on the code alone.
-        let mut got = warm.run(&req);
-        for _ in 0..100 {
-            if got.fuel_consumed < expected.fuel_consumed {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            got = warm.run(&req);
-        }
-        assert!(got.fuel_consumed < expected.fuel_consumed, "never served warm: {got:#?}");
-        assert_eq!(
-            (got.status, got.exit_code, &got.stdout, &got.stderr, &got.files),
-            (expected.status, expected.exit_code, &expected.stdout, &expected.stderr, &expected.files),
-            "{code}"
-        );
-    }
+fn prepared_guests_give_the_same_results_as_fresh_ones() {
+    common::assert_prepared_guests_match_fresh_ones(
+        Language::Python,
+        &[
+            "import os, sys\nprint(os.getcwd(), sys.argv, sorted(os.environ))\nprint(sys.stdin.read())\nopen('o.txt', 'w').write(open('i.txt').read() * 2)\nsys.exit(5)",
+            "1 + 1",
+            "raise KeyError('k')",
+        ],
+    );
 }

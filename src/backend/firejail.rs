@@ -208,14 +208,14 @@ impl Backend for FirejailBackend {
     fn run(&self, request: &ExecRequest, scratch: &Scratch) -> Outcome {
         if let Some((uid, gid)) = self.user {
             if let Err(e) = chown_tree(scratch.path(), uid, gid) {
-                return failed(Status::InternalError, format!("handing the scratch directory to {JOB_USER}: {e}"));
+                return Outcome::failed(Status::InternalError, format!("handing the scratch directory to {JOB_USER}: {e}"));
             }
         }
         let started = Instant::now();
         let deadline = started + request.limits.timeout();
         let mut child = match self.command(request, scratch.path()).spawn() {
             Ok(child) => child,
-            Err(e) => return failed(Status::Rejected, format!("could not start firejail: {e}")),
+            Err(e) => return Outcome::failed(Status::Rejected, format!("could not start firejail: {e}")),
         };
         let pid = child.id() as libc::pid_t;
         let cap = usize::try_from(request.limits.max_output_bytes).unwrap_or(usize::MAX);
@@ -386,19 +386,4 @@ fn lookup_user(name: &str) -> Option<(u32, u32, PathBuf)> {
 fn find_in_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
-}
-
-fn failed(status: Status, detail: String) -> Outcome {
-    Outcome {
-        status,
-        exit_code: None,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-        stdout_truncated: false,
-        stderr_truncated: false,
-        fuel_consumed: None,
-        wall_ms: 0.0,
-        peak_memory_bytes: 0,
-        detail: Some(detail),
-    }
 }

@@ -37,6 +37,22 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// An outcome for a run that ended before the guest did anything.
+    pub fn failed(status: Status, detail: impl Into<String>) -> Outcome {
+        Outcome {
+            status,
+            exit_code: None,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            fuel_consumed: None,
+            wall_ms: 0.0,
+            peak_memory_bytes: 0,
+            detail: Some(detail.into()),
+        }
+    }
+
     /// The status for a guest that exited by itself with `code`.
     pub fn status_for_exit(code: i32) -> Status {
         if code == 0 {

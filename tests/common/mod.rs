@@ -39,3 +39,32 @@ pub fn javascript(code: &str) -> ExecResult {
 pub fn shell(code: &str) -> ExecResult {
     sandbox().run(&request(Language::Shell, code))
 }
+
+/// Runs each program in a sandbox that prepares guests ahead and in one that does not, and
+/// asserts both give the same result. Waits for the prepared path to be taken, which shows as
+/// fuel spent on the program alone.
+pub fn assert_prepared_guests_match_fresh_ones(language: Language, programs: &[&str]) {
+    let fresh = Sandbox::new(SandboxConfig { warm_instances: 0, ..SandboxConfig::default() });
+    let prepared = Sandbox::new(SandboxConfig { warm_instances: 1, ..SandboxConfig::default() });
+    for code in programs {
+        let mut req = request(language, code);
+        req.stdin = b"input".to_vec();
+        req.files.push(wsbx::InputFile { path: "i.txt".into(), content: b"ab".to_vec() });
+        req.return_files = true;
+        let expected = fresh.run(&req);
+        let mut got = prepared.run(&req);
+        for _ in 0..100 {
+            if got.fuel_consumed < expected.fuel_consumed {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            got = prepared.run(&req);
+        }
+        assert!(got.fuel_consumed < expected.fuel_consumed, "never served by a prepared guest: {got:#?}");
+        assert_eq!(
+            (got.status, got.exit_code, &got.stdout, &got.stderr, &got.files),
+            (expected.status, expected.exit_code, &expected.stdout, &expected.stderr, &expected.files),
+            "{code}"
+        );
+    }
+}

@@ -434,16 +434,5 @@ fn classify(
 }
 
 fn internal_error(detail: String) -> Outcome {
-    Outcome {
-        status: Status::InternalError,
-        exit_code: None,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-        stdout_truncated: false,
-        stderr_truncated: false,
-        fuel_consumed: None,
-        wall_ms: 0.0,
-        peak_memory_bytes: 0,
-        detail: Some(detail),
-    }
+    Outcome::failed(Status::InternalError, detail)
 }
