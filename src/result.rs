@@ -85,9 +85,10 @@ pub struct ExecResult {
     pub stdout_truncated: bool,
     /// Whether stderr went over `max_output_bytes` and was cut.
     pub stderr_truncated: bool,
-    /// Fuel the guest burnt; `None` for shell jobs and runs refused before starting.
+    /// Fuel the request's code burnt (the interpreter's set-up excluded); `None` for shell jobs
+    /// and runs that never started.
     pub fuel_consumed: Option<u64>,
-    /// Wall time of the run in milliseconds, from guest start to guest end.
+    /// Wall time of the request's code in milliseconds (the interpreter's set-up excluded).
     pub wall_ms: f64,
     /// Highest memory the guest held: linear memory (wasm) or maximum resident set (shell).
     pub peak_memory_bytes: u64,

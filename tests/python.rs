@@ -332,10 +332,24 @@ fn concurrent_runs_are_independent() {
 fn prepared_guests_give_the_same_results_as_fresh_ones() {
     common::assert_prepared_guests_match_fresh_ones(
         Language::Python,
+        "import time\nprint(str(time.monotonic() > 0.2).lower())",
         &[
             "import os, sys\nprint(os.getcwd(), sys.argv, sorted(os.environ))\nprint(sys.stdin.read())\nopen('o.txt', 'w').write(open('i.txt').read() * 2)\nsys.exit(5)",
             "1 + 1",
             "raise KeyError('k')",
         ],
     );
+}
+
+#[test]
+fn python_fuel_counts_only_the_code() {
+    // The interpreter's own set-up (millions of fuel) is not charged to the request: a small
+    // budget is enough for a small program, and the same program always costs the same.
+    let mut req = request(Language::Python, "print('x')");
+    req.limits.fuel = 2_000_000;
+    let first = sandbox().run(&req);
+    assert_status(&first, Status::Ok);
+    assert!(first.fuel_consumed.unwrap() < 2_000_000);
+    let second = sandbox().run(&req);
+    assert_eq!(first.fuel_consumed, second.fuel_consumed);
 }

@@ -80,9 +80,6 @@ impl Backend for JavascriptBackend {
             return outcome;
         }
         let grants = grants(scratch.path(), &request.env);
-        run_guest(&self.engine, &self.pre, request, &grants, |store, instance| {
-            prepare(store, instance)?;
-            run_code(store, instance, &request.code)
-        })
+        run_guest(&self.engine, &self.pre, request, &grants, prepare, code)
     }
 }

@@ -82,49 +82,62 @@ fn on_guest_thread<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R, String> {
     })
 }
 
-/// Runs one guest from scratch: a fresh store and instance from `pre`, armed with the request's
-/// limits, then `enter` to hand it the code and run it (its return value is the exit code; a
-/// trap or error it returns is classified into the outcome's status).
-pub(crate) fn run_guest<F>(
+/// Fuel a guest may spend setting its interpreter up (CPython's first turn and prelude take
+/// about 4 million, QuickJS's runtime and globals about 4 million). Set-up is wsbx's code, not
+/// the request's: it is metered separately so that `fuel` and `fuel_consumed` count only the
+/// request's code, whether its guest was prepared ahead or made for it.
+const SETUP_FUEL: u64 = 10_000_000_000;
+
+/// Runs one guest from scratch, on a thread whose native stack fits the wasm stack: prepares a
+/// fresh instance from `pre` with `init` (under the request's memory cap and deadline and the
+/// set-up fuel), then runs the request's code with `enter` exactly as a prepared guest would.
+/// `enter` returns the exit code; a trap or error it returns is classified into the status.
+pub(crate) fn run_guest<I, F>(
     engine: &WasmEngine,
     pre: &InstancePre<GuestState>,
     request: &ExecRequest,
     grants: &Grants,
+    init: I,
     enter: F,
 ) -> Outcome
 where
+    I: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<()> + Send,
     F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32> + Send,
 {
     let ran = on_guest_thread(|| {
         let busy = Busy::new();
-        let io = GuestIo::new(request.limits.max_output_bytes);
-        io.stdin.set(request.stdin.clone());
-        let mut store = match store(engine, grants, &io, &request.limits) {
-            Ok(store) => store,
-            Err(e) => return internal_error(e),
-        };
-        let started = Instant::now();
-        let result = pre.instantiate(&mut store).and_then(|instance| enter(&mut store, &instance));
-        finish(store, busy, &io, request, started, result)
+        let setup = Limits { fuel: SETUP_FUEL, ..request.limits };
+        match Guest::prepare(engine, pre, grants, &setup, init) {
+            Ok(guest) => guest.run_here(busy, request, enter),
+            Err(failed) => failed,
+        }
     });
     ran.unwrap_or_else(internal_error)
 }
 
 impl Guest {
-    /// Instantiates a guest from `pre` with `grants` and runs `init` in it (under `limits`), so
-    /// that a later [`Guest::run`] only has to run the request's own code.
+    /// Instantiates a guest from `pre` with `grants` and runs `init` in it under `limits`, so
+    /// that [`Guest::run`] only has to run the request's own code. A guest that cannot start
+    /// within `limits` (its memory cap is below the interpreter's footprint, say) gives the
+    /// outcome that says so.
     pub(crate) fn prepare(
         engine: &WasmEngine,
         pre: &InstancePre<GuestState>,
         grants: &Grants,
         limits: &Limits,
         init: impl FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<()>,
-    ) -> Result<Guest, String> {
+    ) -> Result<Guest, Outcome> {
         let io = GuestIo::new(limits.max_output_bytes);
-        let mut store = store(engine, grants, &io, limits)?;
-        let instance = pre.instantiate(&mut store).map_err(|e| format!("instantiating: {e}"))?;
-        init(&mut store, &instance).map_err(|e| format!("initializing: {e}"))?;
-        Ok(Guest { store, instance, io })
+        let mut store = store(engine, grants, &io, limits).map_err(internal_error)?;
+        let prepared = pre.instantiate(&mut store).and_then(|instance| init(&mut store, &instance).map(|()| instance));
+        match prepared {
+            Ok(instance) => Ok(Guest { store, instance, io }),
+            Err(error) => {
+                let (status, _, detail) = classify(Err(error), &store.data().memory, limits);
+                let detail = detail.unwrap_or_default();
+                Err(Outcome::failed(status, format!("the interpreter could not start: {detail}")))
+            }
+        }
     }
 
     /// Linear memory the guest holds now, in bytes.
@@ -132,25 +145,30 @@ impl Guest {
         self.store.data().memory.peak()
     }
 
-    /// Runs `request` in this prepared guest, re-armed with the request's limits: fuel, time
-    /// and output count from here.
-    pub(crate) fn run<F>(mut self, request: &ExecRequest, enter: F) -> Outcome
+    /// Runs `request` in this prepared guest on a guest thread; see [`Guest::run_here`].
+    pub(crate) fn run<F>(self, request: &ExecRequest, enter: F) -> Outcome
     where
         F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32> + Send,
     {
         let busy = Busy::new();
-        let ran = on_guest_thread(move || {
-            self.io.stdin.set(request.stdin.clone());
-            self.io.stdout.reset(request.limits.max_output_bytes);
-            self.io.stderr.reset(request.limits.max_output_bytes);
-            if let Err(e) = arm(&mut self.store, &request.limits) {
-                return internal_error(format!("arming the store: {e}"));
-            }
-            let started = Instant::now();
-            let result = enter(&mut self.store, &self.instance);
-            finish(self.store, busy, &self.io, request, started, result)
-        });
-        ran.unwrap_or_else(internal_error)
+        on_guest_thread(move || self.run_here(busy, request, enter)).unwrap_or_else(internal_error)
+    }
+
+    /// Runs `request` in this guest on the current thread, re-armed with the request's limits:
+    /// fuel, time and output count from here.
+    fn run_here<F>(mut self, busy: Busy, request: &ExecRequest, enter: F) -> Outcome
+    where
+        F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32>,
+    {
+        self.io.stdin.set(request.stdin.clone());
+        self.io.stdout.reset(request.limits.max_output_bytes);
+        self.io.stderr.reset(request.limits.max_output_bytes);
+        if let Err(e) = arm(&mut self.store, &request.limits) {
+            return internal_error(format!("arming the store: {e}"));
+        }
+        let started = Instant::now();
+        let result = enter(&mut self.store, &self.instance);
+        finish(self.store, busy, &self.io, request, started, result)
     }
 }
 
@@ -350,7 +368,8 @@ pub(crate) fn warm_pool(
     let root = scratch_root.to_owned();
     Some(WarmPool::start(target, move || {
         let scratch = Scratch::create(&root).map_err(|e| format!("creating a scratch directory: {e}"))?;
-        let guest = Guest::prepare(&engine, &pre, &grants(scratch.path()), &WARM_LIMITS, init)?;
+        let guest = Guest::prepare(&engine, &pre, &grants(scratch.path()), &WARM_LIMITS, init)
+            .map_err(|failed| failed.detail.unwrap_or_default())?;
         Ok((guest, scratch))
     }))
 }

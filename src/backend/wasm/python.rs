@@ -59,12 +59,7 @@ impl PythonBackend {
         let lib_dir = python.lib_dir;
         let warm_lib = lib_dir.clone();
         let warm_grants = move |scratch: &Path| grants(&warm_lib, scratch, &BTreeMap::new());
-        let warm = warm_pool(warm, engine.clone(), pre.clone(), scratch_root, warm_grants, |store, instance| {
-            match turn(store, instance, PRELUDE.as_bytes())? {
-                0 => Ok(()),
-                status => Err(wasmtime::format_err!("the python prelude failed with status {status}")),
-            }
-        });
+        let warm = warm_pool(warm, engine.clone(), pre.clone(), scratch_root, warm_grants, prelude);
         Ok(PythonBackend { engine, pre, lib_dir, warm })
     }
 
@@ -99,6 +94,14 @@ fn turn(store: &mut Store<GuestState>, instance: &Instance, code: &[u8]) -> wasm
     turn.call(&mut *store, (ptr, len))
 }
 
+/// Runs the prelude in a fresh interpreter.
+fn prelude(store: &mut Store<GuestState>, instance: &Instance) -> wasmtime::Result<()> {
+    match turn(store, instance, PRELUDE.as_bytes())? {
+        0 => Ok(()),
+        status => Err(wasmtime::format_err!("the python prelude failed with status {status}")),
+    }
+}
+
 /// Runs the request's code; `turn`'s status holds the exit code in its low byte.
 fn user_turn(store: &mut Store<GuestState>, instance: &Instance, code: &str) -> wasmtime::Result<i32> {
     Ok(turn(store, instance, code.as_bytes())? & 0xff)
@@ -111,12 +114,6 @@ impl Backend for PythonBackend {
             return outcome;
         }
         let grants = grants(&self.lib_dir, scratch.path(), &request.env);
-        run_guest(&self.engine, &self.pre, request, &grants, |store, instance| {
-            let prelude = turn(store, instance, PRELUDE.as_bytes())?;
-            if prelude != 0 {
-                return Err(wasmtime::format_err!("the python prelude failed with status {prelude}"));
-            }
-            user_turn(store, instance, &request.code)
-        })
+        run_guest(&self.engine, &self.pre, request, &grants, prelude, user)
     }
 }
