@@ -315,7 +315,14 @@ fn poll_oneoff(
     if n == 0 {
         return Ok(ERRNO_INVAL);
     }
+    // `n` comes from the guest: nothing is allocated for it before it is known to describe
+    // subscriptions and events that fit in the guest's own memory.
     let n = n as usize;
+    let size = memory.data_size(&*caller);
+    let fits = |ptr: u32, each: usize| n.checked_mul(each).and_then(|len| len.checked_add(ptr as usize)).is_some_and(|end| end <= size);
+    if !fits(subs_ptr, SUBSCRIPTION_SIZE) || !fits(events_ptr, EVENT_SIZE) {
+        return Ok(ERRNO_FAULT);
+    }
     let mut raw = vec![0u8; n * SUBSCRIPTION_SIZE];
     if memory.read(&*caller, subs_ptr as usize, &mut raw).is_err() {
         return Ok(ERRNO_FAULT);
@@ -378,6 +385,55 @@ fn poll_oneoff(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// A store running `guests/wat/poll_oneoff.wat` against the replacement `poll_oneoff`, with
+    /// a deadline `deadline` from now.
+    fn poll_guest(deadline: Duration) -> (wasmtime::Store<GuestState>, wasmtime::Instance) {
+        let engine = wasmtime::Engine::default();
+        let module = wasmtime::Module::new(&engine, include_str!("../../../guests/wat/poll_oneoff.wat")).unwrap();
+        let started = Instant::now();
+        let state = GuestState {
+            wasi: WasiCtxBuilder::new().build_p1(),
+            memory: super::super::limits::MemoryCap::new(1 << 20),
+            started,
+            deadline: started + deadline,
+        };
+        let mut store = wasmtime::Store::new(&engine, state);
+        let mut linker = Linker::new(&engine);
+        replace_poll_oneoff(&mut linker).unwrap();
+        let instance = linker.instantiate(&mut store, &module).unwrap();
+        (store, instance)
+    }
+
+    fn call(store: &mut wasmtime::Store<GuestState>, instance: &wasmtime::Instance, name: &str) -> wasmtime::Result<i32> {
+        instance.get_typed_func::<(), i32>(&mut *store, name).unwrap().call(&mut *store, ())
+    }
+
+    #[test]
+    fn poll_oneoff_refuses_a_guest_that_claims_billions_of_subscriptions() {
+        let (mut store, instance) = poll_guest(Duration::from_secs(10));
+        assert_eq!(call(&mut store, &instance, "huge").unwrap(), ERRNO_FAULT);
+    }
+
+    #[test]
+    fn poll_oneoff_never_sleeps_past_the_deadline() {
+        let (mut store, instance) = poll_guest(Duration::from_millis(200));
+        let started = Instant::now();
+        let error = call(&mut store, &instance, "sleep_a_minute").unwrap_err();
+        assert!(error.downcast_ref::<DeadlinePassed>().is_some(), "{error:?}");
+        assert!(started.elapsed() < Duration::from_secs(30), "slept {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn poll_oneoff_short_sleep_returns_its_event() {
+        let (mut store, instance) = poll_guest(Duration::from_secs(10));
+        assert_eq!(call(&mut store, &instance, "sleep_a_millisecond").unwrap(), ERRNO_SUCCESS);
+        let memory = instance.get_memory(&mut store, "memory").unwrap();
+        let mut count = [0u8; 4];
+        memory.read(&store, 1024, &mut count).unwrap();
+        assert_eq!(u32::from_le_bytes(count), 1);
+    }
 
     #[test]
     fn capped_pipe_keeps_the_first_bytes_and_flags_the_rest() {
