@@ -85,6 +85,12 @@ struct ServeArgs {
     /// Ceiling on a request's output per stream, in bytes.
     #[arg(long = "max-output", value_name = "BYTES", default_value_t = 16 << 20)]
     max_output: u64,
+    /// The most file content one result returns (`return_files`), in bytes.
+    #[arg(long = "max-return-bytes", value_name = "BYTES", default_value_t = wsbx::sandbox::DEFAULT_MAX_RETURN_BYTES)]
+    max_return_bytes: u64,
+    /// Connections open at once; more wait in the kernel's accept queue.
+    #[arg(long = "max-connections", value_name = "N", default_value_t = 1024)]
+    max_connections: usize,
 }
 
 #[derive(Args)]
@@ -119,9 +125,13 @@ struct ExecArgs {
     /// Set an environment variable for the guest (the host's environment is never passed on).
     #[arg(long = "env", value_name = "NAME=VALUE")]
     env: Vec<String>,
-    /// Copy the scratch directory here after the run.
+    /// Copy the scratch directory here after the run (regular files and directories only).
     #[arg(long = "out-dir", value_name = "DIR")]
     out_dir: Option<PathBuf>,
+    /// The most file content --out-dir copies (and --json returns), in bytes; files past it
+    /// are left out and reported.
+    #[arg(long = "max-return-bytes", value_name = "BYTES", default_value_t = wsbx::sandbox::DEFAULT_MAX_RETURN_BYTES)]
+    max_return_bytes: u64,
     /// Print the result object as JSON instead of the guest's streams.
     #[arg(long)]
     json: bool,
@@ -148,7 +158,46 @@ fn main() -> ExitCode {
     }
 }
 
+/// The signal that asked `wsbx exec` to stop, 0 while none did.
+static STOPPED_BY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Makes SIGTERM, SIGINT and SIGHUP end `wsbx exec` cleanly: a running shell job is killed at
+/// once (never orphaned past its deadline), the scratch directory is removed, and wsbx exits
+/// with 128 + the signal's number. A wasm guest cannot be interrupted from outside its run, so
+/// if the run has not returned within a second its scratch directory is removed and wsbx exits.
+///
+/// Must run before any other thread exists: the signals are blocked in every thread (children
+/// get the default mask back at exec) and a watcher thread takes them with `sigwait`.
+fn stop_cleanly_on_signals() {
+    // SAFETY: plain sigset manipulation on a local; pthread_sigmask on the calling thread.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let watcher = std::thread::Builder::new().name("wsbx-signals".into()).spawn(move || {
+        let mut signal = 0;
+        // SAFETY: set is a valid, initialised sigset; signal is a live local.
+        if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+            return;
+        }
+        STOPPED_BY.store(signal, std::sync::atomic::Ordering::SeqCst);
+        wsbx::backend::firejail::stop_all();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        wsbx::scratch::remove_all_live();
+        std::process::exit(128 + signal);
+    });
+    if let Err(e) = watcher {
+        tracing::warn!(error = %e, "could not watch for signals; a signal ends wsbx without clean-up");
+    }
+}
+
 fn exec(args: ExecArgs) -> ExitCode {
+    stop_cleanly_on_signals();
     let json = args.json;
     let language = match args.language.parse::<Language>() {
         Ok(l) => l,
@@ -159,7 +208,11 @@ fn exec(args: ExecArgs) -> ExitCode {
         Err(message) => return refuse(json, Some(language), &message),
     };
     // One run per process: preparing guests ahead would only cost time.
-    let sandbox = Sandbox::new(SandboxConfig { warm_instances: 0, ..SandboxConfig::default() });
+    let sandbox = Sandbox::new(SandboxConfig {
+        warm_instances: 0,
+        max_return_bytes: args.max_return_bytes,
+        ..SandboxConfig::default()
+    });
     // Refuse bad requests before any install work.
     if let Err(e) = request.validate(&sandbox.config().ceiling) {
         return refuse(json, Some(language), &e.to_string());
@@ -167,14 +220,27 @@ fn exec(args: ExecArgs) -> ExitCode {
     let (result, scratch) = sandbox.run_keeping_scratch(&request);
     let mut code = exit_code(&result);
     if let (Some(dir), Some(scratch)) = (&args.out_dir, &scratch) {
-        if let Err(e) = scratch.copy_out(dir) {
-            eprintln!("wsbx: internal_error: copying the scratch directory to {}: {e}", dir.display());
-            code = ExitCode::from(EXIT_INTERNAL);
+        match scratch.copy_out(dir, args.max_return_bytes) {
+            Ok(report) => {
+                for skipped in &report.skipped {
+                    eprintln!("wsbx: not copied to {}: {}: {}", dir.display(), skipped.path, skipped.reason);
+                }
+                if report.truncated {
+                    eprintln!("wsbx: files over --max-return-bytes {} were not copied to {}", args.max_return_bytes, dir.display());
+                }
+            }
+            Err(e) => {
+                eprintln!("wsbx: internal_error: copying the scratch directory to {}: {e}", dir.display());
+                code = ExitCode::from(EXIT_INTERNAL);
+            }
         }
     }
     drop(scratch);
     print_result(&result, json);
-    code
+    match STOPPED_BY.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => code,
+        signal => ExitCode::from(128u8.saturating_add(signal as u8)),
+    }
 }
 
 /// Turns the command line into a request; every error is the user's to fix (exit 126).
@@ -254,21 +320,7 @@ fn limits(args: &ExecArgs) -> Result<Limits, String> {
 
 fn refuse(json: bool, language: Option<Language>, message: &str) -> ExitCode {
     if json {
-        let result = ExecResult {
-            id: uuid::Uuid::new_v4(),
-            language: language.unwrap_or(Language::Python),
-            status: Status::Rejected,
-            exit_code: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            stdout_truncated: false,
-            stderr_truncated: false,
-            fuel_consumed: None,
-            wall_ms: 0.0,
-            peak_memory_bytes: 0,
-            detail: Some(message.to_owned()),
-            files: None,
-        };
+        let result = ExecResult::not_run(language.unwrap_or(Language::Python), Status::Rejected, message.to_owned());
         print_result(&result, true);
     } else {
         eprintln!("wsbx: rejected: {message}");
@@ -309,8 +361,14 @@ fn exit_code(result: &ExecResult) -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    if args.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        eprintln!("wsbx: rejected: --token (or $WSBX_TOKEN) is empty: give a real token, or unset it to serve without authentication");
+        return ExitCode::from(EXIT_REJECTED);
+    }
     let mut config = wsbx::server::ServeConfig::default();
     config.token = args.token;
+    config.max_connections = args.max_connections.max(1);
+    config.sandbox.max_return_bytes = args.max_return_bytes;
     if let Some(n) = args.max_concurrency {
         config.max_concurrency = n.max(1);
         config.max_queue = n.max(1) * 4;

@@ -212,10 +212,18 @@ impl ExecRequest {
     pub fn validate(&self, ceiling: &Limits) -> Result<(), RequestError> {
         self.limits.validate(ceiling)?;
         let mut seen = std::collections::HashSet::new();
+        let mut paths = Vec::with_capacity(self.files.len());
         for file in &self.files {
             let path = guest_path(&file.path)?;
-            if !seen.insert(path) {
+            if !seen.insert(path.clone()) {
                 return Err(RequestError::DuplicatePath(file.path.clone()));
+            }
+            paths.push((path, &file.path));
+        }
+        // `a` and `a/b` cannot both be files: one would have to be a directory.
+        for (path, given) in &paths {
+            if path.ancestors().skip(1).any(|parent| seen.contains(parent)) {
+                return Err(RequestError::FileUnderFile(given.to_string()));
             }
         }
         for name in self.env.keys() {
@@ -229,6 +237,11 @@ impl ExecRequest {
         Ok(())
     }
 }
+
+/// The longest name of one path component, as on Linux file systems.
+const MAX_NAME_BYTES: usize = 255;
+/// The longest path a request may name (Linux's `PATH_MAX`).
+const MAX_PATH_BYTES: usize = 4096;
 
 /// Checks a path a request names inside the scratch directory and returns it as a relative path.
 ///
@@ -248,9 +261,15 @@ pub fn guest_path(path: &str) -> Result<PathBuf, RequestError> {
     if path.contains('\0') {
         return Err(bad("it contains a NUL byte"));
     }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(bad("it is longer than 4096 bytes"));
+    }
     let mut clean = PathBuf::new();
     for component in Path::new(path).components() {
         match component {
+            Component::Normal(name) if name.len() > MAX_NAME_BYTES => {
+                return Err(bad("a component of it is longer than 255 bytes"))
+            }
             Component::Normal(name) => clean.push(name),
             Component::CurDir => {}
             Component::ParentDir => return Err(bad("it climbs out with '..'")),
@@ -298,6 +317,9 @@ pub enum RequestError {
     /// Two input files have the same path.
     #[error("file path {0:?} is given twice")]
     DuplicatePath(String),
+    /// An input file lies under a path that is given as a file too (`a` and `a/b`).
+    #[error("file path {0:?} lies under another input file's path; a file cannot also be a directory")]
+    FileUnderFile(String),
     /// An environment variable name is empty or contains `=` or NUL.
     #[error("bad environment variable name {0:?}")]
     BadEnvName(String),
@@ -328,6 +350,18 @@ mod tests {
         for bad in ["", "/abs", "a/../../b", "..", ".", "a\0b"] {
             assert!(guest_path(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_file_under_a_file_and_overlong_names_are_refused() {
+        let mut req = ExecRequest::new(Language::Python, "pass");
+        for p in ["a", "a/b"] {
+            req.files.push(InputFile { path: p.into(), content: vec![] });
+        }
+        assert!(matches!(req.validate(&Limits::CEILING), Err(RequestError::FileUnderFile(_))));
+        assert!(guest_path(&"x".repeat(256)).is_err());
+        assert!(guest_path(&"x".repeat(255)).is_ok());
+        assert!(guest_path(&"a/".repeat(2100)).is_err());
     }
 
     #[test]

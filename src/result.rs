@@ -58,10 +58,15 @@ impl std::fmt::Display for Status {
 /// A file of the scratch directory returned with the result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputFile {
-    /// Path relative to the scratch directory, `/`-separated.
+    /// Path relative to the scratch directory, `/`-separated. Names that are not UTF-8 are
+    /// escaped (`\xNN` per byte, `\\` for a backslash): see [`crate::scratch::escape_path`].
     pub path: String,
     /// Always `"base64"`.
     pub encoding: String,
+    /// The file's size in bytes.
+    pub size: u64,
+    /// The media type its name suggests (`image/png`, `text/csv`, `application/octet-stream`).
+    pub mime_type: String,
     /// The file's bytes, base64-encoded.
     pub content: String,
 }
@@ -99,11 +104,19 @@ pub struct ExecResult {
     /// The scratch directory's files after the run, when the request asked for them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<OutputFile>>,
+    /// Whether files were left out of `files` because the result reached its byte cap
+    /// (`SandboxConfig::max_return_bytes`, `--max-return-bytes`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub files_truncated: bool,
+    /// Entries of the scratch directory that were not returned, and why: links and special
+    /// files (never followed or copied) and paths too long to reach.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files_skipped: Vec<crate::scratch::SkippedFile>,
 }
 
 impl ExecResult {
-    /// A result for a run that never started.
-    pub(crate) fn not_run(language: Language, status: Status, detail: String) -> Self {
+    /// A result for a run that never started (refused, or wsbx could not start it).
+    pub fn not_run(language: Language, status: Status, detail: String) -> Self {
         ExecResult {
             id: Uuid::new_v4(),
             language,
@@ -118,6 +131,8 @@ impl ExecResult {
             peak_memory_bytes: 0,
             detail: Some(detail),
             files: None,
+            files_truncated: false,
+            files_skipped: Vec::new(),
         }
     }
 }

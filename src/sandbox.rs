@@ -32,7 +32,13 @@ pub struct SandboxConfig {
     /// Worth it in a long-lived process (a server, an agent loop); a one-shot process (the
     /// CLI) sets 0. Requests that set environment variables always prepare their own guest.
     pub warm_instances: usize,
+    /// The most file content one result carries when it returns files (`return_files`), in
+    /// bytes. Files past it are left out and the result says `files_truncated`. Default 16 MiB.
+    pub max_return_bytes: u64,
 }
+
+/// The default of [`SandboxConfig::max_return_bytes`]: 16 MiB.
+pub const DEFAULT_MAX_RETURN_BYTES: u64 = 16 << 20;
 
 impl Default for SandboxConfig {
     fn default() -> Self {
@@ -41,6 +47,7 @@ impl Default for SandboxConfig {
             scratch_root: std::env::temp_dir(),
             ceiling: Limits::CEILING,
             warm_instances: 2,
+            max_return_bytes: DEFAULT_MAX_RETURN_BYTES,
         }
     }
 }
@@ -77,7 +84,21 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// A sandbox with `config`. Nothing is loaded yet.
+    ///
+    /// The first sandbox of a process on a scratch root removes what dead wsbx processes left
+    /// there ([`crate::scratch::sweep`]).
     pub fn new(config: SandboxConfig) -> Sandbox {
+        static SWEPT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+        {
+            let mut swept = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
+            if !swept.contains(&config.scratch_root) {
+                let removed = crate::scratch::sweep(&config.scratch_root);
+                if removed > 0 {
+                    tracing::info!(removed, root = %config.scratch_root.display(), "removed scratch directories of dead wsbx processes");
+                }
+                swept.push(config.scratch_root.clone());
+            }
+        }
         let runtimes = Runtimes::new(config.home.clone());
         Sandbox { config, runtimes, python: OnceLock::new(), javascript: OnceLock::new(), shell: OnceLock::new() }
     }
@@ -204,8 +225,12 @@ impl Sandbox {
             "run finished"
         );
         if request.return_files {
-            match scratch.collect_files() {
-                Ok(files) => result.files = Some(files),
+            match scratch.collect_files(self.config.max_return_bytes) {
+                Ok((files, report)) => {
+                    result.files = Some(files);
+                    result.files_truncated = report.truncated;
+                    result.files_skipped = report.skipped;
+                }
                 Err(e) => {
                     result.status = Status::InternalError;
                     result.detail = Some(format!("reading the scratch directory's files: {e}"));
@@ -244,5 +269,7 @@ fn assemble(language: Language, outcome: Outcome) -> ExecResult {
         peak_memory_bytes: outcome.peak_memory_bytes,
         detail: outcome.detail,
         files: None,
+        files_truncated: false,
+        files_skipped: Vec::new(),
     }
 }

@@ -5,7 +5,6 @@
 //! answers `{"error": "..."}`.
 
 use std::collections::BTreeMap;
-use std::future::IntoFuture;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +36,13 @@ pub struct ServeConfig {
     pub max_queue: usize,
     /// Largest request body in bytes; beyond it, 413.
     pub max_body_bytes: usize,
+    /// Connections open at once; further clients wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection stays open waiting for the next request.
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    pub body_timeout: Duration,
     /// The most any request may ask for (and the defaults are clamped to it).
     pub ceiling: Limits,
     /// The sandbox's own configuration.
@@ -51,6 +57,9 @@ impl Default for ServeConfig {
             max_concurrency: cores,
             max_queue: cores * 4,
             max_body_bytes: 16 << 20,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
             ceiling: Limits { timeout_ms: 60_000, memory_mb: 1024, max_output_bytes: 16 << 20, ..Limits::CEILING },
             sandbox: SandboxConfig::default(),
         }
@@ -61,10 +70,11 @@ struct AppState {
     sandbox: Arc<Sandbox>,
     metrics: Metrics,
     token: Option<String>,
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_queue: usize,
     max_body_bytes: usize,
+    body_timeout: Duration,
     ceiling: Limits,
     defaults: Limits,
 }
@@ -127,8 +137,12 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.into())
 }
 
-/// Builds the router for `config`.
+/// Builds the router for `config`. An empty token is refused: it would look like
+/// authentication and be none.
 pub fn router(config: ServeConfig) -> Result<Router, String> {
+    if config.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        return Err("the token is empty: give a real token, or none to serve without authentication".into());
+    }
     let ceiling = Limits {
         timeout_ms: config.ceiling.timeout_ms.min(Limits::CEILING.timeout_ms),
         fuel: config.ceiling.fuel.min(Limits::CEILING.fuel),
@@ -150,11 +164,12 @@ pub fn router(config: ServeConfig) -> Result<Router, String> {
     let state = Arc::new(AppState {
         sandbox,
         metrics,
-        token: config.token.filter(|t| !t.is_empty()),
-        slots: Semaphore::new(config.max_concurrency.max(1)),
+        token: config.token,
+        slots: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
         waiting: AtomicUsize::new(0),
         max_queue: config.max_queue,
         max_body_bytes: config.max_body_bytes,
+        body_timeout: config.body_timeout,
         ceiling,
         defaults,
     });
@@ -177,26 +192,57 @@ pub fn router(config: ServeConfig) -> Result<Router, String> {
 /// Serves on `listener` until SIGTERM or Ctrl-C, then stops accepting, lets in-flight runs
 /// finish (each ends by its own deadline; the wait is bounded by the timeout ceiling plus a
 /// margin) so their scratch directories are removed, and returns.
+///
+/// Connections are capped (`max_connections`: beyond it new clients wait in the kernel's
+/// backlog), a client must send its headers within `header_timeout` (which also closes idle
+/// keep-alive connections) and its body within `body_timeout`: slow or idle clients cannot
+/// hold the server's descriptors.
 pub async fn serve(listener: tokio::net::TcpListener, config: ServeConfig) -> std::io::Result<()> {
     let grace = Duration::from_millis(config.ceiling.timeout_ms.min(Limits::CEILING.timeout_ms)) + Duration::from_secs(5);
+    let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let header_timeout = config.header_timeout;
     let app = router(config).map_err(std::io::Error::other)?;
-    let (stop_tx, mut stopped) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing in-flight runs");
-        let _ = stop_tx.send(true);
-    });
-    tokio::select! {
-        result = server.into_future() => result,
-        () = async move {
-            // Only once the signal came does the grace period start.
-            let _ = stopped.wait_for(|s| *s).await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!("in-flight runs did not finish within {grace:?}; exiting");
-            Ok(())
-        }
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(shutdown_signal());
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut stop => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors (or a connection reset before accept): back off briefly
+                    // instead of spinning; the server stays up.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
     }
+    tracing::info!("shutting down: finishing in-flight runs");
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => tracing::warn!("in-flight runs did not finish within {grace:?}; exiting"),
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -263,37 +309,68 @@ async fn runtimes(State(state): State<Arc<AppState>>) -> Result<Response, ApiErr
 }
 
 async fn exec(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
-    let bytes = axum::body::to_bytes(body, state.max_body_bytes).await.map_err(|_| {
-        ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {} bytes", state.max_body_bytes))
-    })?;
+    let read = tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, state.max_body_bytes));
+    let bytes = read
+        .await
+        .map_err(|_| ApiError(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {:?}", state.body_timeout)))?
+        .map_err(|_| {
+            ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {} bytes", state.max_body_bytes))
+        })?;
     let body: ExecBody = serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("bad request body: {e}")))?;
     let request = to_request(body, &state.defaults)?;
     request.validate(&state.ceiling).map_err(|e| bad_request(e.to_string()))?;
 
-    let _slot = match state.slots.try_acquire() {
+    let slot = match state.slots.clone().try_acquire_owned() {
         Ok(slot) => slot,
         Err(_) => {
-            if state.waiting.fetch_add(1, Ordering::SeqCst) >= state.max_queue {
-                state.waiting.fetch_sub(1, Ordering::SeqCst);
+            // Counted while waiting, uncounted on every way out: a client that gives up while
+            // queued drops this future and with it the guard.
+            let Some(_queued) = QueueTicket::take(&state) else {
                 let mut response = ApiError(StatusCode::TOO_MANY_REQUESTS, "all run slots and the queue are busy; retry".into())
                     .into_response();
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 return Ok(response);
-            }
-            let slot = state.slots.acquire().await;
-            state.waiting.fetch_sub(1, Ordering::SeqCst);
-            slot.map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?
+            };
+            state
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?
         }
     };
-    let in_flight = state.metrics.start_run();
-    let sandbox = state.sandbox.clone();
-    // Runs are CPU-bound and synchronous: keep them off the async workers.
-    let result = tokio::task::spawn_blocking(move || sandbox.run(&request))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the run failed: {e}")))?;
-    drop(in_flight);
-    state.metrics.record_run(&result);
+    let worker = state.clone();
+    // Runs are CPU-bound and synchronous: keep them off the async workers. The slot and the
+    // in-flight gauge go with the run, not with this handler: a client that disconnects does
+    // not free a slot while its run goes on. The run itself is not stopped; it ends by its own
+    // limits (its deadline at the latest).
+    let result = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let _in_flight = worker.metrics.start_run();
+        let result = worker.sandbox.run(&request);
+        worker.metrics.record_run(&result);
+        result
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the run failed: {e}")))?;
     Ok(Json(result).into_response())
+}
+
+/// A place in the queue for a run slot, given back when dropped.
+struct QueueTicket<'a>(&'a AtomicUsize);
+
+impl<'a> QueueTicket<'a> {
+    /// A place in `state`'s queue, or `None` when the queue is full.
+    fn take(state: &'a AppState) -> Option<QueueTicket<'a>> {
+        let taken = state.waiting.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < state.max_queue).then_some(n + 1));
+        taken.ok().map(|_| QueueTicket(&state.waiting))
+    }
+}
+
+impl Drop for QueueTicket<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn to_request(body: ExecBody, defaults: &Limits) -> Result<ExecRequest, ApiError> {

@@ -4,6 +4,7 @@
 //! jobs. Everything around a run (validation, scratch, files, ids, timing of the whole) belongs
 //! to [`Sandbox`](crate::Sandbox); a backend only isolates and measures.
 
+pub mod cgroup;
 pub mod firejail;
 pub mod wasm;
 

@@ -25,9 +25,7 @@ impl JavascriptBackend {
     /// background thread keeps that many guests prepared (runtime, context and globals made).
     pub fn new(engine: Arc<WasmEngine>, javascript: Javascript, scratch_root: &Path, warm: usize) -> Result<JavascriptBackend, String> {
         let mut linker = Linker::new(engine.engine());
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut GuestState| &mut s.wasi)
-            .map_err(|e| format!("linking WASI: {e}"))?;
-        wasi::replace_poll_oneoff(&mut linker).map_err(|e| format!("linking poll_oneoff: {e}"))?;
+        wasi::link(&mut linker).map_err(|e| format!("linking WASI: {e}"))?;
         let pre = linker
             .instantiate_pre(&javascript.module)
             .map_err(|e| format!("linking the javascript module: {e}"))?;

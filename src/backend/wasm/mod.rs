@@ -424,7 +424,9 @@ fn classify(
         Err(error) => error,
     };
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
-        return (Outcome::status_for_exit(exit.0), Some(exit.0), None);
+        // As on POSIX, the status's low byte is the exit code (`exit(-1)` is 255).
+        let code = exit.0 & 0xff;
+        return (Outcome::status_for_exit(code), Some(code), None);
     }
     let timeout = || {
         let detail = format!("the deadline of {} ms passed", limits.timeout_ms);
@@ -444,6 +446,10 @@ fn classify(
             (Status::MemoryLimit, None, Some(detail))
         }
         Some(trap) => (Status::Error, None, Some(format!("the guest crashed: {trap}"))),
+        None if wasi::is_too_many_open_files(&error) => {
+            let detail = format!("the guest tried to hold more than {} files open", wasi::MAX_OPEN_FILES);
+            (Status::Error, None, Some(detail))
+        }
         None if memory.refused() => {
             let detail = format!("the guest needs more than its memory cap of {} MiB", limits.memory_mb);
             (Status::MemoryLimit, None, Some(detail))

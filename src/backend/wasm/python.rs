@@ -47,9 +47,7 @@ impl PythonBackend {
     /// a fresh scratch directory under `scratch_root`), so a run only executes its own code.
     pub fn new(engine: Arc<WasmEngine>, python: Python, scratch_root: &Path, warm: usize) -> Result<PythonBackend, String> {
         let mut linker = Linker::new(engine.engine());
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut GuestState| &mut s.wasi)
-            .map_err(|e| format!("linking WASI: {e}"))?;
-        wasi::replace_poll_oneoff(&mut linker).map_err(|e| format!("linking poll_oneoff: {e}"))?;
+        wasi::link(&mut linker).map_err(|e| format!("linking WASI: {e}"))?;
         linker
             .func_wrap("host", "call", |_ptr: i32, _len: i32, _out_ptr: i32, _out_len: i32| NO_HOST)
             .map_err(|e| format!("linking host.call: {e}"))?;

@@ -257,7 +257,9 @@ pub fn context(grants: &Grants, io: &GuestIo, origin: Instant) -> Result<WasiP1C
             .preopened_dir(host, guest, perms)
             .map_err(|e| format!("granting {} as {guest}: {e}", host.display()))?;
     }
-    Ok(builder.build_p1())
+    let mut ctx = builder.build_p1();
+    wasmtime_wasi::WasiView::ctx(&mut ctx).table.set_max_capacity(MAX_OPEN_FILES);
+    Ok(ctx)
 }
 
 /// The trap a sleeping guest gets when its deadline comes first.
@@ -274,6 +276,42 @@ const SUBSCRIPTION_CLOCK_ABSTIME: u16 = 1;
 const ERRNO_SUCCESS: i32 = 0;
 const ERRNO_FAULT: i32 = 21;
 const ERRNO_INVAL: i32 = 28;
+
+/// Links WASI preview 1 for a guest: wasmtime-wasi's implementation, with `poll_oneoff` and
+/// `proc_exit` replaced by ours.
+pub fn link(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p1::add_to_linker_sync(linker, |s: &mut GuestState| &mut s.wasi)?;
+    replace_poll_oneoff(linker)?;
+    replace_proc_exit(linker)
+}
+
+/// Files one guest may hold open at once (counted as entries of its WASI resource table, which
+/// also holds its three streams and preopens). Each open file is a descriptor of the host
+/// process: without a cap, one guest reopening a file in a loop takes all of a server's
+/// descriptors. A guest that goes past it is stopped (status `error`, see
+/// [`is_too_many_open_files`]); its descriptors close with its store.
+pub const MAX_OPEN_FILES: usize = 1024;
+
+/// Whether `error` is a guest's attempt to hold more than [`MAX_OPEN_FILES`] open.
+pub fn is_too_many_open_files(error: &wasmtime::Error) -> bool {
+    error.chain().any(|e| {
+        e.downcast_ref::<wasmtime::component::ResourceTableError>()
+            .is_some_and(|e| matches!(e, wasmtime::component::ResourceTableError::Full))
+    })
+}
+
+/// Replaces `wasi_snapshot_preview1::proc_exit`: every status a guest can pass ends the run as
+/// an exit with that status. wasmtime-wasi's own version refuses statuses of 126 and above
+/// with an error (so `process.exit(126)`, `process.exit(-1)` or `os._exit(200)` looked like
+/// a failure of wsbx); the run's exit code is the status's low byte, as on POSIX.
+pub fn replace_proc_exit(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    linker.func_wrap("wasi_snapshot_preview1", "proc_exit", |status: i32| -> wasmtime::Result<()> {
+        Err(wasmtime::Error::new(wasmtime_wasi::I32Exit(status)))
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
 
 /// Replaces `wasi_snapshot_preview1::poll_oneoff` in `linker`.
 ///
