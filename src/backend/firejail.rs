@@ -422,11 +422,12 @@ fn wait_until(pid: libc::pid_t, deadline: Instant) -> (libc::c_int, libc::rusage
         }
         let now = Instant::now();
         if now >= deadline || stopped() {
+            let timed_out = now >= deadline;
             // SAFETY: killing our own child's process group; the group was made at spawn.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
             // SAFETY: as above; blocking wait to reap it.
             unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-            return (status, usage, true);
+            return (status, usage, timed_out);
         }
         thread::sleep(nap.min(deadline - now));
         nap = (nap * 2).min(Duration::from_millis(5));

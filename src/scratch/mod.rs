@@ -133,7 +133,8 @@ pub fn remove_all_live() {
 
 /// Removes the scratch directories under `root` that a wsbx process which no longer runs left
 /// behind (killed by SIGKILL or the OOM killer): directories named `wsbx-<pid>-<random>`, owned
-/// by this user, whose pid is not alive. Nothing else is touched.
+/// by this user (any owner when root: shell jobs' directories belong to their job user), whose
+/// pid is not alive. Nothing else is touched.
 pub fn sweep(root: &Path) -> usize {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = fs::read_dir(root) else { return 0 };
@@ -146,7 +147,7 @@ pub fn sweep(root: &Path) -> usize {
             continue;
         };
         let Ok(meta) = fs::symlink_metadata(entry.path()) else { continue };
-        if !meta.is_dir() || meta.uid() != me || pid == std::process::id() as i32 || crate::backend::cgroup::process_alive(pid) {
+        if !meta.is_dir() || (me != 0 && meta.uid() != me) || pid == std::process::id() as i32 || crate::backend::cgroup::process_alive(pid) {
             continue;
         }
         let path = entry.path();

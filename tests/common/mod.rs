@@ -2,6 +2,8 @@
 //! through the same code path as the CLI when the runtimes are missing.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::sync::OnceLock;
 
 use wsbx::{ExecRequest, ExecResult, Language, Limits, Sandbox, SandboxConfig};
