@@ -85,6 +85,9 @@ struct ServeArgs {
     /// Ceiling on a request's output per stream, in bytes.
     #[arg(long = "max-output", value_name = "BYTES", default_value_t = 16 << 20)]
     max_output: u64,
+    /// Ceiling on a request's scratch quota, in MiB.
+    #[arg(long = "max-disk", value_name = "MIB", default_value_t = 1024)]
+    max_disk: u64,
     /// The most file content one result returns (`return_files`), in bytes.
     #[arg(long = "max-return-bytes", value_name = "BYTES", default_value_t = wsbx::sandbox::DEFAULT_MAX_RETURN_BYTES)]
     max_return_bytes: u64,
@@ -119,6 +122,12 @@ struct ExecArgs {
     /// Per-stream output cap in bytes.
     #[arg(long = "max-output", value_name = "BYTES", allow_negative_numbers = true)]
     max_output: Option<i128>,
+    /// Scratch directory quota in MiB (input files included).
+    #[arg(long = "disk", value_name = "MIB", allow_negative_numbers = true)]
+    disk: Option<i128>,
+    /// Files and directories the scratch directory may hold.
+    #[arg(long = "max-files", value_name = "N", allow_negative_numbers = true)]
+    max_files: Option<i128>,
     /// Copy HOST_PATH into the scratch directory as GUEST_PATH before the run.
     #[arg(long = "file", value_name = "GUEST_PATH=HOST_PATH")]
     files: Vec<String>,
@@ -315,6 +324,12 @@ fn limits(args: &ExecArgs) -> Result<Limits, String> {
     if let Some(max_output) = args.max_output {
         limits.max_output_bytes = clamp(max_output);
     }
+    if let Some(disk) = args.disk {
+        limits.disk_mb = clamp(disk);
+    }
+    if let Some(max_files) = args.max_files {
+        limits.max_files = clamp(max_files);
+    }
     Ok(limits)
 }
 
@@ -386,6 +401,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         fuel: args.max_fuel,
         memory_mb: args.max_memory,
         max_output_bytes: args.max_output,
+        disk_mb: args.max_disk,
+        max_files: Limits::CEILING.max_files,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

@@ -103,6 +103,20 @@ pub struct Limits {
     ///
     /// Default 1 MiB.
     pub max_output_bytes: u64,
+    /// Bytes the scratch directory may hold, in MiB, input files included. A write or create
+    /// past it fails inside the guest with `ENOSPC` (Python `OSError` with `errno.ENOSPC`,
+    /// shell "No space left on device"); the guest may go on. The scratch directory is a
+    /// size-limited tmpfs of its own, so the host's disk never holds a guest's files; for
+    /// shell jobs its pages also count against the job's memory group, which is therefore
+    /// sized `memory_mb + disk_mb`.
+    ///
+    /// Default 256 MiB.
+    pub disk_mb: u64,
+    /// Files and directories the scratch directory may hold, input files included. Creating
+    /// one more fails with `ENOSPC`.
+    ///
+    /// Default 10,000.
+    pub max_files: u64,
 }
 
 impl Limits {
@@ -112,6 +126,8 @@ impl Limits {
         fuel: 100_000_000_000,
         memory_mb: 256,
         max_output_bytes: 1 << 20,
+        disk_mb: 256,
+        max_files: 10_000,
     };
 
     /// The highest value any request may ask for. A server may lower these, never raise them:
@@ -121,6 +137,8 @@ impl Limits {
         fuel: 10_000_000_000_000,
         memory_mb: 4096,
         max_output_bytes: 64 << 20,
+        disk_mb: 16_384,
+        max_files: 1_000_000,
     };
 
     /// The deadline as a [`Duration`].
@@ -133,15 +151,44 @@ impl Limits {
         self.memory_mb.saturating_mul(1 << 20)
     }
 
+    /// The scratch quota in bytes.
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_mb.saturating_mul(1 << 20)
+    }
+
+    /// Each limit as its JSON name and value, in one order everywhere.
+    fn fields(&self) -> [(&'static str, u64); 6] {
+        [
+            ("timeout_ms", self.timeout_ms),
+            ("fuel", self.fuel),
+            ("memory_mb", self.memory_mb),
+            ("max_output_bytes", self.max_output_bytes),
+            ("disk_mb", self.disk_mb),
+            ("max_files", self.max_files),
+        ]
+    }
+
+    /// Each limit at most `ceiling`'s.
+    ///
+    /// ```
+    /// use wsbx::Limits;
+    /// let lowered = Limits::DEFAULT.lowered_to(&Limits { timeout_ms: 1000, ..Limits::CEILING });
+    /// assert_eq!((lowered.timeout_ms, lowered.fuel), (1000, Limits::DEFAULT.fuel));
+    /// ```
+    pub fn lowered_to(&self, ceiling: &Limits) -> Limits {
+        Limits {
+            timeout_ms: self.timeout_ms.min(ceiling.timeout_ms),
+            fuel: self.fuel.min(ceiling.fuel),
+            memory_mb: self.memory_mb.min(ceiling.memory_mb),
+            max_output_bytes: self.max_output_bytes.min(ceiling.max_output_bytes),
+            disk_mb: self.disk_mb.min(ceiling.disk_mb),
+            max_files: self.max_files.min(ceiling.max_files),
+        }
+    }
+
     /// Checks that every limit is above zero and at most `ceiling`.
     pub fn validate(&self, ceiling: &Limits) -> Result<(), RequestError> {
-        let fields = [
-            ("timeout_ms", self.timeout_ms, ceiling.timeout_ms),
-            ("fuel", self.fuel, ceiling.fuel),
-            ("memory_mb", self.memory_mb, ceiling.memory_mb),
-            ("max_output_bytes", self.max_output_bytes, ceiling.max_output_bytes),
-        ];
-        for (name, value, max) in fields {
+        for ((name, value), (_, max)) in self.fields().into_iter().zip(ceiling.fields()) {
             if value == 0 {
                 return Err(RequestError::ZeroLimit(name));
             }
@@ -211,6 +258,10 @@ impl ExecRequest {
     /// relative and inside the scratch directory, no path given twice, environment names sane.
     pub fn validate(&self, ceiling: &Limits) -> Result<(), RequestError> {
         self.limits.validate(ceiling)?;
+        let input_bytes: u64 = self.files.iter().map(|f| f.content.len() as u64).sum();
+        if input_bytes > self.limits.disk_bytes() {
+            return Err(RequestError::InputsOverQuota(format!("{input_bytes} bytes of input files, over disk_mb = {}", self.limits.disk_mb)));
+        }
         let mut seen = std::collections::HashSet::new();
         let mut paths = Vec::with_capacity(self.files.len());
         for file in &self.files {
@@ -219,6 +270,10 @@ impl ExecRequest {
                 return Err(RequestError::DuplicatePath(file.path.clone()));
             }
             paths.push((path, &file.path));
+        }
+        let entries: std::collections::HashSet<&Path> = paths.iter().flat_map(|(p, _)| p.ancestors()).filter(|p| !p.as_os_str().is_empty()).collect();
+        if entries.len() as u64 > self.limits.max_files {
+            return Err(RequestError::InputsOverQuota(format!("{} input files and directories, over max_files = {}", entries.len(), self.limits.max_files)));
         }
         // `a` and `a/b` cannot both be files: one would have to be a directory.
         for (path, given) in &paths {
@@ -317,6 +372,9 @@ pub enum RequestError {
     /// Two input files have the same path.
     #[error("file path {0:?} is given twice")]
     DuplicatePath(String),
+    /// The input files do not fit in the scratch quota.
+    #[error("the input files do not fit the scratch directory: {0}")]
+    InputsOverQuota(String),
     /// An input file lies under a path that is given as a file too (`a` and `a/b`).
     #[error("file path {0:?} lies under another input file's path; a file cannot also be a directory")]
     FileUnderFile(String),

@@ -97,6 +97,9 @@ pub struct ExecResult {
     pub wall_ms: f64,
     /// Highest memory the guest held: linear memory (wasm) or maximum resident set (shell).
     pub peak_memory_bytes: u64,
+    /// Bytes the scratch directory held at the end of the run (input files included).
+    #[serde(default)]
+    pub disk_bytes: u64,
     /// One line on why the run ended as it did, when the status alone does not say it
     /// (`"deadline of 1000 ms passed"`, the reason a request was rejected, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -133,6 +136,7 @@ impl ExecResult {
             files: None,
             files_truncated: false,
             files_skipped: Vec::new(),
+            disk_bytes: 0,
         }
     }
 }

@@ -3,7 +3,8 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -15,7 +16,7 @@ use crate::backend::{Backend, Outcome};
 use crate::request::{ExecRequest, Language, Limits, RequestError};
 use crate::result::{ExecResult, Status};
 use crate::runtimes::{InstallOptions, RuntimeError, RuntimeInfo, Runtimes};
-use crate::scratch::Scratch;
+use crate::scratch::{Quota, Scratch};
 
 /// How a [`Sandbox`] is set up.
 #[derive(Debug, Clone)]
@@ -77,9 +78,9 @@ pub enum PrepareError {
 pub struct Sandbox {
     config: SandboxConfig,
     runtimes: Runtimes,
-    python: OnceLock<Result<PythonBackend, String>>,
-    javascript: OnceLock<Result<JavascriptBackend, String>>,
-    shell: OnceLock<Result<FirejailBackend, String>>,
+    python: Loaded<PythonBackend>,
+    javascript: Loaded<JavascriptBackend>,
+    shell: Loaded<FirejailBackend>,
 }
 
 impl Sandbox {
@@ -100,7 +101,7 @@ impl Sandbox {
             }
         }
         let runtimes = Runtimes::new(config.home.clone());
-        Sandbox { config, runtimes, python: OnceLock::new(), javascript: OnceLock::new(), shell: OnceLock::new() }
+        Sandbox { config, runtimes, python: Loaded::default(), javascript: Loaded::default(), shell: Loaded::default() }
     }
 
     /// The configuration.
@@ -196,23 +197,27 @@ impl Sandbox {
                 return (ExecResult::not_run(language, Status::InternalError, e), None)
             }
         };
-        let scratch = match Scratch::create(&self.config.scratch_root) {
+        let root = backend.scratch_root().unwrap_or(&self.config.scratch_root);
+        let mut quota = Quota::of(&request.limits);
+        quota.files = quota.files.saturating_add(backend.scratch_overhead_files());
+        let mut scratch = match Scratch::create(root, quota) {
             Ok(scratch) => scratch,
             Err(e) => {
-                let detail = format!("creating a scratch directory in {}: {e}", self.config.scratch_root.display());
+                let detail = format!("creating a scratch directory in {}: {e}", root.display());
                 return (ExecResult::not_run(language, Status::InternalError, detail), None);
             }
         };
         if let Err(e) = scratch.write_inputs(&request.files) {
             let status = match e.kind() {
-                std::io::ErrorKind::InvalidInput => Status::Rejected,
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::StorageFull => Status::Rejected,
                 _ => Status::InternalError,
             };
             return (ExecResult::not_run(language, status, format!("writing input files: {e}")), None);
         }
 
-        let outcome = backend.run(request, &scratch);
+        let outcome = backend.run(request, &mut scratch);
         let mut result = assemble(language, outcome);
+        result.disk_bytes = scratch.disk_bytes();
         // The audit line of every run: never the code or the streams at info level.
         tracing::info!(
             id = %result.id,
@@ -241,16 +246,61 @@ impl Sandbox {
     }
 }
 
-/// The backend in `cell`, made by `make` the first time; a failure to make it is remembered
-/// (it is not retried) and reported through `error`.
+/// A backend made on first use. A failure to make it is reported to every caller for a while
+/// and then retried, with a back-off that doubles from one second to a minute: a server started
+/// before `apt-get install firejail` (or during a network hiccup of the runtime install)
+/// recovers without a restart, and a broken set-up is not retried on every request.
+struct Loaded<B> {
+    ready: OnceLock<B>,
+    /// Serialises attempts and remembers the last failure: when, what, how many in a row.
+    attempts: Mutex<Option<(Instant, String, u32)>>,
+}
+
+impl<B> Default for Loaded<B> {
+    fn default() -> Self {
+        Loaded { ready: OnceLock::new(), attempts: Mutex::new(None) }
+    }
+}
+
+impl<B> Loaded<B> {
+    fn get(&self, make: impl FnOnce() -> Result<B, String>) -> Result<&B, String> {
+        if let Some(backend) = self.ready.get() {
+            return Ok(backend);
+        }
+        let mut failed = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(backend) = self.ready.get() {
+            return Ok(backend);
+        }
+        if let Some((at, error, count)) = &*failed {
+            let backoff = Duration::from_secs(1 << (*count).min(6)).min(Duration::from_secs(60));
+            if at.elapsed() < backoff {
+                return Err(error.clone());
+            }
+        }
+        match make() {
+            Ok(backend) => {
+                *failed = None;
+                Ok(self.ready.get_or_init(move || backend))
+            }
+            Err(error) => {
+                let count = failed.as_ref().map_or(0, |(_, _, n)| n + 1);
+                *failed = Some((Instant::now(), error.clone(), count));
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The backend in `cell`, made by `make` when not ready (see [`Loaded`]); a failure is
+/// reported through `error`.
 fn loaded<'a, B: Backend + 'a>(
-    cell: &'a OnceLock<Result<B, String>>,
+    cell: &'a Loaded<B>,
     error: impl FnOnce(String) -> PrepareError,
     make: impl FnOnce() -> Result<B, String>,
 ) -> Result<&'a dyn Backend, PrepareError> {
-    match cell.get_or_init(make) {
+    match cell.get(make) {
         Ok(backend) => Ok(backend),
-        Err(e) => Err(error(e.clone())),
+        Err(e) => Err(error(e)),
     }
 }
 
@@ -271,5 +321,6 @@ fn assemble(language: Language, outcome: Outcome) -> ExecResult {
         files: None,
         files_truncated: false,
         files_skipped: Vec::new(),
+        disk_bytes: 0,
     }
 }

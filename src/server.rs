@@ -60,7 +60,7 @@ impl Default for ServeConfig {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
-            ceiling: Limits { timeout_ms: 60_000, memory_mb: 1024, max_output_bytes: 16 << 20, ..Limits::CEILING },
+            ceiling: Limits { timeout_ms: 60_000, memory_mb: 1024, max_output_bytes: 16 << 20, disk_mb: 1024, ..Limits::CEILING },
             sandbox: SandboxConfig::default(),
         }
     }
@@ -122,6 +122,8 @@ struct LimitsBody {
     fuel: Option<u64>,
     memory_mb: Option<u64>,
     max_output_bytes: Option<u64>,
+    disk_mb: Option<u64>,
+    max_files: Option<u64>,
 }
 
 /// An error answer: a status code and `{"error": message}`.
@@ -143,19 +145,8 @@ pub fn router(config: ServeConfig) -> Result<Router, String> {
     if config.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
         return Err("the token is empty: give a real token, or none to serve without authentication".into());
     }
-    let ceiling = Limits {
-        timeout_ms: config.ceiling.timeout_ms.min(Limits::CEILING.timeout_ms),
-        fuel: config.ceiling.fuel.min(Limits::CEILING.fuel),
-        memory_mb: config.ceiling.memory_mb.min(Limits::CEILING.memory_mb),
-        max_output_bytes: config.ceiling.max_output_bytes.min(Limits::CEILING.max_output_bytes),
-    };
-    let d = Limits::DEFAULT;
-    let defaults = Limits {
-        timeout_ms: d.timeout_ms.min(ceiling.timeout_ms),
-        fuel: d.fuel.min(ceiling.fuel),
-        memory_mb: d.memory_mb.min(ceiling.memory_mb),
-        max_output_bytes: d.max_output_bytes.min(ceiling.max_output_bytes),
-    };
+    let ceiling = config.ceiling.lowered_to(&Limits::CEILING);
+    let defaults = Limits::DEFAULT.lowered_to(&ceiling);
     let metrics = Metrics::new().map_err(|e| format!("registering metrics: {e}"))?;
     let sandbox = Arc::new(Sandbox::new(SandboxConfig { ceiling, ..config.sandbox }));
     if let Ok(runtimes) = sandbox.runtimes() {
@@ -384,6 +375,8 @@ fn to_request(body: ExecBody, defaults: &Limits) -> Result<ExecRequest, ApiError
         fuel: body.limits.fuel.unwrap_or(defaults.fuel),
         memory_mb: body.limits.memory_mb.unwrap_or(defaults.memory_mb),
         max_output_bytes: body.limits.max_output_bytes.unwrap_or(defaults.max_output_bytes),
+        disk_mb: body.limits.disk_mb.unwrap_or(defaults.disk_mb),
+        max_files: body.limits.max_files.unwrap_or(defaults.max_files),
     };
     for file in body.files {
         let content = match file.encoding {

@@ -52,7 +52,16 @@ pub struct FirejailBackend {
     cgroups: Option<Cgroups>,
     /// `timeout` from coreutils, the in-sandbox backstop to the host's deadline.
     backstop: Option<PathBuf>,
+    /// Where job scratch directories are made: see [`JOB_ROOT`].
+    job_root: PathBuf,
 }
+
+/// Where shell jobs' scratch directories live when wsbx runs as root. Firejail opens a job's
+/// directory as the job user, so every directory above it must be traversable by that user;
+/// the sandbox's own scratch root (`$TMPDIR`) may not be (a 0700 parent, a path on another
+/// file system). This one wsbx makes itself: root-owned, mode 0711 (enter, not list), hidden
+/// from every job, each job's directory inside it 0700 and the job user's.
+pub const JOB_ROOT: &str = "/run/wsbx-jobs";
 
 /// Why the shell backend cannot isolate jobs here.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -71,13 +80,14 @@ impl FirejailBackend {
         })?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let root = unsafe { libc::geteuid() } == 0;
-        let (user, home) = if root {
-            let (uid, gid) = ensure_job_user()?;
-            (Some((uid, gid)), PathBuf::from(JOB_HOME))
+        let (user, home, job_root) = if root {
+            let (uid, gid) = ensure_job_user(wsbx_home)?;
+            (Some((uid, gid)), PathBuf::from(JOB_HOME), job_root()?)
         } else {
             let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
-            (None, home)
+            (None, home, scratch_root.to_owned())
         };
+        crate::scratch::sweep(&job_root);
         let mut hidden: Vec<PathBuf> =
             ["/root", "/work", "/srv", "/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers", "/etc/sudoers.d", "/etc/ssh"]
                 .iter()
@@ -92,6 +102,10 @@ impl FirejailBackend {
             hidden.push(dir);
         }
         hidden.push(wsbx_home.to_owned());
+        if root {
+            // Other jobs' directories (each job sees its own at /scratch).
+            hidden.push(job_root.clone());
+        }
         // Other runs' scratch directories: under /tmp, --private-tmp already hides them (and
         // blacklisting /tmp would take the job's own /tmp away).
         if !scratch_root.starts_with("/tmp") {
@@ -113,13 +127,13 @@ impl FirejailBackend {
             }
         };
         let backstop = ["/usr/bin/timeout", "/bin/timeout"].iter().map(PathBuf::from).find(|p| p.is_file());
-        let backend = FirejailBackend { firejail, user, home, hidden, cgroups, backstop };
+        let backend = FirejailBackend { firejail, user, home, hidden, cgroups, backstop, job_root };
         // The probe costs a sandbox start (~40 ms): remember that it passed for this Firejail,
         // its configuration and this job user, so a `wsbx exec` process does not pay it twice.
         let stamp = wsbx_home.join("firejail-probe.ok");
         let key = backend.probe_key();
         if std::fs::read_to_string(&stamp).ok().as_deref() != Some(key.as_str()) {
-            backend.probe(scratch_root)?;
+            backend.probe()?;
             let _ = std::fs::create_dir_all(wsbx_home).and_then(|()| std::fs::write(&stamp, &key));
         }
         Ok(backend)
@@ -146,12 +160,13 @@ impl FirejailBackend {
 
     /// Runs `exit 0` in a sandbox: if Firejail cannot start one here, say so now rather than
     /// confuse its error with a job's.
-    fn probe(&self, scratch_root: &Path) -> Result<(), Unavailable> {
-        let scratch = Scratch::create(scratch_root)
+    fn probe(&self) -> Result<(), Unavailable> {
+        let quota = crate::scratch::Quota { bytes: 1 << 20, files: 16 };
+        let mut scratch = Scratch::create(&self.job_root, quota)
             .map_err(|e| Unavailable(format!("creating a scratch directory for the Firejail probe: {e}")))?;
         let mut request = ExecRequest::new(crate::Language::Shell, "exit 0");
         request.limits.timeout_ms = 10_000;
-        let outcome = self.run(&request, &scratch);
+        let outcome = self.run(&request, &mut scratch);
         if outcome.status == Status::Ok {
             return Ok(());
         }
@@ -319,15 +334,45 @@ fn prepare_child(cmd: &mut Command, profile: i32, cgroup_procs: Vec<i32>) {
     }
 }
 
+/// Makes [`JOB_ROOT`] (root-owned, 0711) and checks that it is what wsbx made: a directory,
+/// not a link, owned by root.
+fn job_root() -> Result<PathBuf, Unavailable> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = PathBuf::from(JOB_ROOT);
+    let fail = |e: std::io::Error| Unavailable(format!("preparing {JOB_ROOT} for shell jobs' scratch directories: {e}"));
+    match std::fs::create_dir(&root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let meta = std::fs::symlink_metadata(&root).map_err(fail)?;
+    if !meta.is_dir() || meta.uid() != 0 {
+        return Err(Unavailable(format!("{JOB_ROOT} must be a directory owned by root; remove it and wsbx makes it again")));
+    }
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711)).map_err(fail)?;
+    Ok(root)
+}
+
 impl Backend for FirejailBackend {
-    fn run(&self, request: &ExecRequest, scratch: &Scratch) -> Outcome {
+    fn scratch_root(&self) -> Option<&Path> {
+        Some(&self.job_root)
+    }
+
+    /// Firejail's `.bashrc` and `.inputrc` in the job's home, removed after the run.
+    fn scratch_overhead_files(&self) -> u64 {
+        2
+    }
+
+    fn run(&self, request: &ExecRequest, scratch: &mut Scratch) -> Outcome {
         if let Some((uid, gid)) = self.user {
             if let Err(e) = chown_tree(scratch.path(), uid, gid) {
                 return Outcome::failed(Status::InternalError, format!("handing the scratch directory to {JOB_USER}: {e}"));
             }
         }
         let cgroup = match &self.cgroups {
-            Some(cgroups) => match cgroups.job(request.limits.memory_bytes(), MAX_PROCESSES) {
+            // The scratch directory is a tmpfs whose pages the job's writes charge to its group:
+            // the group holds the job's memory and its disk quota.
+            Some(cgroups) => match cgroups.job(request.limits.memory_bytes().saturating_add(request.limits.disk_bytes()), MAX_PROCESSES) {
                 Ok(group) => Some(group),
                 Err(e) => return Outcome::failed(Status::InternalError, format!("making the job's control group: {e}")),
             },
@@ -501,24 +546,24 @@ fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
 }
 
 /// Makes sure the job user exists, with [`JOB_HOME`] as an empty home it owns (Firejail mounts
-/// each run's scratch directory over it). Creates both when missing; needs root.
-fn ensure_job_user() -> Result<(u32, u32), Unavailable> {
-    if lookup_user(JOB_USER).is_none() {
-        let status = Command::new("useradd")
-            .args(["--system", "--user-group", "--no-create-home", "--home-dir", JOB_HOME, "--shell", "/bin/sh", JOB_USER])
-            .stdin(Stdio::null())
-            .status();
-        if !status.is_ok_and(|s| s.success()) {
-            return Err(Unavailable(format!(
-                "shell jobs run as the system user {JOB_USER}, which could not be created: run `useradd --system \
-                 --user-group --no-create-home --home-dir {JOB_HOME} --shell /bin/sh {JOB_USER}`"
-            )));
+/// each run's scratch directory over it). Needs root.
+///
+/// Idempotent and race-free across threads and processes: the check-and-create runs under an
+/// exclusive `flock` on `$WSBX_HOME/job-user.lock`. It recovers from every partial state a
+/// `useradd` cut short can leave: a group without the user (reused with `--gid`), a user with
+/// another home (moved back with `usermod`). It refuses a user with uid or gid 0.
+fn ensure_job_user(wsbx_home: &Path) -> Result<(u32, u32), Unavailable> {
+    let found = match lookup_user(JOB_USER) {
+        Some(found) if found.2 == Path::new(JOB_HOME) => found,
+        _ => {
+            let _lock = lock_file(&wsbx_home.join("job-user.lock"))
+                .map_err(|e| Unavailable(format!("locking {} to set up {JOB_USER}: {e}", wsbx_home.display())))?;
+            create_or_repair_job_user()?
         }
-    }
-    let (uid, gid, home) = lookup_user(JOB_USER)
-        .ok_or_else(|| Unavailable(format!("the system user {JOB_USER} does not exist")))?;
-    if home != Path::new(JOB_HOME) {
-        return Err(Unavailable(format!("the home of {JOB_USER} must be {JOB_HOME}, not {}", home.display())));
+    };
+    let (uid, gid, _) = found;
+    if uid == 0 || gid == 0 {
+        return Err(Unavailable(format!("the user {JOB_USER} has uid {uid} and gid {gid}; it must not be root: remove it (userdel {JOB_USER}) and wsbx makes it again")));
     }
     let prepared = std::fs::create_dir_all(JOB_HOME)
         .and_then(|()| std::os::unix::fs::chown(JOB_HOME, Some(uid), Some(gid)))
@@ -528,6 +573,55 @@ fn ensure_job_user() -> Result<(u32, u32), Unavailable> {
         });
     prepared.map_err(|e| Unavailable(format!("preparing {JOB_HOME} for {JOB_USER}: {e}")))?;
     Ok((uid, gid))
+}
+
+/// Under the set-up lock: what another process made meanwhile is taken as it is; what is
+/// missing or half-made is made or mended.
+fn create_or_repair_job_user() -> Result<(u32, u32, PathBuf), Unavailable> {
+    let run = |program: &str, args: &[&str]| -> Result<(), String> {
+        let output = Command::new(program).args(args).stdin(Stdio::null()).output().map_err(|e| format!("{program}: {e}"))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let why = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        Err(format!("{program} {}: {why}", args.join(" ")))
+    };
+    match lookup_user(JOB_USER) {
+        Some((_, _, home)) if home == Path::new(JOB_HOME) => {}
+        Some(_) => run("usermod", &["--home", JOB_HOME, JOB_USER])
+            .map_err(|e| Unavailable(format!("the home of {JOB_USER} must be {JOB_HOME} and could not be set: {e}")))?,
+        None => {
+            // A group left by a useradd that did not finish is reused, not an error.
+            let mut args = vec!["--system", "--no-create-home", "--home-dir", JOB_HOME, "--shell", "/bin/sh"];
+            args.extend(if lookup_group(JOB_USER) { &["--gid", JOB_USER][..] } else { &["--user-group"][..] });
+            args.push(JOB_USER);
+            run("useradd", &args).map_err(|e| {
+                Unavailable(format!("shell jobs run as the system user {JOB_USER}, which could not be created ({e}): run `useradd {}`", args.join(" ")))
+            })?;
+        }
+    }
+    lookup_user(JOB_USER).ok_or_else(|| Unavailable(format!("the system user {JOB_USER} does not exist after creating it")))
+}
+
+/// An exclusive `flock` on `path` (created if missing), held until the file is dropped.
+fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
+    Ok(file)
+}
+
+/// Whether the group `name` exists.
+fn lookup_group(name: &str) -> bool {
+    let Ok(name) = CString::new(name) else { return false };
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: all pointers are to live locals, buf's length is passed, getgrnam_r is reentrant.
+    let r = unsafe { libc::getgrnam_r(name.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result) };
+    r == 0 && !result.is_null()
 }
 
 /// uid, gid and home of `name`, from the user database.

@@ -71,5 +71,19 @@ impl Outcome {
 /// the guest does, and must leave nothing running when `run` returns.
 pub trait Backend: Send + Sync {
     /// Runs `request` (already validated) with `scratch` as the guest's only writable directory.
-    fn run(&self, request: &ExecRequest, scratch: &Scratch) -> Outcome;
+    /// A backend may replace `scratch` with a directory it prepared ahead (holding the same
+    /// input files): the caller collects files from, and removes, whatever `scratch` is after.
+    fn run(&self, request: &ExecRequest, scratch: &mut Scratch) -> Outcome;
+
+    /// Where this backend's scratch directories must be made, when it needs a place of its
+    /// own; `None` takes the sandbox's scratch root.
+    fn scratch_root(&self) -> Option<&std::path::Path> {
+        None
+    }
+
+    /// Files the backend itself puts in a scratch directory during a run (and removes after),
+    /// to be added to the request's `max_files`.
+    fn scratch_overhead_files(&self) -> u64 {
+        0
+    }
 }

@@ -120,6 +120,18 @@ fn reason_for(e: &io::Error) -> String {
     }
 }
 
+/// The bytes of the regular files beneath `scratch` (their apparent sizes).
+pub fn apparent_size(scratch: &Path) -> u64 {
+    let Ok(root) = guarded::open_root(scratch) else { return 0 };
+    let mut report = Report::default();
+    walk(root.as_fd(), &mut report)
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::File))
+        .filter_map(|e| guarded::open_regular(root.as_fd(), &e.rel).ok())
+        .map(|(_, stat)| u64::try_from(stat.st_size).unwrap_or(0))
+        .sum()
+}
+
 /// Tracks the bytes a result may still carry.
 struct Budget(u64);
 
@@ -166,6 +178,7 @@ pub fn collect(scratch: &Path, max_bytes: u64) -> io::Result<(Vec<OutputFile>, R
             content: base64::engine::general_purpose::STANDARD.encode(&bytes),
         });
     }
+    report.skipped.sort_by(|a, b| a.path.cmp(&b.path));
     Ok((files, report))
 }
 
@@ -191,6 +204,7 @@ pub fn copy_out(scratch: &Path, dest: &Path, max_bytes: u64) -> io::Result<Repor
             report.skip(&entry.rel, reason_for(&e));
         }
     }
+    report.skipped.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(report)
 }
 

@@ -25,13 +25,44 @@ use crate::result::OutputFile;
 pub struct Scratch {
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
+    /// Whether the directory is a size-limited tmpfs of its own (see [`Quota`]).
+    mounted: bool,
+}
+
+/// How much a scratch directory may hold.
+///
+/// When wsbx may mount file systems (it runs as root), each scratch directory is a tmpfs of
+/// its own with `size` = `bytes` and `nr_inodes` = `files` + 1 (its root): the kernel refuses
+/// the write or create past the quota with `ENOSPC`, whatever the guest, and the guest's files
+/// never reach the host's disk. Elsewhere the quota cannot be enforced; wsbx says so once in
+/// its log and the run goes on without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Bytes of file content (rounded up to whole pages).
+    pub bytes: u64,
+    /// Files and directories, the scratch directory itself not counted.
+    pub files: u64,
+}
+
+impl Quota {
+    /// The quota of a run with `limits`.
+    pub fn of(limits: &crate::Limits) -> Quota {
+        Quota { bytes: limits.disk_bytes(), files: limits.max_files }
+    }
+
+    fn options(&self) -> String {
+        format!("size={},nr_inodes={},mode=0700", self.bytes.max(4096), self.files.saturating_add(1))
+    }
 }
 
 impl Scratch {
     /// Creates a fresh private directory (0700) under `root` (created if missing), named
     /// `wsbx-<pid>-<random>` so that what a dead wsbx process left can be told apart and swept
     /// ([`sweep`]).
-    pub fn create(root: &Path) -> io::Result<Scratch> {
+    ///
+    /// The directory holds at most `quota` (see [`Quota`] for where that is enforced).
+    pub fn create(root: &Path, quota: Quota) -> io::Result<Scratch> {
+        ensure_exit_cleanup();
         fs::create_dir_all(root)?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("{PREFIX}{}-", std::process::id()))
@@ -39,7 +70,27 @@ impl Scratch {
             .tempdir_in(root)?;
         let path = dir.path().to_owned();
         live().insert(path.clone());
-        Ok(Scratch { dir: Some(dir), path })
+        let mut scratch = Scratch { dir: Some(dir), path, mounted: false };
+        scratch.mounted = mount_quota(&scratch.path, &quota, false)?;
+        Ok(scratch)
+    }
+
+    /// Changes the quota of an empty scratch directory made ahead of its run.
+    pub fn set_quota(&self, quota: Quota) -> io::Result<()> {
+        if self.mounted {
+            mount_quota(&self.path, &quota, true)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes the directory's files hold now.
+    pub fn disk_bytes(&self) -> u64 {
+        if self.mounted {
+            if let Ok(stat) = rustix::fs::statvfs(&self.path) {
+                return stat.f_blocks.saturating_sub(stat.f_bfree).saturating_mul(stat.f_frsize);
+            }
+        }
+        collect::apparent_size(&self.path)
     }
 
     /// The directory on the host.
@@ -85,6 +136,10 @@ impl Scratch {
         let Some(dir) = self.dir.take() else { return Ok(()) };
         live().remove(&self.path);
         let path = dir.keep();
+        if self.mounted {
+            // The tmpfs and everything in it go at once.
+            unmount(&path);
+        }
         // `remove_dir_all` never follows links (it works with openat/unlinkat).
         if fs::remove_dir_all(&path).is_ok() {
             return Ok(());
@@ -107,6 +162,59 @@ impl Drop for Scratch {
     }
 }
 
+/// Mounts a tmpfs holding at most `quota` on `path` (or changes the quota of the one there).
+/// Returns whether a file system was mounted: `false` where wsbx may not mount (not root),
+/// which it logs once.
+fn mount_quota(path: &Path, quota: &Quota, remount: bool) -> io::Result<bool> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    static UNPRIVILEGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if UNPRIVILEGED.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(false);
+    }
+    let target = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let options = CString::new(quota.options()).map_err(io::Error::other)?;
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if remount {
+        flags |= libc::MS_REMOUNT;
+    }
+    // SAFETY: all pointers are to NUL-terminated strings that outlive the call.
+    let r = unsafe { libc::mount(c"wsbx-scratch".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), flags, options.as_ptr().cast()) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EPERM) && !remount {
+        if !UNPRIVILEGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!("wsbx cannot mount file systems here (it is not root): disk_mb and max_files are not enforced");
+        }
+        return Ok(false);
+    }
+    Err(io::Error::new(error.kind(), format!("mounting the scratch quota on {}: {error}", path.display())))
+}
+
+/// Detaches the file system mounted on `path`, if any.
+fn unmount(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    if let Ok(target) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
+        // SAFETY: a NUL-terminated path that outlives the call.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
+    }
+}
+
+/// Makes sure a process that exits without dropping its scratch directories (a test binary
+/// with a sandbox in a static, `std::process::exit`) still removes them.
+fn ensure_exit_cleanup() {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    extern "C" fn at_exit() {
+        remove_all_live();
+    }
+    REGISTERED.call_once(|| {
+        // SAFETY: registering a plain extern "C" function with no captured state.
+        unsafe { libc::atexit(at_exit) };
+    });
+}
+
 /// What every scratch directory's name starts with.
 const PREFIX: &str = "wsbx-";
 
@@ -121,6 +229,7 @@ fn live() -> std::sync::MutexGuard<'static, std::collections::HashSet<PathBuf>> 
 pub fn remove_all_live() {
     let paths: Vec<PathBuf> = live().drain().collect();
     for path in paths {
+        unmount(&path);
         if fs::remove_dir_all(&path).is_err() {
             let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o700));
             if let Ok(root) = guarded::open_root(&path) {
@@ -151,6 +260,7 @@ pub fn sweep(root: &Path) -> usize {
             continue;
         }
         let path = entry.path();
+        unmount(&path);
         let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o700));
         if let Ok(dir) = guarded::open_root(&path) {
             restore_permissions(std::os::fd::AsFd::as_fd(&dir), 0);
@@ -190,7 +300,7 @@ mod tests {
     #[test]
     fn inputs_are_written_and_the_directory_is_removed_on_drop() {
         let root = tempfile::tempdir().unwrap();
-        let scratch = Scratch::create(root.path()).unwrap();
+        let scratch = Scratch::create(root.path(), Quota::of(&crate::Limits::DEFAULT)).unwrap();
         scratch
             .write_inputs(&[InputFile { path: "sub/a.txt".into(), content: b"hi".to_vec() }])
             .unwrap();
@@ -207,7 +317,7 @@ mod tests {
     #[test]
     fn an_escaping_input_path_is_refused_and_nothing_written() {
         let root = tempfile::tempdir().unwrap();
-        let scratch = Scratch::create(root.path()).unwrap();
+        let scratch = Scratch::create(root.path(), Quota::of(&crate::Limits::DEFAULT)).unwrap();
         let err = scratch
             .write_inputs(&[InputFile { path: "../x".into(), content: vec![] }])
             .unwrap_err();
@@ -218,7 +328,7 @@ mod tests {
     #[test]
     fn copy_out_skips_links() {
         let root = tempfile::tempdir().unwrap();
-        let scratch = Scratch::create(root.path()).unwrap();
+        let scratch = Scratch::create(root.path(), Quota::of(&crate::Limits::DEFAULT)).unwrap();
         fs::write(scratch.path().join("f"), "data").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", scratch.path().join("link")).unwrap();
         let out = tempfile::tempdir().unwrap();

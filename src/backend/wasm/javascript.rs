@@ -72,7 +72,7 @@ fn run_code(store: &mut Store<GuestState>, instance: &Instance, code: &str) -> w
 }
 
 impl Backend for JavascriptBackend {
-    fn run(&self, request: &ExecRequest, scratch: &Scratch) -> Outcome {
+    fn run(&self, request: &ExecRequest, scratch: &mut Scratch) -> Outcome {
         let code = |store: &mut Store<GuestState>, instance: &Instance| run_code(store, instance, &request.code);
         if let Some(outcome) = run_warm(self.warm.as_ref(), request, scratch, code) {
             return outcome;

@@ -25,7 +25,7 @@ pub use engine::WasmEngine;
 use crate::backend::Outcome;
 use crate::request::{ExecRequest, Limits};
 use crate::result::Status;
-use crate::scratch::Scratch;
+use crate::scratch::{Quota, Scratch};
 use limits::MemoryCap;
 use wasi::{DeadlinePassed, GuestIo, Grants};
 
@@ -367,7 +367,7 @@ pub(crate) fn warm_pool(
     }
     let root = scratch_root.to_owned();
     Some(WarmPool::start(target, move || {
-        let scratch = Scratch::create(&root).map_err(|e| format!("creating a scratch directory: {e}"))?;
+        let scratch = Scratch::create(&root, Quota::of(&WARM_LIMITS)).map_err(|e| format!("creating a scratch directory: {e}"))?;
         let guest = Guest::prepare(&engine, &pre, &grants(scratch.path()), &WARM_LIMITS, init)
             .map_err(|failed| failed.detail.unwrap_or_default())?;
         Ok((guest, scratch))
@@ -378,8 +378,9 @@ pub(crate) fn warm_pool(
 const WARM_LIMITS: Limits = Limits { timeout_ms: 30_000, memory_mb: 256, ..Limits::DEFAULT };
 
 /// Runs `request` in a guest from `pool` when one is ready and fits the request; `None` when
-/// the run must prepare its own guest.
-pub(crate) fn run_warm<F>(pool: Option<&WarmPool>, request: &ExecRequest, scratch: &Scratch, enter: F) -> Option<Outcome>
+/// the run must prepare its own guest. The prepared guest sees its own scratch directory: it
+/// gets the request's quota and input files, and replaces `scratch` for the rest of the run.
+pub(crate) fn run_warm<F>(pool: Option<&WarmPool>, request: &ExecRequest, scratch: &mut Scratch, enter: F) -> Option<Outcome>
 where
     F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32> + Send,
 {
@@ -388,29 +389,17 @@ where
     if !request.env.is_empty() {
         return None;
     }
-    let (guest, warm_scratch) = pool?.take()?;
+    let (guest, mut warm_scratch) = pool?.take()?;
     if guest.memory_bytes() > request.limits.memory_bytes() {
         // The cold path reports a cap below the interpreter's own footprint properly.
         return None;
     }
-    // The guest sees its own scratch directory: move the request's files in, and back out.
-    if let Err(e) = move_entries(scratch.path(), warm_scratch.path()) {
-        return Some(internal_error(format!("moving input files to the prepared guest: {e}")));
+    let ready = warm_scratch.set_quota(Quota::of(&request.limits)).and_then(|()| warm_scratch.write_inputs(&request.files));
+    if let Err(e) = ready {
+        return Some(internal_error(format!("giving the prepared guest its scratch directory: {e}")));
     }
-    let outcome = guest.run(request, enter);
-    if let Err(e) = move_entries(warm_scratch.path(), scratch.path()) {
-        return Some(internal_error(format!("moving files from the prepared guest: {e}")));
-    }
-    Some(outcome)
-}
-
-/// Moves every entry of `from` into `to` (the same file system: renames, no copies).
-fn move_entries(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        std::fs::rename(entry.path(), to.join(entry.file_name()))?;
-    }
-    Ok(())
+    std::mem::swap(scratch, &mut warm_scratch);
+    Some(guest.run(request, enter))
 }
 
 /// Maps how the guest call ended to a status, an exit code and a detail line.

@@ -106,7 +106,7 @@ fn user_turn(store: &mut Store<GuestState>, instance: &Instance, code: &str) -> 
 }
 
 impl Backend for PythonBackend {
-    fn run(&self, request: &ExecRequest, scratch: &Scratch) -> Outcome {
+    fn run(&self, request: &ExecRequest, scratch: &mut Scratch) -> Outcome {
         let user = |store: &mut Store<GuestState>, instance: &Instance| user_turn(store, instance, &request.code);
         if let Some(outcome) = run_warm(self.warm.as_ref(), request, scratch, user) {
             return outcome;
