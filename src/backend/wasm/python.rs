@@ -31,13 +31,48 @@ sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8"
 sys.displayhook = lambda value: None
 sys.argv = ["-c"]
 _reactor._turns = 0
+
+# matplotlib's backend: Agg, with plt.show() saving each open figure as /scratch/figure-<n>.png
+# and closing it. The module is made only when matplotlib asks for it, so a run that does not
+# plot pays nothing.
+class _WsbxMatplotlib:
+    SOURCE = """
+from matplotlib.backends.backend_agg import FigureCanvasAgg as FigureCanvas
+from matplotlib.backend_bases import FigureManagerBase as FigureManager
+_saved = 0
+def show(*args, **kwargs):
+    global _saved
+    import matplotlib.pyplot as plt
+    for number in plt.get_fignums():
+        _saved += 1
+        plt.figure(number).savefig(f"/scratch/figure-{_saved}.png")
+    plt.close("all")
+"""
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name != "wsbx_matplotlib":
+            return None
+        import importlib.util
+        return importlib.util.spec_from_loader(name, cls)
+    @staticmethod
+    def create_module(spec):
+        return None
+    @classmethod
+    def exec_module(cls, module):
+        exec(cls.SOURCE, module.__dict__)
+sys.meta_path.append(_WsbxMatplotlib)
+del _WsbxMatplotlib
 "#;
+
+/// The module matplotlib loads as its backend (`MPLBACKEND=module://wsbx_matplotlib`).
+const MPL_BACKEND: &str = "wsbx_matplotlib";
 
 /// Runs Python jobs.
 pub struct PythonBackend {
     engine: Arc<WasmEngine>,
     pre: InstancePre<GuestState>,
     lib_dir: PathBuf,
+    mpl_data_dir: PathBuf,
     warm: Option<WarmPool>,
 }
 
@@ -54,25 +89,34 @@ impl PythonBackend {
         let pre = linker
             .instantiate_pre(&python.module)
             .map_err(|e| format!("linking the python module: {e}"))?;
-        let lib_dir = python.lib_dir;
-        let warm_lib = lib_dir.clone();
-        let warm_grants = move |scratch: &Path| grants(&warm_lib, scratch, &BTreeMap::new());
+        let (lib_dir, mpl_data_dir) = (python.lib_dir, python.mpl_data_dir);
+        let (warm_lib, warm_mpl) = (lib_dir.clone(), mpl_data_dir.clone());
+        let warm_grants = move |scratch: &Path| grants(&warm_lib, &warm_mpl, scratch, &BTreeMap::new());
         let warm = warm_pool(warm, engine.clone(), pre.clone(), scratch_root, warm_grants, prelude);
-        Ok(PythonBackend { engine, pre, lib_dir, warm })
+        Ok(PythonBackend { engine, pre, lib_dir, mpl_data_dir, warm })
     }
 
 }
 
-/// What a Python guest is granted: the stdlib read-only at /usr/local/lib, its scratch
-/// directory read-write at /scratch, an environment of HOME and TMPDIR (both /scratch) plus
-/// what the request sets.
-fn grants(lib_dir: &Path, scratch: &Path, env: &BTreeMap<String, String>) -> Grants {
-    let mut all: Vec<(String, String)> = vec![("HOME".into(), "/scratch".into()), ("TMPDIR".into(), "/scratch".into())];
+/// What a Python guest is granted: the stdlib read-only at /usr/local/lib, matplotlib's data
+/// read-only where matplotlib looks for it, its scratch directory read-write at /scratch, an
+/// environment of HOME and TMPDIR (both /scratch) and matplotlib's backend, plus what the
+/// request sets.
+fn grants(lib_dir: &Path, mpl_data_dir: &Path, scratch: &Path, env: &BTreeMap<String, String>) -> Grants {
+    let mut all: Vec<(String, String)> = vec![
+        ("HOME".into(), "/scratch".into()),
+        ("TMPDIR".into(), "/scratch".into()),
+        ("MPLBACKEND".into(), format!("module://{MPL_BACKEND}")),
+    ];
     all.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
     Grants {
         args: vec!["python".to_owned()],
         env: all,
-        dirs: vec![(lib_dir.to_owned(), "/usr/local/lib", false), (scratch.to_owned(), "/scratch", true)],
+        dirs: vec![
+            (lib_dir.to_owned(), "/usr/local/lib", false),
+            (mpl_data_dir.to_owned(), crate::runtimes::MPL_DATA_GUEST_PATH, false),
+            (scratch.to_owned(), "/scratch", true),
+        ],
     }
 }
 
@@ -111,7 +155,7 @@ impl Backend for PythonBackend {
         if let Some(outcome) = run_warm(self.warm.as_ref(), request, scratch, user) {
             return outcome;
         }
-        let grants = grants(&self.lib_dir, scratch.path(), &request.env);
+        let grants = grants(&self.lib_dir, &self.mpl_data_dir, scratch.path(), &request.env);
         run_guest(&self.engine, &self.pre, request, &grants, prelude, user)
     }
 }

@@ -1,0 +1,65 @@
+//! matplotlib in the Python guest: its data granted, the Agg backend, `plt.show()` saving
+//! figures into the scratch directory, real PNGs coming back.
+
+mod common;
+
+use base64::Engine as _;
+use common::{assert_status, request, sandbox};
+use wsbx::{Language, Status};
+
+/// Decodes `bytes` as a PNG and says how many distinct pixel values it has.
+fn distinct_pixels(bytes: &[u8]) -> usize {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().expect("a PNG header");
+    let mut buf = vec![0; reader.output_buffer_size().expect("a size")];
+    let info = reader.next_frame(&mut buf).expect("a PNG frame");
+    let pixel = info.color_type.samples() * info.bit_depth as usize / 8;
+    let mut seen: Vec<&[u8]> = buf[..info.buffer_size()].chunks(pixel.max(1)).collect();
+    seen.sort();
+    seen.dedup();
+    seen.len()
+}
+
+const PLOT: &str = "import matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\nplt.title('squares')\nplt.show()\nprint(plt.get_backend())";
+
+#[test]
+fn plt_show_saves_each_figure_as_a_png_that_comes_back() {
+    let mut req = request(Language::Python, PLOT);
+    req.limits.timeout_ms = 60_000;
+    req.return_files = true;
+    let r = sandbox().run(&req);
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.stdout, "module://wsbx_matplotlib\n");
+    let files = r.files.unwrap();
+    let figure = files.iter().find(|f| f.path == "figure-1.png").unwrap_or_else(|| panic!("{files:?}"));
+    assert_eq!(figure.mime_type, "image/png");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(&figure.content).unwrap();
+    assert_eq!(bytes.len() as u64, figure.size);
+    // Axes, a line and text in several shades: not a blank canvas.
+    assert!(distinct_pixels(&bytes) > 20, "{} distinct pixels", distinct_pixels(&bytes));
+}
+
+#[test]
+fn two_shows_give_two_figures_and_savefig_works_too() {
+    let code = "import matplotlib.pyplot as plt\nplt.plot([1, 2]); plt.show()\nplt.bar(['a', 'b'], [3, 5]); plt.savefig('bars.png'); plt.show()";
+    let mut req = request(Language::Python, code);
+    req.limits.timeout_ms = 60_000;
+    req.return_files = true;
+    let r = sandbox().run(&req);
+    assert_status(&r, Status::Ok);
+    let mut pngs: Vec<String> = r.files.unwrap().into_iter().map(|f| f.path).filter(|p| p.ends_with(".png")).collect();
+    pngs.sort();
+    assert_eq!(pngs, ["bars.png", "figure-1.png", "figure-2.png"]);
+}
+
+#[test]
+fn wsbx_exec_out_dir_gets_the_figure() {
+    let out = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_wsbx"))
+        .args(["exec", "--lang", "python", "--timeout", "60", "--out-dir", out.path().to_str().unwrap(), "-c", PLOT])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = std::fs::read(out.path().join("figure-1.png")).unwrap();
+    assert!(distinct_pixels(&bytes) > 20);
+}
