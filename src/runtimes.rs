@@ -222,6 +222,8 @@ pub struct Python {
     pub lib_dir: PathBuf,
     /// matplotlib's data, extracted: granted read-only at [`MPL_DATA_GUEST_PATH`].
     pub mpl_data_dir: PathBuf,
+    /// The pinned module's file (what a pre-initialized snapshot is made from).
+    pub module_path: PathBuf,
 }
 
 /// Where matplotlib looks for its data inside the guest: beside its package, which lives in the
@@ -335,7 +337,38 @@ impl Runtimes {
         }
         let pin = &self.manifest.python;
         let module = self.load_compiled(engine, &dir.join(MODULE_FILE), &pin.module.sha256, "python", progress)?;
-        Ok(Python { module, lib_dir: dir.join("lib"), mpl_data_dir: dir.join(MPL_DATA_DIR) })
+        Ok(Python { module, lib_dir: dir.join("lib"), mpl_data_dir: dir.join(MPL_DATA_DIR), module_path: dir.join(MODULE_FILE) })
+    }
+
+    /// Loads the pre-initialized snapshot at `snapshot` (see
+    /// [`crate::backend::wasm::preinit`]), building it with `build` first when it is missing,
+    /// unfinished or damaged, and compiling it when it is not compiled. Builds run under the
+    /// install lock, so concurrent processes make it once.
+    pub fn python_preinit(
+        &self,
+        engine: &WasmEngine,
+        snapshot: &Path,
+        build: impl FnOnce(&mut dyn Write) -> Result<String, String>,
+        progress: &mut dyn Write,
+    ) -> Result<wasmtime::Module, RuntimeError> {
+        let stamp = crate::backend::wasm::preinit::stamp_path(snapshot);
+        let recorded = || fs::read_to_string(&stamp).ok().map(|s| s.trim().to_owned()).filter(|s| s.len() == 64);
+        let compiled = compiled_dir(&self.home);
+        if let Some(module) = recorded().and_then(|sha| engine.load_compiled(&sha, &compiled).ok()) {
+            return Ok(module);
+        }
+        let _lock = self.lock()?;
+        // Built by another process meanwhile, or compiled and damaged: use the snapshot only if
+        // it is exactly what was recorded; otherwise build it again.
+        let sha = match recorded() {
+            Some(sha) if sha256_file(snapshot).is_ok_and(|actual| actual == sha) => sha,
+            _ => {
+                let _ = fs::remove_file(&stamp);
+                build(progress).map_err(RuntimeError::Compile)?
+            }
+        };
+        // A compiled file that fails to load is compiled again from the verified snapshot.
+        engine.load_or_compile(snapshot, &sha, &compiled, "python (pre-initialized)", progress).map_err(RuntimeError::Compile)
     }
 
     /// Builds JavaScript if it is not built, compiles it if it is not compiled, and loads it.

@@ -135,7 +135,8 @@ impl Sandbox {
                 python_options = &reinstall;
             }
         }
-        self.runtimes.python(&engine, python_options, progress)?;
+        let python = self.runtimes.python(&engine, python_options, progress)?;
+        crate::backend::wasm::python::preinitialized(&self.runtimes, &engine, &python, progress).map_err(RuntimeError::Compile)?;
         let mut javascript_options = options;
         if installed("javascript") && !options.force {
             if let Err(e) = self.runtimes.verify_javascript() {
@@ -158,7 +159,11 @@ impl Sandbox {
                 let engine = self.engine()?;
                 let python = self.runtimes.python(&engine, &InstallOptions::default(), &mut std::io::stderr());
                 let python = python.map_err(|e| e.to_string())?;
-                PythonBackend::new(engine, python, &self.config.scratch_root, self.config.warm_instances)
+                // Without the snapshot Python still works, only slower to start: say why once.
+                let preinit = crate::backend::wasm::python::preinitialized(&self.runtimes, &engine, &python, &mut std::io::stderr())
+                    .map_err(|e| eprintln!("wsbx: python runs without its pre-initialized snapshot: {e}"))
+                    .ok();
+                PythonBackend::new(engine, python, preinit, &self.config.scratch_root, self.config.warm_instances)
             }),
             Language::Javascript => loaded(&self.javascript, PrepareError::Runtime, || {
                 let engine = self.engine()?;

@@ -111,7 +111,7 @@ fn python_environment_holds_only_what_the_request_sets() {
     assert_status(&r, Status::Ok);
     assert!(!r.stdout.contains("WSBX_TEST_HOST_SECRET"), "{}", r.stdout);
     assert!(!r.stdout.contains("PATH"), "{}", r.stdout);
-    assert_eq!(r.stdout, "['GREETING', 'HOME', 'TMPDIR']\nhi\n");
+    assert_eq!(r.stdout, "['GREETING', 'HOME', 'MPLBACKEND', 'TMPDIR']\nhi\n");
 }
 
 #[test]

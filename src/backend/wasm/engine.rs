@@ -163,6 +163,19 @@ impl WasmEngine {
         self.deserialize(cwasm)
     }
 
+    /// Loads `module_sha256` compiled for this engine from `dir`, never compiling: `Err` when it
+    /// is not there or does not load.
+    pub fn load_compiled(&self, module_sha256: &str, dir: &Path) -> Result<Module, String> {
+        let cwasm = dir.join(self.compiled_name(module_sha256));
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(module) = loaded.get(&cwasm) {
+            return Ok(module.clone());
+        }
+        let module = self.deserialize(&cwasm)?;
+        loaded.insert(cwasm, module.clone());
+        Ok(module)
+    }
+
     /// Whether `module_sha256` is already compiled for this engine in `dir`.
     pub fn is_compiled(&self, module_sha256: &str, dir: &Path) -> bool {
         dir.join(self.compiled_name(module_sha256)).exists()
@@ -185,24 +198,9 @@ impl WasmEngine {
             "wsbx: compiling {what} for this machine (once per machine; Python takes 1-3 minutes)..."
         );
         let started = Instant::now();
-        let done = Arc::new(AtomicBool::new(false));
-        let heartbeat = {
-            let done = done.clone();
-            let what = what.to_owned();
-            std::thread::spawn(move || {
-                let mut last = Instant::now();
-                while !done.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(200));
-                    if last.elapsed() >= Duration::from_secs(15) {
-                        last = Instant::now();
-                        eprintln!("wsbx: still compiling {what} ({} s)", started.elapsed().as_secs());
-                    }
-                }
-            })
-        };
+        let heartbeat = Heartbeat::start(&format!("compiling {what}"), progress);
         let compiled = self.engine.precompile_module(&bytes);
-        done.store(true, Ordering::Relaxed);
-        let _ = heartbeat.join();
+        drop(heartbeat);
         let compiled = compiled.map_err(|e| format!("compiling {what}: {e}"))?;
         let mut tmp = tempfile::NamedTempFile::new_in(dir)
             .map_err(|e| format!("creating a temporary file in {}: {e}", dir.display()))?;
@@ -236,6 +234,41 @@ impl Hasher for ShaHasher {
     }
     fn write(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
+    }
+}
+
+/// Says on stderr every 15 s that a long step (`what`) is still going, until dropped.
+pub(crate) struct Heartbeat {
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    pub(crate) fn start(what: &str, _progress: &mut dyn Write) -> Heartbeat {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let what = what.to_owned();
+        let started = Instant::now();
+        let thread = std::thread::spawn(move || {
+            let mut last = Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                if last.elapsed() >= Duration::from_secs(15) {
+                    last = Instant::now();
+                    eprintln!("wsbx: still {what} ({} s)", started.elapsed().as_secs());
+                }
+            }
+        });
+        Heartbeat { done, thread: Some(thread) }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

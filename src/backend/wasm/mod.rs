@@ -9,6 +9,7 @@
 pub mod engine;
 pub mod javascript;
 pub mod limits;
+pub mod preinit;
 pub mod python;
 pub mod wasi;
 

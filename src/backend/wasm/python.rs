@@ -8,10 +8,10 @@ use std::sync::Arc;
 use wasmtime::{Instance, InstancePre, Linker, Store};
 
 use super::wasi::{self, Grants};
-use super::{run_guest, run_warm, warm_pool, GuestState, WarmPool, WasmEngine};
+use super::{preinit, run_guest, run_warm, warm_pool, GuestState, WarmPool, WasmEngine};
 use crate::backend::{Backend, Outcome};
 use crate::request::ExecRequest;
-use crate::runtimes::Python;
+use crate::runtimes::{Python, Runtimes};
 use crate::scratch::Scratch;
 
 /// What the guest's `host.call` import answers: there is no host to call (yet).
@@ -70,17 +70,34 @@ const MPL_BACKEND: &str = "wsbx_matplotlib";
 /// Runs Python jobs.
 pub struct PythonBackend {
     engine: Arc<WasmEngine>,
+    /// The pinned interpreter: runs that set environment variables (a snapshot froze
+    /// `os.environ`) or whose memory cap is below the snapshot's footprint start here.
     pre: InstancePre<GuestState>,
+    /// The pre-initialized snapshot, when it could be built: every other run starts here.
+    preinit: Option<Preinit>,
     lib_dir: PathBuf,
     mpl_data_dir: PathBuf,
     warm: Option<WarmPool>,
 }
 
+/// The pre-initialized interpreter and the memory it starts with.
+struct Preinit {
+    pre: InstancePre<GuestState>,
+    footprint: u64,
+}
+
 impl PythonBackend {
-    /// Links the interpreter once; every run instantiates from the result. With `warm` > 0, a
-    /// background thread keeps that many guests prepared (instantiated, prelude run, each with
-    /// a fresh scratch directory under `scratch_root`), so a run only executes its own code.
-    pub fn new(engine: Arc<WasmEngine>, python: Python, scratch_root: &Path, warm: usize) -> Result<PythonBackend, String> {
+    /// Links the interpreter (and the pre-initialized snapshot, when given) once; every run
+    /// instantiates from the result. With `warm` > 0, a background thread keeps that many
+    /// guests prepared (instantiated and set up, each with a fresh scratch directory under
+    /// `scratch_root`), so a run only executes its own code.
+    pub fn new(
+        engine: Arc<WasmEngine>,
+        python: Python,
+        preinitialized: Option<wasmtime::Module>,
+        scratch_root: &Path,
+        warm: usize,
+    ) -> Result<PythonBackend, String> {
         let mut linker = Linker::new(engine.engine());
         wasi::link(&mut linker).map_err(|e| format!("linking WASI: {e}"))?;
         linker
@@ -89,13 +106,39 @@ impl PythonBackend {
         let pre = linker
             .instantiate_pre(&python.module)
             .map_err(|e| format!("linking the python module: {e}"))?;
+        let preinit = match preinitialized {
+            Some(module) => {
+                let footprint = module
+                    .exports()
+                    .find_map(|e| e.ty().memory().map(|m| m.minimum().saturating_mul(65_536)))
+                    .unwrap_or(0);
+                let pre = linker.instantiate_pre(&module).map_err(|e| format!("linking the pre-initialized python module: {e}"))?;
+                Some(Preinit { pre, footprint })
+            }
+            None => None,
+        };
         let (lib_dir, mpl_data_dir) = (python.lib_dir, python.mpl_data_dir);
         let (warm_lib, warm_mpl) = (lib_dir.clone(), mpl_data_dir.clone());
         let warm_grants = move |scratch: &Path| grants(&warm_lib, &warm_mpl, scratch, &BTreeMap::new());
-        let warm = warm_pool(warm, engine.clone(), pre.clone(), scratch_root, warm_grants, prelude);
-        Ok(PythonBackend { engine, pre, lib_dir, mpl_data_dir, warm })
+        let warm = match &preinit {
+            Some(p) => warm_pool(warm, engine.clone(), p.pre.clone(), scratch_root, warm_grants, reseed),
+            None => warm_pool(warm, engine.clone(), pre.clone(), scratch_root, warm_grants, prelude),
+        };
+        Ok(PythonBackend { engine, pre, preinit, lib_dir, mpl_data_dir, warm })
     }
+}
 
+/// Loads the pre-initialized interpreter for `python`, building it first (once per machine,
+/// under the install lock) when it is missing or damaged; see [`super::preinit`].
+pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python, progress: &mut dyn std::io::Write) -> Result<wasmtime::Module, String> {
+    let dir = python.module_path.parent().unwrap_or(Path::new("."));
+    let snapshot = preinit::snapshot_path(dir, &runtimes.manifest().python.module.sha256, PRELUDE);
+    let build = |progress: &mut dyn std::io::Write| {
+        let scratch = tempfile::tempdir().map_err(|e| format!("creating a scratch directory for the snapshot: {e}"))?;
+        let grants = grants(&python.lib_dir, &python.mpl_data_dir, scratch.path(), &BTreeMap::new());
+        preinit::build(&python.module_path, &grants, PRELUDE, &snapshot, progress)
+    };
+    runtimes.python_preinit(engine, &snapshot, build, progress).map_err(|e| e.to_string())
 }
 
 /// What a Python guest is granted: the stdlib read-only at /usr/local/lib, matplotlib's data
@@ -121,7 +164,7 @@ fn grants(lib_dir: &Path, mpl_data_dir: &Path, scratch: &Path, env: &BTreeMap<St
 }
 
 /// Hands `code` to the interpreter's `turn` export and returns its status.
-fn turn(store: &mut Store<GuestState>, instance: &Instance, code: &[u8]) -> wasmtime::Result<i32> {
+pub(super) fn turn(store: &mut Store<GuestState>, instance: &Instance, code: &[u8]) -> wasmtime::Result<i32> {
     let host_alloc = instance.get_typed_func::<i32, i32>(&mut *store, "host_alloc")?;
     let turn = instance.get_typed_func::<(i32, i32), i32>(&mut *store, "turn")?;
     let memory = instance
@@ -134,6 +177,14 @@ fn turn(store: &mut Store<GuestState>, instance: &Instance, code: &[u8]) -> wasm
         ptr = 0;
     }
     turn.call(&mut *store, (ptr, len))
+}
+
+/// Refreshes what the snapshot froze, in a fresh instance of the pre-initialized interpreter.
+fn reseed(store: &mut Store<GuestState>, instance: &Instance) -> wasmtime::Result<()> {
+    match turn(store, instance, preinit::RESEED.as_bytes())? {
+        0 => Ok(()),
+        status => Err(wasmtime::format_err!("reseeding the pre-initialized python failed with status {status}")),
+    }
 }
 
 /// Runs the prelude in a fresh interpreter.
@@ -156,6 +207,11 @@ impl Backend for PythonBackend {
             return outcome;
         }
         let grants = grants(&self.lib_dir, &self.mpl_data_dir, scratch.path(), &request.env);
-        run_guest(&self.engine, &self.pre, request, &grants, prelude, user)
+        match &self.preinit {
+            Some(p) if request.env.is_empty() && p.footprint <= request.limits.memory_bytes() => {
+                run_guest(&self.engine, &p.pre, request, &grants, reseed, user)
+            }
+            _ => run_guest(&self.engine, &self.pre, request, &grants, prelude, user),
+        }
     }
 }

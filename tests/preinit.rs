@@ -1,0 +1,95 @@
+//! The pre-initialized Python: what a run sees is fresh each time, errors and imports are
+//! cheap, and a damaged snapshot is rebuilt, never half-used.
+
+mod common;
+
+use common::{assert_status, python, request, sandbox};
+use wsbx::{Language, Status};
+
+#[test]
+fn every_run_gets_fresh_random_numbers() {
+    let code = "import random, numpy\nprint(random.random(), numpy.random.rand())";
+    let (a, b) = (python(code), python(code));
+    assert_status(&a, Status::Ok);
+    assert_ne!(a.stdout, b.stdout, "two runs drew the same numbers");
+}
+
+#[test]
+fn a_run_cannot_see_the_previous_runs_variables() {
+    assert_status(&python("secret = 42\nimport numpy\nnumpy.shared = 1"), Status::Ok);
+    let r = python("print(secret)");
+    assert_status(&r, Status::Error);
+    assert!(r.stderr.contains("NameError: name 'secret' is not defined"), "{}", r.stderr);
+    let r = python("import numpy\nprint(hasattr(numpy, 'shared'))");
+    assert_eq!(r.stdout, "False\n");
+}
+
+#[test]
+fn an_uncaught_exception_is_complete_names_the_users_line_and_is_cheap() {
+    let r = python("def f():\n    raise ValueError('boom')\n\nf()");
+    assert_status(&r, Status::Error);
+    assert!(r.stderr.contains("File \"<turn 1>\", line 4, in <module>"), "{}", r.stderr);
+    assert!(r.stderr.contains("line 2, in f") && r.stderr.ends_with("ValueError: boom\n"), "{}", r.stderr);
+    // The traceback machinery is in the snapshot: a few million fuel, not ninety.
+    assert!(r.fuel_consumed.unwrap() < 20_000_000, "{:?}", r.fuel_consumed);
+}
+
+#[test]
+fn pandas_and_numpy_are_ready_and_correct() {
+    let code = "import pandas as pd, numpy as np\n\
+                df = pd.DataFrame({'k': ['a', 'b', 'a'], 'v': [1, 2, 3]})\n\
+                print(df.groupby('k').v.sum().to_dict())\n\
+                slope, intercept = np.polyfit([0, 1, 2, 3], [1, 3, 5, 7], 1)\n\
+                print(round(slope, 6), round(intercept, 6))";
+    let r = python(code);
+    assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "{'a': 4, 'b': 2}\n2.0 1.0\n"), "{r:#?}");
+    assert!(r.fuel_consumed.unwrap() < 1_000_000_000, "{:?}", r.fuel_consumed);
+}
+
+#[test]
+fn environment_and_small_memory_caps_still_work_from_the_plain_interpreter() {
+    let mut req = request(Language::Python, "import os\nprint(os.environ['GREETING'])");
+    req.env.insert("GREETING".into(), "hello".into());
+    let r = sandbox().run(&req);
+    assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "hello\n"), "{r:#?}");
+    let mut req = request(Language::Python, "print('small')");
+    req.limits.memory_mb = 48;
+    let r = sandbox().run(&req);
+    assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "small\n"), "{r:#?}");
+}
+
+/// The build-and-verify mechanism, on a tiny module so it runs in milliseconds.
+#[test]
+fn a_damaged_snapshot_is_rebuilt_never_used() {
+    let home = tempfile::tempdir().unwrap();
+    let runtimes = wsbx::runtimes::Runtimes::new(home.path());
+    let engine = wsbx::backend::wasm::WasmEngine::shared().unwrap();
+    let snapshot = home.path().join("python-preinit-test.wasm");
+    let builds = std::cell::Cell::new(0);
+    let build = |_: &mut dyn std::io::Write| -> Result<String, String> {
+        builds.set(builds.get() + 1);
+        let wasm = wat_module(builds.get());
+        std::fs::write(&snapshot, &wasm).unwrap();
+        let sha = wsbx::runtimes::sha256_file(&snapshot).unwrap();
+        std::fs::write(snapshot.with_extension("sha256"), &sha).unwrap();
+        Ok(sha)
+    };
+    let mut progress = Vec::new();
+    runtimes.python_preinit(&engine, &snapshot, build, &mut progress).unwrap();
+    assert_eq!(builds.get(), 1);
+    // Loaded from the compiled cache: no build.
+    let again = |_: &mut dyn std::io::Write| -> Result<String, String> { panic!("rebuilt an intact snapshot") };
+    runtimes.python_preinit(&engine, &snapshot, again, &mut progress).unwrap();
+    // The compiled file and the snapshot both damaged: rebuilt.
+    for entry in std::fs::read_dir(home.path().join("compiled")).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
+    }
+    std::fs::write(&snapshot, b"\0asm garbage").unwrap();
+    let fresh = wsbx::backend::wasm::WasmEngine::new().unwrap();
+    runtimes.python_preinit(&fresh, &snapshot, build, &mut progress).unwrap();
+    assert_eq!(builds.get(), 2);
+}
+
+fn wat_module(n: u32) -> Vec<u8> {
+    format!("(module (func (export \"f\") (result i32) i32.const {n}))").into_bytes()
+}
