@@ -41,12 +41,18 @@ fn measure(runs: usize, pause: Duration, mut f: impl FnMut()) -> (Duration, Dura
 }
 
 fn in_process(sandbox: &Sandbox, language: Language, code: &str, runs: usize) -> Row {
-    let request = ExecRequest::new(language, code);
+    in_process_ending(sandbox, language, code, runs, Status::Ok)
+}
+
+/// Like [`in_process`] for code that ends with `status` (an uncaught exception: `Error`).
+fn in_process_ending(sandbox: &Sandbox, language: Language, code: &str, runs: usize, status: Status) -> Row {
+    let mut request = ExecRequest::new(language, code);
+    request.limits.timeout_ms = 60_000;
     if let Err(e) = sandbox.prepare(language) {
         return Row { what: format!("{language} `{code}` in-process"), runs: 0, p50: Duration::ZERO, p99: Duration::ZERO, note: format!("unavailable: {e}") };
     }
     let first = sandbox.run(&request);
-    assert_eq!(first.status, Status::Ok, "{first:?}");
+    assert_eq!(first.status, status, "{first:?}");
     std::thread::sleep(Duration::from_millis(200));
     for _ in 0..20 {
         sandbox.run(&request);
@@ -56,7 +62,7 @@ fn in_process(sandbox: &Sandbox, language: Language, code: &str, runs: usize) ->
     let mut fuel = Vec::with_capacity(runs);
     let run = || {
         let r = sandbox.run(&request);
-        assert_eq!(r.status, Status::Ok);
+        assert_eq!(r.status, status);
         guest.push(r.wall_ms);
         fuel.push(r.fuel_consumed.unwrap_or(0));
     };
@@ -198,6 +204,9 @@ fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
 
+/// A three-line matplotlib plot saved as PNG.
+const PLOT: &str = "import matplotlib.pyplot as plt; plt.plot([1, 4, 9]); plt.savefig('plot.png')";
+
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let runs: usize = std::env::var("WSBX_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
@@ -209,6 +218,9 @@ fn main() {
     let benches: Vec<Bench> = vec![
         ("python library fresh", Box::new(|| vec![in_process(&cold, Language::Python, "print(\"hello\")", runs)])),
         ("python library prepared", Box::new(|| vec![in_process(&warm, Language::Python, "print(\"hello\")", runs)])),
+        ("python library fresh raise", Box::new(|| vec![in_process_ending(&cold, Language::Python, "raise ValueError(\"x\")", runs, Status::Error)])),
+        ("python library fresh pandas", Box::new(|| vec![in_process(&cold, Language::Python, "import pandas as pd; print(pd.__version__)", runs)])),
+        ("python library fresh plot", Box::new(|| vec![in_process(&cold, Language::Python, PLOT, 30.min(runs))])),
         ("python process", Box::new(|| vec![process(Language::Python, "print(\"hello\")", 30)])),
         ("javascript library fresh", Box::new(|| vec![in_process(&cold, Language::Javascript, "console.log(1+1)", runs)])),
         ("javascript library prepared", Box::new(|| vec![in_process(&warm, Language::Javascript, "console.log(1+1)", runs)])),

@@ -57,6 +57,8 @@ fn a_guest_writing_a_gigabyte_under_a_small_quota_gets_enospc_and_the_host_disk_
         (Language::Shell, "head -c 1G /dev/zero > big 2>/dev/null || echo ENOSPC"),
     ];
     for (language, code) in programs {
+        // Installing a runtime writes hundreds of megabytes: do it before measuring the disk.
+        common::sandbox().prepare(language).expect("runtime ready");
         let mut req = request(language, code);
         req.limits.disk_mb = 64;
         req.limits.memory_mb = 256;
