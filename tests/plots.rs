@@ -63,3 +63,17 @@ fn wsbx_exec_out_dir_gets_the_figure() {
     let bytes = std::fs::read(out.path().join("figure-1.png")).unwrap();
     assert!(distinct_pixels(&bytes) > 20);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_http_the_plot_comes_back_as_image_png() {
+    let server = common::server::Server::start(&[]);
+    let body = serde_json::json!({"language": "python", "code": PLOT, "return_files": true});
+    let v: serde_json::Value = reqwest::Client::new().post(server.url("/v1/exec")).json(&body).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["status"], "ok", "{v}");
+    let files = v["files"].as_array().unwrap();
+    let figure = files.iter().find(|f| f["path"] == "figure-1.png").unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(figure["mime_type"], "image/png");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(figure["content"].as_str().unwrap()).unwrap();
+    assert_eq!(figure["size"].as_u64(), Some(bytes.len() as u64));
+    assert!(distinct_pixels(&bytes) > 20);
+}
