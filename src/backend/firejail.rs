@@ -459,6 +459,14 @@ fn wait_until(pid: libc::pid_t, deadline: Instant) -> (libc::c_int, libc::rusage
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let mut status: libc::c_int = 0;
     let mut nap = Duration::from_micros(100);
+    // A pidfd becomes readable the moment the process exits: waiting on it wakes at once
+    // instead of on the next poll of a sleep loop (which cost 2.5 ms per job on average).
+    // SAFETY: pidfd_open takes a pid and flags; a negative result is an error, else a new fd.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let pidfd = (pidfd >= 0).then(|| {
+        // SAFETY: a descriptor the kernel just returned to us, owned from here on.
+        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as i32) }
+    });
     loop {
         // SAFETY: pid is our child; status and usage point to live locals.
         let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
@@ -474,8 +482,20 @@ fn wait_until(pid: libc::pid_t, deadline: Instant) -> (libc::c_int, libc::rusage
             unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
             return (status, usage, timed_out);
         }
-        thread::sleep(nap.min(deadline - now));
-        nap = (nap * 2).min(Duration::from_millis(5));
+        // Wake at exit, at the deadline, or every 50 ms to see whether wsbx is stopping.
+        let wait = (deadline - now).min(Duration::from_millis(50));
+        match &pidfd {
+            Some(fd) => {
+                let mut poll = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(fd), events: libc::POLLIN, revents: 0 };
+                let ms = i32::try_from(wait.as_millis().max(1)).unwrap_or(50);
+                // SAFETY: one pollfd on a live local, for at most `ms` milliseconds.
+                unsafe { libc::poll(&mut poll, 1, ms) };
+            }
+            None => {
+                thread::sleep(nap.min(wait));
+                nap = (nap * 2).min(Duration::from_millis(5));
+            }
+        }
     }
 }
 
