@@ -1,5 +1,5 @@
-//! A fork bomb, alone in its test binary: the process limit counts per user, so it would
-//! starve shell tests running beside it.
+//! A fork bomb, alone in its test binary: each job's process limit is its own (a pids control
+//! group), but a bomb still loads the machine's two cores for its whole deadline.
 
 mod common;
 
