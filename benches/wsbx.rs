@@ -200,6 +200,36 @@ fn http(runs: usize) -> Vec<Row> {
     rows
 }
 
+/// Median host phases of `runs` runs of `code` (after the same 8 ms idle gap as the rows).
+fn phases(sandbox: &Sandbox, language: Language, code: &str, runs: usize) -> String {
+    let request = ExecRequest::new(language, code);
+    if sandbox.prepare(language).is_err() {
+        return format!("| {language} | unavailable |");
+    }
+    let mut all: Vec<wsbx::Phases> = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        std::thread::sleep(Duration::from_millis(8));
+        let (result, phases) = sandbox.run_profiled(&request);
+        assert_eq!(result.status, Status::Ok);
+        all.push(phases);
+    }
+    let median = |f: fn(&wsbx::Phases) -> Duration| {
+        let mut v: Vec<Duration> = all.iter().map(f).collect();
+        v.sort();
+        format!("{:.3}", v[v.len() / 2].as_secs_f64() * 1000.0)
+    };
+    let how = if sandbox.config().warm_instances > 0 { "prepared" } else { "made in the run" };
+    format!(
+        "| {language} `{code}`, {how} | {} | {} | {} | {} | {} | {} |",
+        median(|p| p.validate),
+        median(|p| p.scratch),
+        median(|p| p.backend.saturating_sub(p.guest)),
+        median(|p| p.guest),
+        median(|p| p.collect),
+        median(|p| p.teardown),
+    )
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
@@ -235,5 +265,17 @@ fn main() {
     println!("|---|---:|---:|---:|---|");
     for r in rows {
         println!("| {} | {} | {} | {} | {} |", r.what, r.runs, ms(r.p50), ms(r.p99), r.note);
+    }
+    if wanted("phases") {
+        // Where the host's time goes around the guest (medians, ms): see `wsbx::Phases`.
+        println!();
+        println!("| run | validate | scratch (tmpfs, inputs) | backend minus guest (guest made or taken, output) | guest | collect | teardown |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        let n = 100.min(runs);
+        println!("{}", phases(&cold, Language::Python, "print(\"hello\")", n));
+        println!("{}", phases(&warm, Language::Python, "print(\"hello\")", n));
+        println!("{}", phases(&cold, Language::Javascript, "console.log(1+1)", n));
+        println!("{}", phases(&warm, Language::Javascript, "console.log(1+1)", n));
+        println!("{}", phases(&cold, Language::Shell, "echo hi", 30.min(n)));
     }
 }

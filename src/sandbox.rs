@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+
 use uuid::Uuid;
 
 use crate::backend::firejail::FirejailBackend;
@@ -185,12 +186,34 @@ impl Sandbox {
         self.run_keeping_scratch(request).0
     }
 
+    /// Like [`Sandbox::run`], and says where the host's time went around the guest: what the
+    /// benchmark harness prints to show where each microsecond of a run goes.
+    pub fn run_profiled(&self, request: &ExecRequest) -> (ExecResult, Phases) {
+        let mut phases = Phases::default();
+        let (result, scratch) = self.run_inner(request, &mut phases);
+        let started = Instant::now();
+        drop(scratch);
+        phases.teardown = started.elapsed();
+        (result, phases)
+    }
+
     /// Like [`Sandbox::run`], but hands back the scratch directory so the caller can copy files
     /// out of it; it is removed when the [`Scratch`] is dropped. `None` when the run was refused
     /// before a scratch directory existed.
     pub fn run_keeping_scratch(&self, request: &ExecRequest) -> (ExecResult, Option<Scratch>) {
+        self.run_inner(request, &mut Phases::default())
+    }
+
+    fn run_inner(&self, request: &ExecRequest, phases: &mut Phases) -> (ExecResult, Option<Scratch>) {
         let language = request.language;
-        if let Err(e) = request.validate(&self.config.ceiling) {
+        let mut lap = Instant::now();
+        let mut split = |into: &mut Duration| {
+            *into = lap.elapsed();
+            lap = Instant::now();
+        };
+        let validated = request.validate(&self.config.ceiling);
+        split(&mut phases.validate);
+        if let Err(e) = validated {
             return (ExecResult::not_run(language, Status::Rejected, e.to_string()), None);
         }
         let backend = match self.backend(language) {
@@ -219,8 +242,11 @@ impl Sandbox {
             };
             return (ExecResult::not_run(language, status, format!("writing input files: {e}")), None);
         }
+        split(&mut phases.scratch);
 
         let outcome = backend.run(request, &mut scratch);
+        split(&mut phases.backend);
+        phases.guest = Duration::from_secs_f64(outcome.wall_ms.max(0.0) / 1000.0);
         let mut result = assemble(language, outcome);
         result.disk_bytes = scratch.disk_bytes();
         // The audit line of every run: never the code or the streams at info level.
@@ -247,8 +273,27 @@ impl Sandbox {
                 }
             }
         }
+        split(&mut phases.collect);
         (result, Some(scratch))
     }
+}
+
+/// Where the host's time went in one run ([`Sandbox::run_profiled`]).
+#[derive(Debug, Clone, Default)]
+pub struct Phases {
+    /// Checking the request against the ceilings.
+    pub validate: Duration,
+    /// Finding the language's backend, making the scratch directory (and its tmpfs) and writing
+    /// the input files.
+    pub scratch: Duration,
+    /// The backend's whole run: taking or making the guest, running it, reading its output.
+    pub backend: Duration,
+    /// Of `backend`, the guest's own code (the result's `wall_ms`).
+    pub guest: Duration,
+    /// Measuring the scratch directory, logging, returning files.
+    pub collect: Duration,
+    /// Removing the scratch directory.
+    pub teardown: Duration,
 }
 
 /// A backend made on first use. A failure to make it is reported to every caller for a while
