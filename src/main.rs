@@ -226,6 +226,9 @@ fn exec(args: ExecArgs) -> ExitCode {
     if let Err(e) = request.validate(&sandbox.config().ceiling) {
         return refuse(json, Some(language), &e.to_string());
     }
+    if let Some(dir) = args.out_dir.as_deref().filter(|d| d.exists() && !d.is_dir()) {
+        return refuse(json, Some(language), &format!("--out-dir {}: it exists and is not a directory", dir.display()));
+    }
     let (result, scratch) = sandbox.run_keeping_scratch(&request);
     let mut code = exit_code(&result);
     if let (Some(dir), Some(scratch)) = (&args.out_dir, &scratch) {

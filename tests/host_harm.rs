@@ -36,6 +36,14 @@ fn out_dir_never_carries_a_setuid_bit_to_the_host() {
 }
 
 #[test]
+fn an_out_dir_that_is_a_file_is_refused_before_the_run() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let o = wsbx(&["exec", "--lang", "shell", "--out-dir", file.path().to_str().unwrap(), "-c", "echo ran"], None);
+    assert_eq!(o.status.code(), Some(126), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
 fn out_dir_skips_links_and_fifos_and_says_so() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("out");

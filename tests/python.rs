@@ -351,5 +351,6 @@ fn python_fuel_counts_only_the_code() {
     assert_status(&first, Status::Ok);
     assert!(first.fuel_consumed.unwrap() < 2_000_000);
     let second = sandbox().run(&req);
-    assert_eq!(first.fuel_consumed, second.fuel_consumed);
+    // Up to the pre-initialized interpreter's jitter of a few hundred units (see the README).
+    assert!(first.fuel_consumed.unwrap().abs_diff(second.fuel_consumed.unwrap()) <= 2_000, "{first:?} {second:?}");
 }

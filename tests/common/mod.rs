@@ -67,9 +67,10 @@ pub fn assert_prepared_guests_match_fresh_ones(language: Language, clock_probe: 
             (expected.status, expected.exit_code, &expected.stdout, &expected.stderr, &expected.files),
             "{code}"
         );
-        // Fuel is the same up to a jitter of a few units in a million: a pre-initialized
-        // Python is reseeded from the host's entropy at the start of every run.
+        // Fuel is the same up to a jitter of a few hundred units (seen: up to ~700 on 1.7 M)
+        // in the pre-initialized Python, whose generators are reseeded from the host's entropy
+        // at the start of every run; charging the interpreter's set-up (millions) would fail.
         let (got, expected) = (got.fuel_consumed.unwrap_or(0), expected.fuel_consumed.unwrap_or(0));
-        assert!(got.abs_diff(expected) <= expected / 10_000 + 100, "{code}: fuel {got} vs {expected}");
+        assert!(got.abs_diff(expected) <= expected / 1_000 + 2_000, "{code}: fuel {got} vs {expected}");
     }
 }
