@@ -38,6 +38,15 @@ const POOL_TABLE_ELEMENTS: usize = 65_536;
 /// Per-instance metadata size in the pool: CPython's snapshot needs about 1.6 MB.
 const POOL_MAX_INSTANCE_SIZE: usize = 16 << 20;
 
+/// Linear memory a pool slot keeps resident between instances (see `config`).
+const KEEP_RESIDENT_MEMORY: usize = 32 << 20;
+
+/// Table bytes a pool slot keeps resident: all of CPython's table (47,157 elements).
+const KEEP_RESIDENT_TABLE: usize = 1 << 20;
+
+/// Idle pool slots that keep their resident memory for the next instance of the same module.
+const KEEP_WARM_SLOTS: u32 = 8;
+
 /// The engine configuration. The compiled-module cache is keyed by it (through wasmtime's
 /// compatibility hash), so changing anything here recompiles the runtimes once.
 fn config() -> Result<Config, wasmtime::Error> {
@@ -62,6 +71,18 @@ fn config() -> Result<Config, wasmtime::Error> {
         .max_memory_size(Limits::CEILING.memory_bytes() as usize)
         .table_elements(POOL_TABLE_ELEMENTS)
         .max_core_instance_size(POOL_MAX_INSTANCE_SIZE);
+    // Where the kernel can say which pages an instance dirtied (PAGEMAP_SCAN, Linux 6.7+), a
+    // slot's dirtied pages are copied back from the image instead of unmapped, so the next
+    // instance in it does not fault them in again (measured: 340 → 213 page faults per Python
+    // hello, about -0.3 ms). Without the scan wasmtime would reset the whole kept range by
+    // memset, several times slower than unmapping, so then nothing is kept. At most
+    // `KEEP_WARM_SLOTS` idle slots keep memory, bounding what idle slots hold resident.
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        pool.pagemap_scan(wasmtime::Enabled::Yes)
+            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+            .table_keep_resident(KEEP_RESIDENT_TABLE)
+            .max_unused_warm_slots(KEEP_WARM_SLOTS);
+    }
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Ok(config)
 }

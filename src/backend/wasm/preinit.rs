@@ -26,22 +26,33 @@ use super::GuestState;
 /// 4.4 G fuel, a second).
 pub const IMPORTS: &[&str] = &["traceback", "linecache", "json", "re", "random", "numpy", "pandas", "matplotlib", "matplotlib.pyplot"];
 
-/// Run at the start of every run of the snapshot: fresh seeds for `random` and numpy's global
-/// generator (a snapshot would otherwise give every run the same numbers), and the turn
-/// counter back at zero so the user's code is `<turn 1>`.
+/// Defines, in the snapshot, what [`RESEED`] calls: fresh seeds for `random` and numpy's
+/// global generator (a snapshot would otherwise give every run the same numbers), and the turn
+/// counter back at zero so the user's code is `<turn 1>`. Compiled once here, so a run only
+/// compiles the one-line call (compiling the body on every run was a tenth of a hello).
 ///
 /// The seeds are fixed-size draws from the host's entropy, so that seeding leaves the heap the
 /// same shape in every run and the user's code costs the same fuel each time.
-pub const RESEED: &str = "import os, random, numpy, _reactor\nrandom.seed(int.from_bytes(os.urandom(8)) | 1 << 63)\nnumpy.random.seed(int.from_bytes(os.urandom(4)) & 0x7fffffff | 1 << 30)\n_reactor._turns = 0\n";
+const RESEED_SETUP: &str = "
+def _wsbx_reseed(os=os, random=random, numpy=numpy, reactor=_reactor):
+    random.seed(int.from_bytes(os.urandom(8)) | 1 << 63)
+    numpy.random.seed(int.from_bytes(os.urandom(4)) & 0x7fffffff | 1 << 30)
+    reactor._turns = 0
+_reactor._wsbx_reseed = _wsbx_reseed
+del _wsbx_reseed
+";
+
+/// Run at the start of every run of the snapshot: see [`RESEED_SETUP`].
+pub const RESEED: &str = "_reactor._wsbx_reseed()\n";
 
 /// Bumped whenever what goes into a snapshot changes in a way the inputs below do not show.
-const RECIPE: &str = "wsbx-preinit-1";
+const RECIPE: &str = "wsbx-preinit-2";
 
 /// Where the snapshot of `base_sha256` with `prelude` lives under `dir`: its name carries
 /// everything it was made from, so a change to any of it makes a new one.
 pub fn snapshot_path(dir: &Path, base_sha256: &str, prelude: &str) -> PathBuf {
     let mut hasher = Sha256::new();
-    for part in [RECIPE, base_sha256, prelude, env!("CARGO_PKG_VERSION")] {
+    for part in [RECIPE, base_sha256, prelude, RESEED_SETUP, env!("CARGO_PKG_VERSION")] {
         hasher.update(part.as_bytes());
         hasher.update([0]);
     }
@@ -94,7 +105,7 @@ pub fn build(base: &Path, grants: &Grants, prelude: &str, out: &Path, progress: 
 
     let snapshot = super::on_guest_thread(move || -> Result<Vec<u8>, String> {
         let instance = linker.instantiate(&mut store, &module).map_err(|e| format!("instantiating: {e}"))?;
-        let imports = format!("import {}\n", IMPORTS.join(", "));
+        let imports = format!("import os, {}\n{RESEED_SETUP}", IMPORTS.join(", "));
         for (what, code) in [("the prelude", prelude), ("the imports", imports.as_str())] {
             let status = super::python::turn(&mut store, &instance, code.as_bytes()).map_err(|e| format!("running {what}: {e:#}"))?;
             if status != 0 {

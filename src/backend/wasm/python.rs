@@ -8,11 +8,13 @@ use std::sync::Arc;
 use wasmtime::{Instance, InstancePre, Linker, Store};
 
 use super::wasi::{self, Grants};
-use super::{preinit, run_guest, run_warm, warm_pool, GuestState, WarmPool, WasmEngine};
+use super::{preinit, run_guest, run_warm, warm_pool, Guest, GuestState, WasmEngine};
+use crate::backend::pool::WarmPool;
+use crate::scratch::Scratch;
 use crate::backend::{Backend, Outcome};
 use crate::request::ExecRequest;
 use crate::runtimes::{Python, Runtimes};
-use crate::scratch::Scratch;
+use crate::scratch::ScratchSlot;
 
 /// What the guest's `host.call` import answers: there is no host to call (yet).
 const NO_HOST: i32 = -1;
@@ -21,7 +23,8 @@ const NO_HOST: i32 = -1;
 /// - stdout and stderr unbuffered, so every byte written before a limit ends the run is kept
 ///   (a trap leaves no chance to flush a buffer held in guest memory);
 /// - the working directory is /scratch, so relative paths land there;
-/// - the last expression is not echoed (the `turn` export is notebook-like by default);
+/// - the last expression is not echoed (the `turn` export is notebook-like by default), and
+///   each turn is compiled straight from source (see `_wsbx_run_turn`);
 /// - `sys.argv` is `["-c"]`; the code's frames are named `<turn 1>`.
 const PRELUDE: &str = r#"
 import sys, os, io, _reactor
@@ -31,6 +34,18 @@ sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8"
 sys.displayhook = lambda value: None
 sys.argv = ["-c"]
 _reactor._turns = 0
+
+# Each turn compiles its code straight to bytecode. The runtime's own turn first parses it into
+# an AST of Python objects and converts that back, only to echo the value of a last expression,
+# which wsbx never shows: half of a short run's time went there. Names come from default
+# arguments, so code that rebinds `compile` or deletes `sys` in __main__ cannot break the turns.
+def _wsbx_run_turn(text, name, compile=compile, exec=exec, modules=sys.modules):
+    import linecache
+    code = compile(text, name, "exec")
+    linecache._register_code(code, text, name)
+    exec(code, modules["__main__"].__dict__)
+_reactor._run_turn = _wsbx_run_turn
+del _wsbx_run_turn
 
 # matplotlib's backend: Agg, with plt.show() saving each open figure as /scratch/figure-<n>.png
 # and closing it. The module is made only when matplotlib asks for it, so a run that does not
@@ -77,7 +92,7 @@ pub struct PythonBackend {
     preinit: Option<Preinit>,
     lib_dir: PathBuf,
     mpl_data_dir: PathBuf,
-    warm: Option<WarmPool>,
+    warm: Option<WarmPool<(Guest, Scratch)>>,
 }
 
 /// The pre-initialized interpreter and the memory it starts with.
@@ -201,11 +216,15 @@ fn user_turn(store: &mut Store<GuestState>, instance: &Instance, code: &str) -> 
 }
 
 impl Backend for PythonBackend {
-    fn run(&self, request: &ExecRequest, scratch: &mut Scratch) -> Outcome {
+    fn run(&self, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Outcome {
         let user = |store: &mut Store<GuestState>, instance: &Instance| user_turn(store, instance, &request.code);
         if let Some(outcome) = run_warm(self.warm.as_ref(), request, scratch, user) {
             return outcome;
         }
+        let scratch = match scratch.fresh() {
+            Ok(scratch) => scratch,
+            Err(e) => return e.into(),
+        };
         let grants = grants(&self.lib_dir, &self.mpl_data_dir, scratch.path(), &request.env);
         match &self.preinit {
             Some(p) if request.env.is_empty() && p.footprint <= request.limits.memory_bytes() => {
