@@ -28,4 +28,4 @@ pub mod server;
 pub use request::{ExecRequest, InputFile, Language, Limits, RequestError};
 pub use result::{ExecResult, OutputFile, Status};
 pub use runtimes::{InstallOptions, RuntimeError, RuntimeInfo};
-pub use sandbox::{Phases, PrepareError, Sandbox, SandboxConfig};
+pub use sandbox::{Phases, PrepareError, Sandbox, SandboxConfig, GUEST_THREAD_STACK};

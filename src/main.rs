@@ -407,7 +407,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         disk_mb: args.max_disk,
         max_files: Limits::CEILING.max_files,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Runs go to tokio's blocking threads: with a guest's stack they run guests themselves
+    // instead of handing each to another thread.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(wsbx::GUEST_THREAD_STACK).build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("wsbx: internal_error: starting the async runtime: {e}");

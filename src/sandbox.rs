@@ -17,7 +17,7 @@ use crate::backend::{Backend, Outcome};
 use crate::request::{ExecRequest, Language, Limits, RequestError};
 use crate::result::{ExecResult, Status};
 use crate::runtimes::{InstallOptions, RuntimeError, RuntimeInfo, Runtimes};
-use crate::scratch::{Quota, Scratch};
+use crate::scratch::{Quota, Scratch, ScratchSlot};
 
 /// How a [`Sandbox`] is set up.
 #[derive(Debug, Clone)]
@@ -28,9 +28,11 @@ pub struct SandboxConfig {
     pub scratch_root: PathBuf,
     /// The most any request may ask for; at most [`Limits::CEILING`].
     pub ceiling: Limits,
-    /// Python and JavaScript guests (each) kept prepared ahead of runs (instantiated and initialized on a background
-    /// thread, each with a fresh scratch directory, each used for exactly one run). A run that
-    /// finds one ready only executes its own code: for a hello, about 0.3 ms instead of 3 ms (Python) or 1 ms (JavaScript).
+    /// Guests (Python, JavaScript) and sandboxes (shell) of each language kept prepared ahead of
+    /// runs on a background thread: instantiated and initialized, or started and isolated, each
+    /// with a fresh scratch directory, each used for exactly one run. A run that finds one ready
+    /// only executes its own code: for a hello, about 0.5 ms instead of 3 ms (Python), and for a
+    /// shell job bash's start instead of Firejail's.
     /// Worth it in a long-lived process (a server, an agent loop); a one-shot process (the
     /// CLI) sets 0. Requests that set environment variables always prepare their own guest.
     pub warm_instances: usize,
@@ -38,6 +40,12 @@ pub struct SandboxConfig {
     /// bytes. Files past it are left out and the result says `files_truncated`. Default 16 MiB.
     pub max_return_bytes: u64,
 }
+
+/// Native stack a thread needs to run a wasm guest itself. [`Sandbox::run`] called on a
+/// thread with at least this much stack runs the guest right there; from a smaller one (a
+/// default thread has 2 MiB) it hands the guest to a thread of its own and waits. Give the
+/// threads that call `run` this much (tokio: `thread_stack_size`) to save that hand-off.
+pub const GUEST_THREAD_STACK: usize = crate::backend::wasm::engine::HOST_THREAD_STACK;
 
 /// The default of [`SandboxConfig::max_return_bytes`]: 16 MiB.
 pub const DEFAULT_MAX_RETURN_BYTES: u64 = 16 << 20;
@@ -175,7 +183,10 @@ impl Sandbox {
             Language::Shell => loaded(
                 &self.shell,
                 |e| RequestError::Unavailable(Language::Shell, e).into(),
-                || FirejailBackend::new(&self.config.scratch_root, &self.config.home).map_err(|e| e.to_string()),
+                || {
+                    FirejailBackend::new(&self.config.scratch_root, &self.config.home, self.config.warm_instances)
+                        .map_err(|e| e.to_string())
+                },
             ),
         }
     }
@@ -228,25 +239,20 @@ impl Sandbox {
         let root = backend.scratch_root().unwrap_or(&self.config.scratch_root);
         let mut quota = Quota::of(&request.limits);
         quota.files = quota.files.saturating_add(backend.scratch_overhead_files());
-        let mut scratch = match Scratch::create(root, quota) {
-            Ok(scratch) => scratch,
-            Err(e) => {
-                let detail = format!("creating a scratch directory in {}: {e}", root.display());
-                return (ExecResult::not_run(language, Status::InternalError, detail), None);
-            }
-        };
-        if let Err(e) = scratch.write_inputs(&request.files) {
-            let status = match e.kind() {
-                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::StorageFull => Status::Rejected,
-                _ => Status::InternalError,
-            };
-            return (ExecResult::not_run(language, status, format!("writing input files: {e}")), None);
-        }
-        split(&mut phases.scratch);
-
-        let outcome = backend.run(request, &mut scratch);
+        // The backend makes the directory, or adopts one it prepared ahead with its guest.
+        let mut slot = ScratchSlot::new(root, quota, &request.files);
+        let mut lookup = Duration::ZERO;
+        split(&mut lookup);
+        phases.validate += lookup;
+        let outcome = backend.run(request, &mut slot);
         split(&mut phases.backend);
+        phases.scratch = slot.spent();
+        phases.backend = phases.backend.saturating_sub(phases.scratch);
         phases.guest = Duration::from_secs_f64(outcome.wall_ms.max(0.0) / 1000.0);
+        let Some(scratch) = slot.into_scratch() else {
+            // Refused before a directory existed (no room for it, say): nothing to collect.
+            return (assemble(language, outcome), None);
+        };
         let mut result = assemble(language, outcome);
         result.disk_bytes = scratch.disk_bytes();
         // The audit line of every run: never the code or the streams at info level.
@@ -281,12 +287,13 @@ impl Sandbox {
 /// Where the host's time went in one run ([`Sandbox::run_profiled`]).
 #[derive(Debug, Clone, Default)]
 pub struct Phases {
-    /// Checking the request against the ceilings.
+    /// Checking the request against the ceilings and finding its language's backend.
     pub validate: Duration,
-    /// Finding the language's backend, making the scratch directory (and its tmpfs) and writing
+    /// Making the scratch directory (and its tmpfs), or adopting one prepared ahead, and writing
     /// the input files.
     pub scratch: Duration,
-    /// The backend's whole run: taking or making the guest, running it, reading its output.
+    /// The backend's run but for `scratch`: taking or making the guest, running it, reading its
+    /// output.
     pub backend: Duration,
     /// Of `backend`, the guest's own code (the result's `wall_ms`).
     pub guest: Duration,

@@ -132,6 +132,33 @@ impl JobCgroup {
         fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()
     }
 
+    /// Changes the job's memory limit (a sandbox started ahead of its job gets the job's
+    /// limit), and starts measuring its peak from here. Fails when the group already holds
+    /// more than `memory_bytes`.
+    pub fn set_memory_limit(&self, memory_bytes: u64) -> io::Result<()> {
+        let Some(dir) = self.dirs.first() else { return Ok(()) };
+        if self.version2 {
+            write(&dir.join("memory.max"), memory_bytes)?;
+            // Kernels before 6.12 cannot reset the peak: it then includes the sandbox's start.
+            let _ = write(&dir.join("memory.peak"), 0);
+        } else {
+            // With swap accounting, memory+swap must never be below memory: order the writes.
+            let memsw = dir.join("memory.memsw.limit_in_bytes");
+            let current: u64 = fs::read_to_string(dir.join("memory.limit_in_bytes"))?.trim().parse().unwrap_or(u64::MAX);
+            if memsw.exists() && memory_bytes > current {
+                write(&memsw, memory_bytes)?;
+                write(&dir.join("memory.limit_in_bytes"), memory_bytes)?;
+            } else {
+                write(&dir.join("memory.limit_in_bytes"), memory_bytes)?;
+                if memsw.exists() {
+                    write(&memsw, memory_bytes)?;
+                }
+            }
+            write(&dir.join("memory.max_usage_in_bytes"), 0)?;
+        }
+        Ok(())
+    }
+
     /// Whether the kernel killed a process of the job for reaching its memory limit.
     pub fn oom_killed(&self) -> bool {
         let Some(dir) = self.dirs.first() else { return false };

@@ -6,11 +6,12 @@
 
 pub mod cgroup;
 pub mod firejail;
+pub(crate) mod pool;
 pub mod wasm;
 
 use crate::request::ExecRequest;
 use crate::result::Status;
-use crate::scratch::Scratch;
+use crate::scratch::{ScratchSlot, SlotError};
 
 /// What a backend reports about one run.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,16 +65,24 @@ impl Outcome {
     }
 }
 
+impl From<SlotError> for Outcome {
+    /// A run whose scratch directory could not be made ready never started.
+    fn from(e: SlotError) -> Outcome {
+        Outcome::failed(e.status, e.detail)
+    }
+}
+
 /// Runs jobs of one or more languages in isolation.
 ///
 /// Implementations must never run a job unisolated: when isolation is impossible, they answer
 /// [`Status::Rejected`] with a detail saying what to install. They must not panic on anything
 /// the guest does, and must leave nothing running when `run` returns.
 pub trait Backend: Send + Sync {
-    /// Runs `request` (already validated) with `scratch` as the guest's only writable directory.
-    /// A backend may replace `scratch` with a directory it prepared ahead (holding the same
-    /// input files): the caller collects files from, and removes, whatever `scratch` is after.
-    fn run(&self, request: &ExecRequest, scratch: &mut Scratch) -> Outcome;
+    /// Runs `request` (already validated) with the directory in `scratch` as the guest's only
+    /// writable directory: one made for the run ([`ScratchSlot::fresh`]) or one the backend
+    /// prepared ahead ([`ScratchSlot::adopt`]). The caller collects files from, and removes,
+    /// whatever the slot holds after.
+    fn run(&self, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Outcome;
 
     /// Where this backend's scratch directories must be made, when it needs a place of its
     /// own; `None` takes the sandbox's scratch root.

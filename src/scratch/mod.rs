@@ -8,6 +8,7 @@
 
 pub mod collect;
 pub mod guarded;
+pub mod slot;
 
 use std::fs;
 use std::io;
@@ -16,6 +17,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub use collect::{escape_path, mime_type, Report, SkippedFile};
+pub use slot::{ScratchSlot, SlotError};
 
 use crate::request::{guest_path, InputFile};
 use crate::result::OutputFile;

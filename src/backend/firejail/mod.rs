@@ -15,11 +15,14 @@ use std::time::{Duration, Instant};
 
 use std::os::fd::AsRawFd;
 
+mod prepared;
+
 use crate::backend::cgroup::{Cgroups, JobCgroup};
+use crate::backend::pool::WarmPool;
 use crate::backend::{Backend, Outcome};
 use crate::request::ExecRequest;
 use crate::result::Status;
-use crate::scratch::{guarded, Scratch};
+use crate::scratch::{guarded, ScratchSlot};
 use std::os::fd::AsFd;
 
 /// The system user shell jobs run as when wsbx runs as root. Firejail refuses `nobody`.
@@ -54,6 +57,9 @@ pub struct FirejailBackend {
     backstop: Option<PathBuf>,
     /// Where job scratch directories are made: see [`JOB_ROOT`].
     job_root: PathBuf,
+    /// Sandboxes started ahead of their jobs (see [`prepared`]); `None` in one-shot processes
+    /// and where jobs get no control group (their memory limit is fixed at start then).
+    prepared: Option<std::sync::Arc<WarmPool<prepared::Prepared>>>,
 }
 
 /// Where shell jobs' scratch directories live when wsbx runs as root. Firejail opens a job's
@@ -74,7 +80,9 @@ impl FirejailBackend {
     ///
     /// `scratch_root` and `home` (wsbx's runtime directory) are hidden from jobs along with
     /// the usual places (`/root`, `/home`, `/work`, `/etc/shadow`, wsbx's own binary).
-    pub fn new(scratch_root: &Path, wsbx_home: &Path) -> Result<FirejailBackend, Unavailable> {
+    /// With `prepared` > 0, a background thread keeps that many sandboxes started ahead of
+    /// their jobs (see [`prepared`]).
+    pub fn new(scratch_root: &Path, wsbx_home: &Path, prepared: usize) -> Result<FirejailBackend, Unavailable> {
         let firejail = find_in_path("firejail").ok_or_else(|| {
             Unavailable("shell jobs run under Firejail, which is not installed: apt-get install firejail".into())
         })?;
@@ -127,7 +135,7 @@ impl FirejailBackend {
             }
         };
         let backstop = ["/usr/bin/timeout", "/bin/timeout"].iter().map(PathBuf::from).find(|p| p.is_file());
-        let backend = FirejailBackend { firejail, user, home, hidden, cgroups, backstop, job_root };
+        let mut backend = FirejailBackend { firejail, user, home, hidden, cgroups, backstop, job_root, prepared: None };
         // The probe costs a sandbox start (~40 ms): remember that it passed for this Firejail,
         // its configuration and this job user, so a `wsbx exec` process does not pay it twice.
         let stamp = wsbx_home.join("firejail-probe.ok");
@@ -135,6 +143,11 @@ impl FirejailBackend {
         if std::fs::read_to_string(&stamp).ok().as_deref() != Some(key.as_str()) {
             backend.probe()?;
             let _ = std::fs::create_dir_all(wsbx_home).and_then(|()| std::fs::write(&stamp, &key));
+        }
+        if prepared > 0 && backend.cgroups.is_some() {
+            let maker = backend.clone();
+            let pool = WarmPool::start(prepared, "wsbx-shell-warm", None, || {}, move || maker.prepare());
+            backend.prepared = Some(std::sync::Arc::new(pool));
         }
         Ok(backend)
     }
@@ -162,10 +175,9 @@ impl FirejailBackend {
     /// confuse its error with a job's.
     fn probe(&self) -> Result<(), Unavailable> {
         let quota = crate::scratch::Quota { bytes: 1 << 20, files: 16 };
-        let mut scratch = Scratch::create(&self.job_root, quota)
-            .map_err(|e| Unavailable(format!("creating a scratch directory for the Firejail probe: {e}")))?;
         let mut request = ExecRequest::new(crate::Language::Shell, "exit 0");
         request.limits.timeout_ms = 10_000;
+        let mut scratch = ScratchSlot::new(&self.job_root, quota, &[]);
         let outcome = self.run(&request, &mut scratch);
         if outcome.status == Status::Ok {
             return Ok(());
@@ -182,8 +194,7 @@ impl FirejailBackend {
     /// The options go to Firejail as a profile in a memory file (`--profile=/proc/self/fd/3`),
     /// not on its command line: the sandbox's PID 1 is a Firejail process whose command line
     /// every job can read, and it must not show the host's paths.
-    fn profile(&self, request: &ExecRequest, scratch: &Path, cgroup: bool) -> String {
-        let limits = &request.limits;
+    fn profile(&self, limits: &crate::Limits, scratch: &Path, cgroup: bool) -> String {
         let mut p = String::new();
         let mut line = |l: String| {
             p.push_str(&l);
@@ -242,30 +253,42 @@ impl FirejailBackend {
         p
     }
 
-    /// The Firejail command line: the profile (passed as descriptor 3) and the job.
-    fn command(&self, request: &ExecRequest) -> Command {
+    /// The Firejail command line: the profile (passed as descriptor 3) and the job, or, for a
+    /// prepared sandbox, a wrapper that waits for its job on stdin.
+    fn command(&self, job: Job<'_>) -> Command {
         let mut cmd = Command::new(&self.firejail);
         cmd.arg(format!("--profile=/proc/self/fd/{PROFILE_FD}"));
         // Firejail adds variables of its own; `env -i` leaves exactly the job's environment.
         cmd.arg("--").arg("/usr/bin/env").arg("-i");
         cmd.arg(format!("PATH={JOB_PATH}")).arg(format!("HOME={}", self.home.display()));
-        for (name, value) in &request.env {
-            cmd.arg(format!("{name}={value}"));
-        }
         // The job runs under a wrapper that, once the job's bash exits, kills everything the
         // job left behind (`setsid sleep 20 &`: every process of the job's PID namespace but
         // the namespace's init, Firejail's `sh -c` launcher and the wrapper itself) and exits
         // with the job's status, so the sandbox ends with the job. Should wsbx itself die
         // (SIGKILL, OOM), `timeout` inside the sandbox still ends the job shortly after its
         // deadline.
-        let backstop = match &self.backstop {
-            Some(timeout) => format!("{} -s KILL {} ", timeout.display(), request.limits.timeout_ms.div_ceil(1000) + 2),
-            None => String::new(),
-        };
-        let wrapper = format!(
-            r#"{backstop}/bin/bash -c "$1"; s=$?; for _ in 1 2 3; do for p in /proc/[0-9]*; do p=${{p#/proc/}}; [ "$p" = 1 ] || [ "$p" = $$ ] || [ "$p" = $PPID ] || kill -KILL "$p" 2>/dev/null; done; done; exit $s"#
-        );
-        cmd.arg("/bin/bash").arg("-c").arg(wrapper).arg("/bin/bash").arg(&request.code);
+        const REAP: &str = r#"s=$?; for _ in 1 2 3; do for p in /proc/[0-9]*; do p=${p#/proc/}; [ "$p" = 1 ] || [ "$p" = $$ ] || [ "$p" = $PPID ] || kill -KILL "$p" 2>/dev/null; done; done; exit $s"#;
+        match job {
+            Job::Now(request) => {
+                for (name, value) in &request.env {
+                    cmd.arg(format!("{name}={value}"));
+                }
+                let backstop = match &self.backstop {
+                    Some(timeout) => format!("{} -s KILL {} ", timeout.display(), backstop_seconds(&request.limits)),
+                    None => String::new(),
+                };
+                let wrapper = format!(r#"{backstop}/bin/bash -c "$1"; {REAP}"#);
+                cmd.arg("/bin/bash").arg("-c").arg(wrapper).arg("/bin/bash").arg(&request.code);
+            }
+            Job::Later => {
+                let backstop = match &self.backstop {
+                    Some(timeout) => format!(r#"{} -s KILL "$t" "#, timeout.display()),
+                    None => String::new(),
+                };
+                let wrapper = format!(r#"{}{backstop}"$@" /bin/bash -c "$c"; {REAP}"#, prepared::READ_JOB);
+                cmd.arg("/bin/bash").arg("-c").arg(wrapper);
+            }
+        }
 
         cmd.env_clear()
             .env("PATH", JOB_PATH)
@@ -281,6 +304,12 @@ impl FirejailBackend {
         }
         cmd
     }
+}
+
+/// Seconds after which `timeout` inside the sandbox kills a job with `limits`: the host's
+/// deadline plus a margin, so it only acts when the host could not.
+fn backstop_seconds(limits: &crate::Limits) -> u64 {
+    limits.timeout_ms.div_ceil(1000) + 2
 }
 
 /// Where the child finds its Firejail profile.
@@ -363,58 +392,123 @@ impl Backend for FirejailBackend {
         2
     }
 
-    fn run(&self, request: &ExecRequest, scratch: &mut Scratch) -> Outcome {
+    fn run(&self, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Outcome {
+        if let Some(outcome) = self.run_prepared(request, scratch) {
+            return outcome;
+        }
+        let scratch = match scratch.fresh() {
+            Ok(scratch) => scratch,
+            Err(e) => return e.into(),
+        };
+        let jail = match self.start(&request.limits, scratch.path(), Job::Now(request)) {
+            Ok(jail) => jail,
+            Err(outcome) => return outcome,
+        };
+        self.supervise(jail, request, request.stdin.clone(), scratch.path())
+    }
+}
+
+/// What a sandbox is started for: a job given now (on Firejail's command line), or one it
+/// waits for on its stdin (a prepared sandbox, see [`prepared`]).
+enum Job<'a> {
+    Now(&'a ExecRequest),
+    Later,
+}
+
+/// A started Firejail sandbox: its process (leader of its own process group), its control
+/// group, and the host's ends of its streams. Dropping it kills whatever of it still runs.
+pub(crate) struct Jail {
+    child: std::process::Child,
+    pid: libc::pid_t,
+    cgroup: Option<JobCgroup>,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: Option<std::process::ChildStdout>,
+    stderr: Option<std::process::ChildStderr>,
+    /// Whether the process was reaped (its pid, and so its group id, may be reused since).
+    reaped: bool,
+}
+
+impl Drop for Jail {
+    fn drop(&mut self) {
+        if !self.reaped {
+            // SAFETY: our own child, not yet reaped: its process group is still ours.
+            unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
+        if let Some(group) = &self.cgroup {
+            group.kill_all();
+        }
+    }
+}
+
+impl FirejailBackend {
+    /// Starts a sandbox for a job with `limits` in `scratch`: hands the directory to the job
+    /// user, makes the job's control group, writes the profile, spawns Firejail.
+    fn start(&self, limits: &crate::Limits, scratch: &Path, job: Job<'_>) -> Result<Jail, Outcome> {
         if let Some((uid, gid)) = self.user {
-            if let Err(e) = chown_tree(scratch.path(), uid, gid) {
-                return Outcome::failed(Status::InternalError, format!("handing the scratch directory to {JOB_USER}: {e}"));
+            if let Err(e) = chown_tree(scratch, uid, gid) {
+                return Err(Outcome::failed(Status::InternalError, format!("handing the scratch directory to {JOB_USER}: {e}")));
             }
         }
         let cgroup = match &self.cgroups {
             // The scratch directory is a tmpfs whose pages the job's writes charge to its group:
             // the group holds the job's memory and its disk quota.
-            Some(cgroups) => match cgroups.job(request.limits.memory_bytes().saturating_add(request.limits.disk_bytes()), MAX_PROCESSES) {
+            Some(cgroups) => match cgroups.job(limits.memory_bytes().saturating_add(limits.disk_bytes()), MAX_PROCESSES) {
                 Ok(group) => Some(group),
-                Err(e) => return Outcome::failed(Status::InternalError, format!("making the job's control group: {e}")),
+                Err(e) => return Err(Outcome::failed(Status::InternalError, format!("making the job's control group: {e}"))),
             },
             None => None,
         };
-        let profile = match memory_file(&self.profile(request, scratch.path(), cgroup.is_some())) {
+        let profile = match memory_file(&self.profile(limits, scratch, cgroup.is_some())) {
             Ok(fd) => fd,
-            Err(e) => return Outcome::failed(Status::InternalError, format!("writing the job's Firejail profile: {e}")),
+            Err(e) => return Err(Outcome::failed(Status::InternalError, format!("writing the job's Firejail profile: {e}"))),
         };
-        let mut cmd = self.command(request);
+        let mut cmd = self.command(job);
         prepare_child(&mut cmd, profile.as_raw_fd(), cgroup.as_ref().map(JobCgroup::procs_fds).unwrap_or_default());
-        let started = Instant::now();
-        let deadline = started + request.limits.timeout();
         let spawned = cmd.spawn();
         drop(profile);
         let mut child = match spawned {
             Ok(child) => child,
-            Err(e) => return Outcome::failed(Status::Rejected, format!("could not start firejail: {e}")),
+            Err(e) => return Err(Outcome::failed(Status::Rejected, format!("could not start firejail: {e}"))),
         };
         let pid = child.id() as libc::pid_t;
+        let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        Ok(Jail { child, pid, cgroup, stdin, stdout, stderr, reaped: false })
+    }
+
+    /// Runs a started sandbox's job to its end under `request`'s deadline: feeds it `input`,
+    /// collects its output, kills what it leaves, and says how it ended.
+    fn supervise(&self, mut jail: Jail, request: &ExecRequest, input: Vec<u8>, scratch: &Path) -> Outcome {
+        let started = Instant::now();
+        let deadline = started + request.limits.timeout();
         let cap = usize::try_from(request.limits.max_output_bytes).unwrap_or(usize::MAX);
-        let stdout = child.stdout.take().map(|s| read_capped(s, cap));
-        let stderr = child.stderr.take().map(|s| read_capped(s, cap));
-        if let Some(mut stdin) = child.stdin.take() {
-            let input = request.stdin.clone();
+        let stdout = jail.stdout.take().map(|s| read_capped(s, cap));
+        let stderr = jail.stderr.take().map(|s| read_capped(s, cap));
+        if let Some(mut stdin) = jail.stdin.take() {
             // A job that never reads its stdin must not block the host: write from a thread.
             thread::spawn(move || {
                 let _ = stdin.write_all(&input);
             });
         }
 
-        let (wait_status, usage, timed_out) = wait_until(pid, deadline);
+        let (wait_status, usage, timed_out) = wait_until(jail.pid, deadline);
+        jail.reaped = true;
         // Nothing of the job outlives its run, whatever Firejail did.
-        if let Some(group) = &cgroup {
+        if let Some(group) = &jail.cgroup {
             group.kill_all();
+        }
+        let measured = jail.cgroup.as_ref().map(|group| (group.oom_killed(), group.peak_memory()));
+        // Removing the emptied groups waits for the kernel (an RCU grace period each on v1):
+        // off the run's path.
+        if let Some(group) = jail.cgroup.take() {
+            crate::backend::pool::drop_later(group);
         }
         let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
         let (stdout, stdout_truncated) = stdout.and_then(|h| h.join().ok()).unwrap_or_default();
         let (stderr, stderr_truncated) = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
-        drop_untouched_skel(scratch.path());
+        drop_untouched_skel(scratch);
 
-        let oom = cgroup.as_ref().is_some_and(JobCgroup::oom_killed);
+        let oom = measured.is_some_and(|(oom, _)| oom);
         let (status, exit_code, detail) = if timed_out {
             (Status::Timeout, None, Some(format!("the deadline of {} ms passed", request.limits.timeout_ms)))
         } else if oom {
@@ -442,9 +536,8 @@ impl Backend for FirejailBackend {
             wall_ms,
             // The group measures the job; without one, Firejail's maximum resident set (which
             // may include what its process inherited from wsbx at fork) is the best there is.
-            peak_memory_bytes: cgroup
-                .as_ref()
-                .and_then(JobCgroup::peak_memory)
+            peak_memory_bytes: measured
+                .and_then(|(_, peak)| peak)
                 .unwrap_or_else(|| u64::try_from(usage.ru_maxrss).unwrap_or(0).saturating_mul(1024)),
             detail,
         }

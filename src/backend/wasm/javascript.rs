@@ -7,17 +7,19 @@ use std::sync::Arc;
 use wasmtime::{Instance, InstancePre, Linker, Store};
 
 use super::wasi::{self, Grants};
-use super::{run_guest, run_warm, warm_pool, GuestState, WarmPool, WasmEngine};
+use super::{run_guest, run_warm, warm_pool, Guest, GuestState, WasmEngine};
+use crate::backend::pool::WarmPool;
+use crate::scratch::Scratch;
 use crate::backend::{Backend, Outcome};
 use crate::request::ExecRequest;
 use crate::runtimes::Javascript;
-use crate::scratch::Scratch;
+use crate::scratch::ScratchSlot;
 
 /// Runs JavaScript jobs.
 pub struct JavascriptBackend {
     engine: Arc<WasmEngine>,
     pre: InstancePre<GuestState>,
-    warm: Option<WarmPool>,
+    warm: Option<WarmPool<(Guest, Scratch)>>,
 }
 
 impl JavascriptBackend {
@@ -72,11 +74,15 @@ fn run_code(store: &mut Store<GuestState>, instance: &Instance, code: &str) -> w
 }
 
 impl Backend for JavascriptBackend {
-    fn run(&self, request: &ExecRequest, scratch: &mut Scratch) -> Outcome {
+    fn run(&self, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Outcome {
         let code = |store: &mut Store<GuestState>, instance: &Instance| run_code(store, instance, &request.code);
         if let Some(outcome) = run_warm(self.warm.as_ref(), request, scratch, code) {
             return outcome;
         }
+        let scratch = match scratch.fresh() {
+            Ok(scratch) => scratch,
+            Err(e) => return e.into(),
+        };
         let grants = grants(scratch.path(), &request.env);
         run_guest(&self.engine, &self.pre, request, &grants, prepare, code)
     }

@@ -11,10 +11,11 @@ pub mod javascript;
 pub mod limits;
 pub mod preinit;
 pub mod python;
+pub mod threads;
 pub mod wasi;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::{Instance, InstancePre, Store, Trap};
@@ -23,10 +24,11 @@ use wasmtime_wasi::I32Exit;
 
 pub use engine::WasmEngine;
 
+use crate::backend::pool::WarmPool;
 use crate::backend::Outcome;
 use crate::request::{ExecRequest, Limits};
 use crate::result::Status;
-use crate::scratch::{Quota, Scratch};
+use crate::scratch::{Quota, Scratch, ScratchSlot};
 use limits::MemoryCap;
 use wasi::{DeadlinePassed, GuestIo, Grants};
 
@@ -69,18 +71,10 @@ fn arm(store: &mut Store<GuestState>, limits: &Limits) -> wasmtime::Result<()> {
     limits::arm(store, limits.fuel, limits.timeout())
 }
 
-/// Runs `f` on a thread whose native stack is big enough for the wasm stack, so a guest can be
-/// run from any thread.
+/// Runs `f` on a thread whose native stack is big enough for the wasm stack (one kept between
+/// runs, see [`threads`]), so a guest can be run from any thread.
 fn on_guest_thread<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R, String> {
-    std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("wsbx-guest".into())
-            .stack_size(engine::HOST_THREAD_STACK)
-            .spawn_scoped(scope, f)
-            .map_err(|e| format!("could not start a guest thread: {e}"))?
-            .join()
-            .map_err(|_| "the guest thread panicked".to_owned())
-    })
+    threads::run(f)
 }
 
 /// Fuel a guest may spend setting its interpreter up (CPython's first turn and prelude take
@@ -205,26 +199,11 @@ fn finish(
     }
 }
 
-/// Drops a finished guest's store on a background thread. Tearing an instance down (its memory
+/// Drops a finished guest's store on a background thread: tearing an instance down (its memory
 /// is reset for the next one in the pool) takes about a millisecond that the caller need not
-/// wait for. The queue is short, so a backlog slows runs down rather than piling up instances.
+/// wait for. The store is dropped before its `Busy` (tuple fields drop in order).
 fn retire(store: Store<GuestState>, busy: Busy) {
-    type Retired = (Store<GuestState>, Busy);
-    static REAPER: OnceLock<Option<Mutex<mpsc::SyncSender<Retired>>>> = OnceLock::new();
-    let reaper = REAPER.get_or_init(|| {
-        let (tx, rx) = mpsc::sync_channel::<Retired>(8);
-        std::thread::Builder::new()
-            .name("wsbx-reaper".into())
-            // The store is dropped before its `Busy` (tuple fields drop in order).
-            .spawn(move || rx.into_iter().for_each(drop))
-            .ok()
-            .map(|_| Mutex::new(tx))
-    });
-    let tx = reaper.as_ref().map(|tx| tx.lock().unwrap_or_else(|p| p.into_inner()).clone());
-    if let Some(tx) = tx {
-        // On failure the pair comes back in the error and is dropped right here.
-        let _ = tx.send((store, busy));
-    }
+    crate::backend::pool::drop_later((store, busy));
 }
 
 /// Guests running or being torn down, process-wide.
@@ -257,102 +236,6 @@ fn wait_for_quiet() {
     }
 }
 
-/// Guests prepared ahead of their runs by a background thread, each used for exactly one run.
-///
-/// Preparing a guest (instantiating it and running its interpreter's set-up) is most of the cost
-/// of a short run; with a pool it happens between runs instead of during them. The pool holds
-/// at most `target` guests, each with its own fresh scratch directory, and stops refilling when
-/// dropped.
-pub(crate) struct WarmPool {
-    shared: Arc<PoolShared>,
-    refill: Option<std::thread::JoinHandle<()>>,
-}
-
-struct PoolShared {
-    ready: Mutex<Vec<(Guest, Scratch)>>,
-    wanted: Condvar,
-    stop: AtomicBool,
-}
-
-impl WarmPool {
-    /// Starts a thread that keeps `target` guests made by `make` ready.
-    pub(crate) fn start<M>(target: usize, make: M) -> WarmPool
-    where
-        M: Fn() -> Result<(Guest, Scratch), String> + Send + 'static,
-    {
-        let shared = Arc::new(PoolShared {
-            ready: Mutex::new(Vec::new()),
-            wanted: Condvar::new(),
-            stop: AtomicBool::new(false),
-        });
-        let pool = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("wsbx-warm".into())
-            .stack_size(engine::HOST_THREAD_STACK)
-            .spawn(move || {
-                let mut failures = 0u32;
-                loop {
-                    {
-                        let mut ready = pool.ready.lock().unwrap_or_else(|p| p.into_inner());
-                        while ready.len() >= target && !pool.stop.load(Ordering::Relaxed) {
-                            ready = pool.wanted.wait(ready).unwrap_or_else(|p| p.into_inner());
-                        }
-                    }
-                    if pool.stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    // A pool that ran dry refills at once; otherwise it waits for a quiet moment.
-                    if !pool.ready.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
-                        wait_for_quiet();
-                    }
-                    match make() {
-                        Ok(guest) => {
-                            failures = 0;
-                            if !pool.stop.load(Ordering::Relaxed) {
-                                pool.ready.lock().unwrap_or_else(|p| p.into_inner()).push(guest);
-                            }
-                        }
-                        Err(e) => {
-                            // Runs still work without the pool (they prepare their own guest);
-                            // back off so a broken set-up does not spin.
-                            failures += 1;
-                            tracing::warn!(error = %e, "could not prepare a warm guest");
-                            std::thread::sleep(Duration::from_millis(100) * failures.min(50));
-                        }
-                    }
-                }
-            });
-        let refill = match spawned {
-            Ok(handle) => Some(handle),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not start the warm-guest thread; every run prepares its own guest");
-                None
-            }
-        };
-        WarmPool { shared, refill }
-    }
-
-    /// A prepared guest and its scratch directory, if one is ready.
-    pub(crate) fn take(&self) -> Option<(Guest, Scratch)> {
-        let guest = self.shared.ready.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        self.shared.wanted.notify_one();
-        guest
-    }
-}
-
-impl Drop for WarmPool {
-    /// Stops the refill thread (waiting for the guest it may be preparing) and drops every
-    /// prepared guest, so their scratch directories are gone when this returns.
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        self.shared.wanted.notify_all();
-        if let Some(refill) = self.refill.take() {
-            let _ = refill.join();
-        }
-        self.shared.ready.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-}
-
 /// Keeps `target` guests of one interpreter prepared: each gets a fresh scratch directory under
 /// `scratch_root`, the grants `grants` makes for it, and `init` run in it.
 pub(crate) fn warm_pool(
@@ -362,12 +245,12 @@ pub(crate) fn warm_pool(
     scratch_root: &std::path::Path,
     grants: impl Fn(&std::path::Path) -> Grants + Send + 'static,
     init: fn(&mut Store<GuestState>, &Instance) -> wasmtime::Result<()>,
-) -> Option<WarmPool> {
+) -> Option<WarmPool<(Guest, Scratch)>> {
     if target == 0 {
         return None;
     }
     let root = scratch_root.to_owned();
-    Some(WarmPool::start(target, move || {
+    Some(WarmPool::start(target, "wsbx-warm", Some(engine::HOST_THREAD_STACK), wait_for_quiet, move || {
         let scratch = Scratch::create(&root, Quota::of(&WARM_LIMITS)).map_err(|e| format!("creating a scratch directory: {e}"))?;
         let guest = Guest::prepare(&engine, &pre, &grants(scratch.path()), &WARM_LIMITS, init)
             .map_err(|failed| failed.detail.unwrap_or_default())?;
@@ -379,9 +262,9 @@ pub(crate) fn warm_pool(
 const WARM_LIMITS: Limits = Limits { timeout_ms: 30_000, memory_mb: 256, ..Limits::DEFAULT };
 
 /// Runs `request` in a guest from `pool` when one is ready and fits the request; `None` when
-/// the run must prepare its own guest. The prepared guest sees its own scratch directory: it
-/// gets the request's quota and input files, and replaces `scratch` for the rest of the run.
-pub(crate) fn run_warm<F>(pool: Option<&WarmPool>, request: &ExecRequest, scratch: &mut Scratch, enter: F) -> Option<Outcome>
+/// the run must prepare its own guest. The prepared guest's own scratch directory becomes the
+/// run's: it gets the request's quota and input files.
+pub(crate) fn run_warm<F>(pool: Option<&WarmPool<(Guest, Scratch)>>, request: &ExecRequest, scratch: &mut ScratchSlot<'_>, enter: F) -> Option<Outcome>
 where
     F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32> + Send,
 {
@@ -390,16 +273,14 @@ where
     if !request.env.is_empty() {
         return None;
     }
-    let (guest, mut warm_scratch) = pool?.take()?;
+    let (guest, warm_scratch) = pool?.take()?;
     if guest.memory_bytes() > request.limits.memory_bytes() {
         // The cold path reports a cap below the interpreter's own footprint properly.
         return None;
     }
-    let ready = warm_scratch.set_quota(Quota::of(&request.limits)).and_then(|()| warm_scratch.write_inputs(&request.files));
-    if let Err(e) = ready {
-        return Some(internal_error(format!("giving the prepared guest its scratch directory: {e}")));
+    if let Err(e) = scratch.adopt(warm_scratch) {
+        return Some(e.into());
     }
-    std::mem::swap(scratch, &mut warm_scratch);
     Some(guest.run(request, enter))
 }
 

@@ -1,0 +1,103 @@
+//! The place a run's scratch directory goes: made when the backend asks for it, or filled by
+//! one the backend prepared ahead, never both.
+
+use std::io;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::{Quota, Scratch};
+use crate::request::InputFile;
+use crate::result::Status;
+
+/// A run's scratch directory, not made yet.
+///
+/// A backend that runs in a directory made for the run calls [`ScratchSlot::fresh`]; one that
+/// has a directory prepared ahead (with its guest or sandbox already looking at it) hands it
+/// over with [`ScratchSlot::adopt`]. Either way the directory ends with the request's quota and
+/// input files, and the caller collects files from it and removes it after the run.
+#[derive(Debug)]
+pub struct ScratchSlot<'a> {
+    root: &'a Path,
+    quota: Quota,
+    inputs: &'a [InputFile],
+    scratch: Option<Scratch>,
+    spent: Duration,
+}
+
+/// Why a run's scratch directory could not be made ready, with the status the run gets.
+#[derive(Debug)]
+pub struct SlotError {
+    /// `rejected` for what the request asked (inputs over the quota, a bad path),
+    /// `internal_error` for what the host could not do.
+    pub status: Status,
+    /// What went wrong, naming the directory or the inputs.
+    pub detail: String,
+}
+
+impl<'a> ScratchSlot<'a> {
+    /// A slot for a directory under `root` holding at most `quota`, with `inputs` written in.
+    pub fn new(root: &'a Path, quota: Quota, inputs: &'a [InputFile]) -> ScratchSlot<'a> {
+        ScratchSlot { root, quota, inputs, scratch: None, spent: Duration::ZERO }
+    }
+
+    /// The run's directory, made now (fresh, private, with the inputs) if it is not there yet.
+    pub fn fresh(&mut self) -> Result<&mut Scratch, SlotError> {
+        let scratch = match self.scratch.take() {
+            Some(scratch) => scratch,
+            None => {
+                let started = Instant::now();
+                let made = self.make();
+                self.spent += started.elapsed();
+                made?
+            }
+        };
+        Ok(self.scratch.insert(scratch))
+    }
+
+    fn make(&self) -> Result<Scratch, SlotError> {
+        let scratch = Scratch::create(self.root, self.quota).map_err(|e| SlotError {
+            status: Status::InternalError,
+            detail: format!("creating a scratch directory in {}: {e}", self.root.display()),
+        })?;
+        scratch.write_inputs(self.inputs).map_err(inputs_error)?;
+        Ok(scratch)
+    }
+
+    /// Makes `prepared` (an empty directory made ahead under the same rules) the run's
+    /// directory: it gets the request's quota and inputs. A directory already in the slot is
+    /// removed.
+    pub fn adopt(&mut self, prepared: Scratch) -> Result<&mut Scratch, SlotError> {
+        let started = Instant::now();
+        let ready = prepared
+            .set_quota(self.quota)
+            .map_err(|e| SlotError { status: Status::InternalError, detail: format!("setting the scratch directory's quota: {e}") })
+            .and_then(|()| prepared.write_inputs(self.inputs).map_err(inputs_error));
+        self.spent += started.elapsed();
+        // Whatever happened, the prepared directory belongs to this run now and goes with it.
+        let slot = self.scratch.insert(prepared);
+        ready.map(|()| slot)
+    }
+
+    /// The directory, if one was made or adopted.
+    pub fn into_scratch(self) -> Option<Scratch> {
+        self.scratch
+    }
+
+    /// The directory, if one was made or adopted.
+    pub fn get(&self) -> Option<&Scratch> {
+        self.scratch.as_ref()
+    }
+
+    /// Time spent making the directory ready (creating it, its quota, writing the inputs).
+    pub fn spent(&self) -> Duration {
+        self.spent
+    }
+}
+
+fn inputs_error(e: io::Error) -> SlotError {
+    let status = match e.kind() {
+        io::ErrorKind::InvalidInput | io::ErrorKind::StorageFull => Status::Rejected,
+        _ => Status::InternalError,
+    };
+    SlotError { status, detail: format!("writing input files: {e}") }
+}
