@@ -24,7 +24,7 @@ const NO_HOST: i32 = -1;
 ///   (a trap leaves no chance to flush a buffer held in guest memory);
 /// - the working directory is /scratch, so relative paths land there;
 /// - the last expression is not echoed (the `turn` export is notebook-like by default), and
-///   each turn is compiled straight from source (see `_wsbx_run_turn`);
+///   each turn is compiled straight from source (see `_run_turn` below);
 /// - `sys.argv` is `["-c"]`; the code's frames are named `<turn 1>`.
 const PRELUDE: &str = r#"
 import sys, os, io, _reactor
@@ -37,15 +37,17 @@ _reactor._turns = 0
 
 # Each turn compiles its code straight to bytecode. The runtime's own turn first parses it into
 # an AST of Python objects and converts that back, only to echo the value of a last expression,
-# which wsbx never shows: half of a short run's time went there. Names come from default
-# arguments, so code that rebinds `compile` or deletes `sys` in __main__ cannot break the turns.
-def _wsbx_run_turn(text, name, compile=compile, exec=exec, modules=sys.modules):
+# which wsbx never shows: half of a short run's time went there. The replacement lives in
+# `_reactor` and is compiled as `<reactor>`, like the runtime's own, so tracebacks leave its
+# frame out; names come from default arguments, so code that rebinds `compile` or deletes `sys`
+# in __main__ cannot break the turns.
+exec(compile("""
+def _run_turn(text, name, compile=compile, exec=exec, modules=sys.modules):
     import linecache
     code = compile(text, name, "exec")
     linecache._register_code(code, text, name)
     exec(code, modules["__main__"].__dict__)
-_reactor._run_turn = _wsbx_run_turn
-del _wsbx_run_turn
+""", "<reactor>", "exec"), _reactor.__dict__)
 
 # matplotlib's backend: Agg, with plt.show() saving each open figure as /scratch/figure-<n>.png
 # and closing it. The module is made only when matplotlib asks for it, so a run that does not
