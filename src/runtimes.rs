@@ -216,14 +216,26 @@ pub struct Javascript {
 
 /// An installed and loaded Python runtime.
 pub struct Python {
-    /// The compiled interpreter.
-    pub module: wasmtime::Module,
+    /// The pinned module's sha256: with [`Python::compiled_dir`], what the compiled interpreter
+    /// is loaded by ([`Python::load`]), only when a run needs it.
+    pub module_sha256: String,
+    /// Where the compiled interpreter is.
+    pub compiled_dir: PathBuf,
     /// Host directory granted read-only to the guest at `/usr/local/lib`.
     pub lib_dir: PathBuf,
     /// matplotlib's data, extracted: granted read-only at [`MPL_DATA_GUEST_PATH`].
     pub mpl_data_dir: PathBuf,
     /// The pinned module's file (what a pre-initialized snapshot is made from).
     pub module_path: PathBuf,
+}
+
+impl Python {
+    /// Loads the compiled interpreter (mapped once per engine; ~10 ms the first time, which a
+    /// process whose runs all start from the pre-initialized snapshot never pays).
+    /// A compiled file that no longer loads is compiled again, as at install.
+    pub fn load(&self, engine: &WasmEngine) -> Result<wasmtime::Module, String> {
+        engine.load_or_compile(&self.module_path, &self.module_sha256, &self.compiled_dir, "python", &mut std::io::stderr())
+    }
 }
 
 /// Where matplotlib looks for its data inside the guest: beside its package, which lives in the
@@ -315,9 +327,10 @@ impl Runtimes {
         }]
     }
 
-    /// Installs Python if it is not installed, compiles it if it is not compiled, and loads it.
+    /// Installs Python if it is not installed and compiles it if it is not compiled; loading
+    /// the compiled module is left to [`Python::load`].
     ///
-    /// The fast path (installed and compiled) checks two files and maps the compiled module.
+    /// The fast path (installed and compiled) checks a few files.
     /// `install` with [`InstallOptions::force`] also re-verifies an existing installation.
     pub fn python(
         &self,
@@ -336,8 +349,17 @@ impl Runtimes {
             }
         }
         let pin = &self.manifest.python;
-        let module = self.load_compiled(engine, &dir.join(MODULE_FILE), &pin.module.sha256, "python", progress)?;
-        Ok(Python { module, lib_dir: dir.join("lib"), mpl_data_dir: dir.join(MPL_DATA_DIR), module_path: dir.join(MODULE_FILE) })
+        let compiled = compiled_dir(&self.home);
+        if !engine.is_compiled(&pin.module.sha256, &compiled) {
+            self.load_compiled(engine, &dir.join(MODULE_FILE), &pin.module.sha256, "python", progress)?;
+        }
+        Ok(Python {
+            module_sha256: pin.module.sha256.clone(),
+            compiled_dir: compiled,
+            lib_dir: dir.join("lib"),
+            mpl_data_dir: dir.join(MPL_DATA_DIR),
+            module_path: dir.join(MODULE_FILE),
+        })
     }
 
     /// Loads the pre-initialized snapshot at `snapshot` (see

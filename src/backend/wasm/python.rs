@@ -88,13 +88,31 @@ const MPL_BACKEND: &str = "wsbx_matplotlib";
 pub struct PythonBackend {
     engine: Arc<WasmEngine>,
     /// The pinned interpreter: runs that set environment variables (a snapshot froze
-    /// `os.environ`) or whose memory cap is below the snapshot's footprint start here.
-    pre: InstancePre<GuestState>,
+    /// `os.environ`) or whose memory cap is below the snapshot's footprint start here. Linked
+    /// on first need: mapping it costs a process ~10 ms that most never need to pay.
+    base: Base,
     /// The pre-initialized snapshot, when it could be built: every other run starts here.
     preinit: Option<Preinit>,
     lib_dir: PathBuf,
     mpl_data_dir: PathBuf,
     warm: Option<WarmPool<(Guest, Scratch)>>,
+}
+
+/// The pinned interpreter, linked when first needed.
+struct Base {
+    python: Python,
+    linker: Linker<GuestState>,
+    pre: std::sync::OnceLock<Result<InstancePre<GuestState>, String>>,
+}
+
+impl Base {
+    fn get(&self, engine: &WasmEngine) -> Result<&InstancePre<GuestState>, String> {
+        let linked = self.pre.get_or_init(|| {
+            let module = self.python.load(engine)?;
+            self.linker.instantiate_pre(&module).map_err(|e| format!("linking the python module: {e}"))
+        });
+        linked.as_ref().map_err(Clone::clone)
+    }
 }
 
 /// The pre-initialized interpreter and the memory it starts with.
@@ -120,9 +138,6 @@ impl PythonBackend {
         linker
             .func_wrap("host", "call", |_ptr: i32, _len: i32, _out_ptr: i32, _out_len: i32| NO_HOST)
             .map_err(|e| format!("linking host.call: {e}"))?;
-        let pre = linker
-            .instantiate_pre(&python.module)
-            .map_err(|e| format!("linking the python module: {e}"))?;
         let preinit = match preinitialized {
             Some(module) => {
                 let footprint = module
@@ -134,14 +149,16 @@ impl PythonBackend {
             }
             None => None,
         };
-        let (lib_dir, mpl_data_dir) = (python.lib_dir, python.mpl_data_dir);
+        let (lib_dir, mpl_data_dir) = (python.lib_dir.clone(), python.mpl_data_dir.clone());
         let (warm_lib, warm_mpl) = (lib_dir.clone(), mpl_data_dir.clone());
         let warm_grants = move |scratch: &Path| grants(&warm_lib, &warm_mpl, scratch, &BTreeMap::new());
+        let base = Base { python, linker, pre: std::sync::OnceLock::new() };
         let warm = match &preinit {
             Some(p) => warm_pool(warm, engine.clone(), p.pre.clone(), scratch_root, warm_grants, reseed),
-            None => warm_pool(warm, engine.clone(), pre.clone(), scratch_root, warm_grants, prelude),
+            // Without the snapshot every run needs the base interpreter: link it now.
+            None => warm_pool(warm, engine.clone(), base.get(&engine)?.clone(), scratch_root, warm_grants, prelude),
         };
-        Ok(PythonBackend { engine, pre, preinit, lib_dir, mpl_data_dir, warm })
+        Ok(PythonBackend { engine, base, preinit, lib_dir, mpl_data_dir, warm })
     }
 }
 
@@ -232,7 +249,10 @@ impl Backend for PythonBackend {
             Some(p) if request.env.is_empty() && p.footprint <= request.limits.memory_bytes() => {
                 run_guest(&self.engine, &p.pre, request, &grants, reseed, user)
             }
-            _ => run_guest(&self.engine, &self.pre, request, &grants, prelude, user),
+            _ => match self.base.get(&self.engine) {
+                Ok(pre) => run_guest(&self.engine, pre, request, &grants, prelude, user),
+                Err(e) => Outcome::failed(crate::Status::InternalError, format!("loading the python interpreter: {e}")),
+            },
         }
     }
 }
