@@ -247,6 +247,7 @@ impl Sandbox {
         let outcome = backend.run(request, &mut slot);
         split(&mut phases.backend);
         phases.scratch = slot.spent();
+        phases.prepared = slot.adopted();
         phases.backend = phases.backend.saturating_sub(phases.scratch);
         phases.guest = Duration::from_secs_f64(outcome.wall_ms.max(0.0) / 1000.0);
         let Some(scratch) = slot.into_scratch() else {
@@ -301,6 +302,8 @@ pub struct Phases {
     pub collect: Duration,
     /// Removing the scratch directory.
     pub teardown: Duration,
+    /// Whether the run took a guest (or shell sandbox) prepared ahead.
+    pub prepared: bool,
 }
 
 /// A backend made on first use. A failure to make it is reported to every caller for a while

@@ -160,3 +160,30 @@ async fn a_stopped_server_leaves_no_scratch_and_a_killed_ones_is_swept_by_the_ne
     let left: Vec<String> = entries(tmp.path()).into_iter().filter(|n| !n.starts_with(&format!("wsbx-{}-", server.child.id()))).collect();
     assert_eq!(left, ["not-wsbx", "wsbx-notapid-x"], "after {:?}", started.elapsed());
 }
+
+#[test]
+fn job_groups_of_a_dead_wsbx_in_another_control_group_are_swept() {
+    // A wsbx killed outright while running in some other group (another service) leaves its
+    // job groups there; the next wsbx to set up shell jobs removes them wherever they are.
+    let root = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        std::path::PathBuf::from("/sys/fs/cgroup")
+    } else {
+        std::path::PathBuf::from("/sys/fs/cgroup/memory")
+    };
+    let elsewhere = root.join(format!("wsbx-test-elsewhere-{}", std::process::id()));
+    if std::fs::create_dir(&elsewhere).is_err() {
+        eprintln!("skipped: cannot make control groups here (not root?)");
+        return;
+    }
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let left = elsewhere.join(format!("wsbx-{dead}-7"));
+    std::fs::create_dir(&left).unwrap();
+    let sandbox = Sandbox::new(SandboxConfig { warm_instances: 0, ..SandboxConfig::default() });
+    sandbox.prepare(Language::Shell).unwrap();
+    let swept = !left.exists();
+    let _ = std::fs::remove_dir(&left);
+    let _ = std::fs::remove_dir(&elsewhere);
+    assert!(swept, "{} was left", left.display());
+}

@@ -193,3 +193,39 @@ fn a_prepared_sandbox_killed_or_tampered_with_before_use_is_replaced_and_the_job
         assert!(processes < 10, "{r:#?}");
     }
 }
+
+#[test]
+fn a_shell_job_gets_the_same_answer_from_a_prepared_sandbox_and_one_started_for_it() {
+    let _serial = one_at_a_time();
+    let warm = Sandbox::new(SandboxConfig { warm_instances: 1, ..SandboxConfig::default() });
+    let cold = Sandbox::new(SandboxConfig { warm_instances: 0, ..SandboxConfig::default() });
+    warm.prepare(Language::Shell).unwrap();
+    // Code and environment well past Firejail's 4 KiB argument limit, an input under a name
+    // that collides with Firejail's own files, and the limit itself.
+    let long = format!("echo {}", "x".repeat(20_000));
+    let mut requests = vec![request(Language::Shell, &long)];
+    let mut env = request(Language::Shell, "echo ${#BIG}; cat .bashrc/x");
+    env.env.insert("BIG".into(), "y".repeat(30_000));
+    env.files.push(wsbx::InputFile { path: ".bashrc/x".into(), content: b"in\n".to_vec() });
+    requests.push(env);
+    requests.push(request(Language::Shell, &format!("# {}", "z".repeat(70_000))));
+    for req in &requests {
+        std::thread::sleep(Duration::from_millis(300));
+        let (prepared, _) = warm.run_profiled(req);
+        let fresh = cold.run(req);
+        assert_eq!(
+            (prepared.status, &prepared.stdout, &prepared.detail),
+            (fresh.status, &fresh.stdout, &fresh.detail),
+            "{:.40}",
+            req.code
+        );
+    }
+    let (first, _) = warm.run_profiled(&requests[0]);
+    assert_status(&first, Status::Ok);
+    assert_eq!(first.stdout.len(), 20_001);
+    let second = cold.run(&requests[1]);
+    assert_eq!(second.stdout, "30000\nin\n", "{second:#?}");
+    let third = cold.run(&requests[2]);
+    assert_status(&third, Status::Rejected);
+    assert!(third.detail.as_deref().unwrap_or("").contains("60 KiB"), "{third:#?}");
+}

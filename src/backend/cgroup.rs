@@ -97,24 +97,41 @@ impl Cgroups {
         Ok(job)
     }
 
-    /// Removes job groups whose wsbx process is gone, killing what still runs in them.
+    /// Removes job groups whose wsbx process is gone, killing what still runs in them: below
+    /// this process's own group, and anywhere else in the hierarchy (a few levels deep), since
+    /// the dead process may have run in another group (another service, another session).
     fn sweep(&self) {
-        let parents: Vec<&Path> = match self {
-            Cgroups::V1 { memory, pids } => vec![memory, pids],
-            Cgroups::V2 { parent } => vec![parent],
+        let roots: Vec<PathBuf> = match self {
+            Cgroups::V1 { .. } => vec![Path::new(ROOT).join("memory"), Path::new(ROOT).join("pids")],
+            Cgroups::V2 { .. } => vec![PathBuf::from(ROOT)],
         };
-        for parent in parents {
-            let Ok(entries) = fs::read_dir(parent) else { continue };
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let Some(owner) = name.to_str().and_then(owner_pid) else { continue };
-                if process_alive(owner) {
-                    continue;
-                }
-                let dir = entry.path();
-                kill_all(&dir);
-                let _ = fs::remove_dir(&dir);
+        for root in roots {
+            sweep_below(&root, SWEEP_DEPTH);
+        }
+    }
+}
+
+/// How deep below a hierarchy's root the sweep looks for dead job groups.
+const SWEEP_DEPTH: usize = 6;
+
+/// Removes dead wsbx job groups at most `depth` levels below `dir`.
+fn sweep_below(dir: &Path, depth: usize) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let name = entry.file_name();
+        let path = entry.path();
+        match name.to_str().and_then(owner_pid) {
+            Some(owner) if !process_alive(owner) => {
+                kill_all(&path);
+                let _ = fs::remove_dir(&path);
             }
+            // A live process's job group holds no groups of its own.
+            Some(_) => {}
+            None if depth > 0 => sweep_below(&path, depth - 1),
+            None => {}
         }
     }
 }

@@ -22,6 +22,7 @@ pub struct ScratchSlot<'a> {
     inputs: &'a [InputFile],
     scratch: Option<Scratch>,
     spent: Duration,
+    adopted: bool,
 }
 
 /// Why a run's scratch directory could not be made ready, with the status the run gets.
@@ -37,7 +38,7 @@ pub struct SlotError {
 impl<'a> ScratchSlot<'a> {
     /// A slot for a directory under `root` holding at most `quota`, with `inputs` written in.
     pub fn new(root: &'a Path, quota: Quota, inputs: &'a [InputFile]) -> ScratchSlot<'a> {
-        ScratchSlot { root, quota, inputs, scratch: None, spent: Duration::ZERO }
+        ScratchSlot { root, quota, inputs, scratch: None, spent: Duration::ZERO, adopted: false }
     }
 
     /// The run's directory, made now (fresh, private, with the inputs) if it is not there yet.
@@ -74,6 +75,7 @@ impl<'a> ScratchSlot<'a> {
             .and_then(|()| prepared.write_inputs(self.inputs).map_err(inputs_error));
         self.spent += started.elapsed();
         // Whatever happened, the prepared directory belongs to this run now and goes with it.
+        self.adopted = true;
         let slot = self.scratch.insert(prepared);
         ready.map(|()| slot)
     }
@@ -86,6 +88,11 @@ impl<'a> ScratchSlot<'a> {
     /// The directory, if one was made or adopted.
     pub fn get(&self) -> Option<&Scratch> {
         self.scratch.as_ref()
+    }
+
+    /// Whether the directory was prepared ahead (with a guest or sandbox prepared ahead).
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// Time spent making the directory ready (creating it, its quota, writing the inputs).

@@ -44,16 +44,20 @@ pub fn shell(code: &str) -> ExecResult {
 
 /// Runs each program in a sandbox that prepares guests ahead and in one that does not, and
 /// asserts both give the same result, fuel included. `clock_probe` prints whether the guest's
-/// monotonic clock reads more than 0.2 s: a prepared guest's clock started when it was
-/// prepared, so after a pause it does, which shows the prepared path is the one taken.
+/// monotonic clock reads more than 0.2 s: it must not, even for a guest prepared long before
+/// its run (its clock would tell the run when the previous run took the guest before it).
 pub fn assert_prepared_guests_match_fresh_ones(language: Language, clock_probe: &str, programs: &[&str]) {
     let fresh = Sandbox::new(SandboxConfig { warm_instances: 0, ..SandboxConfig::default() });
     let prepared = Sandbox::new(SandboxConfig { warm_instances: 1, ..SandboxConfig::default() });
     let pause = || std::thread::sleep(std::time::Duration::from_millis(300));
     prepared.prepare(language).expect("runtime loads");
     pause();
-    assert_eq!(prepared.run(&request(language, clock_probe)).stdout, "true\n", "not served by a prepared guest");
-    assert_eq!(fresh.run(&request(language, clock_probe)).stdout, "false\n");
+    let (probed, phases) = prepared.run_profiled(&request(language, clock_probe));
+    assert!(phases.prepared, "not served by a prepared guest");
+    assert_eq!(probed.stdout, "false\n", "a prepared guest's clock ran before its run");
+    let (probed, phases) = fresh.run_profiled(&request(language, clock_probe));
+    assert!(!phases.prepared);
+    assert_eq!(probed.stdout, "false\n");
     for code in programs {
         let mut req = request(language, code);
         req.stdin = b"input".to_vec();
@@ -61,7 +65,8 @@ pub fn assert_prepared_guests_match_fresh_ones(language: Language, clock_probe: 
         req.return_files = true;
         let expected = fresh.run(&req);
         pause();
-        let got = prepared.run(&req);
+        let (got, phases) = prepared.run_profiled(&req);
+        assert!(phases.prepared, "{code}: not served by a prepared guest");
         assert_eq!(
             (got.status, got.exit_code, &got.stdout, &got.stderr, &got.files),
             (expected.status, expected.exit_code, &expected.stdout, &expected.stderr, &expected.files),

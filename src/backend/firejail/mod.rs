@@ -182,8 +182,8 @@ impl FirejailBackend {
         if outcome.status == Status::Ok {
             return Ok(());
         }
-        let why = String::from_utf8_lossy(&outcome.stderr);
-        let why = why.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message").trim().to_owned();
+        let stderr = String::from_utf8_lossy(&outcome.stderr);
+        let why = stderr.lines().find(|l| !l.trim().is_empty()).map(str::trim).or(outcome.detail.as_deref()).unwrap_or("no message").to_owned();
         Err(Unavailable(format!(
             "Firejail cannot start a sandbox here ({why}); shell jobs are refused rather than run unisolated"
         )))
@@ -253,9 +253,9 @@ impl FirejailBackend {
         p
     }
 
-    /// The Firejail command line: the profile (passed as descriptor 3) and the job, or, for a
-    /// prepared sandbox, a wrapper that waits for its job on stdin.
-    fn command(&self, job: Job<'_>) -> Command {
+    /// The Firejail command line: the profile (passed as descriptor 3) and a wrapper that reads
+    /// its job from stdin (see [`prepared`]).
+    fn command(&self) -> Command {
         let mut cmd = Command::new(&self.firejail);
         cmd.arg(format!("--profile=/proc/self/fd/{PROFILE_FD}"));
         // Firejail adds variables of its own; `env -i` leaves exactly the job's environment.
@@ -268,27 +268,12 @@ impl FirejailBackend {
         // (SIGKILL, OOM), `timeout` inside the sandbox still ends the job shortly after its
         // deadline.
         const REAP: &str = r#"s=$?; for _ in 1 2 3; do for p in /proc/[0-9]*; do p=${p#/proc/}; [ "$p" = 1 ] || [ "$p" = $$ ] || [ "$p" = $PPID ] || kill -KILL "$p" 2>/dev/null; done; done; exit $s"#;
-        match job {
-            Job::Now(request) => {
-                for (name, value) in &request.env {
-                    cmd.arg(format!("{name}={value}"));
-                }
-                let backstop = match &self.backstop {
-                    Some(timeout) => format!("{} -s KILL {} ", timeout.display(), backstop_seconds(&request.limits)),
-                    None => String::new(),
-                };
-                let wrapper = format!(r#"{backstop}/bin/bash -c "$1"; {REAP}"#);
-                cmd.arg("/bin/bash").arg("-c").arg(wrapper).arg("/bin/bash").arg(&request.code);
-            }
-            Job::Later => {
-                let backstop = match &self.backstop {
-                    Some(timeout) => format!(r#"{} -s KILL "$t" "#, timeout.display()),
-                    None => String::new(),
-                };
-                let wrapper = format!(r#"{}{backstop}"$@" /bin/bash -c "$c"; {REAP}"#, prepared::READ_JOB);
-                cmd.arg("/bin/bash").arg("-c").arg(wrapper);
-            }
-        }
+        let backstop = match &self.backstop {
+            Some(timeout) => format!(r#"{} -s KILL "$t" "#, timeout.display()),
+            None => String::new(),
+        };
+        let wrapper = format!(r#"{}{backstop}"$@" /bin/bash -c "$c"; {REAP}"#, prepared::READ_JOB);
+        cmd.arg("/bin/bash").arg("-c").arg(wrapper);
 
         cmd.env_clear()
             .env("PATH", JOB_PATH)
@@ -396,23 +381,23 @@ impl Backend for FirejailBackend {
         if let Some(outcome) = self.run_prepared(request, scratch) {
             return outcome;
         }
+        let Some(header) = prepared::job_header(request) else {
+            let detail = format!("a shell job's code and environment may hold at most {} KiB together", prepared::MAX_HEADER >> 10);
+            return Outcome::failed(Status::Rejected, detail);
+        };
         let scratch = match scratch.fresh() {
             Ok(scratch) => scratch,
             Err(e) => return e.into(),
         };
-        let jail = match self.start(&request.limits, scratch.path(), Job::Now(request)) {
+        let mut jail = match self.start(&request.limits, scratch.path()) {
             Ok(jail) => jail,
             Err(outcome) => return outcome,
         };
+        if let Err(e) = jail.wait_ready().and_then(|()| jail.hand_over(&header)) {
+            return Outcome::failed(Status::InternalError, format!("starting the job's sandbox: {e}"));
+        }
         self.supervise(jail, request, request.stdin.clone(), scratch.path())
     }
-}
-
-/// What a sandbox is started for: a job given now (on Firejail's command line), or one it
-/// waits for on its stdin (a prepared sandbox, see [`prepared`]).
-enum Job<'a> {
-    Now(&'a ExecRequest),
-    Later,
 }
 
 /// A started Firejail sandbox: its process (leader of its own process group), its control
@@ -444,7 +429,7 @@ impl Drop for Jail {
 impl FirejailBackend {
     /// Starts a sandbox for a job with `limits` in `scratch`: hands the directory to the job
     /// user, makes the job's control group, writes the profile, spawns Firejail.
-    fn start(&self, limits: &crate::Limits, scratch: &Path, job: Job<'_>) -> Result<Jail, Outcome> {
+    fn start(&self, limits: &crate::Limits, scratch: &Path) -> Result<Jail, Outcome> {
         if let Some((uid, gid)) = self.user {
             if let Err(e) = chown_tree(scratch, uid, gid) {
                 return Err(Outcome::failed(Status::InternalError, format!("handing the scratch directory to {JOB_USER}: {e}")));
@@ -463,7 +448,7 @@ impl FirejailBackend {
             Ok(fd) => fd,
             Err(e) => return Err(Outcome::failed(Status::InternalError, format!("writing the job's Firejail profile: {e}"))),
         };
-        let mut cmd = self.command(job);
+        let mut cmd = self.command();
         prepare_child(&mut cmd, profile.as_raw_fd(), cgroup.as_ref().map(JobCgroup::procs_fds).unwrap_or_default());
         let spawned = cmd.spawn();
         drop(profile);

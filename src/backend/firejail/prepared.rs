@@ -1,4 +1,5 @@
-//! Prepared shell sandboxes: Firejail started ahead of its job, so a run pays only for bash.
+//! Prepared shell sandboxes: Firejail started ahead of its job, so a run pays only for bash;
+//! and how every sandbox, prepared or not, is handed its job.
 //!
 //! In a long-lived process (a [`Sandbox`](crate::Sandbox) with `warm_instances` > 0, `wsbx
 //! serve`), a background thread keeps sandboxes started: each fully isolated exactly as a
@@ -11,15 +12,17 @@
 //! The job goes down stdin as NUL-terminated fields (validation refuses NUL in code and
 //! environment): the backstop's seconds, the number of environment entries, each `NAME=value`,
 //! the code; the request's stdin follows, and is what the job reads from its stdin. bash's
-//! `read` takes a pipe byte by byte, so it never consumes past the code: jobs whose fields are
-//! larger than [`MAX_HEADER`] start a sandbox of their own instead.
+//! `read` takes a pipe byte by byte, so it never consumes past the code. A sandbox started for
+//! its job is handed it the same way (not on Firejail's command line, whose arguments are cut
+//! at 4 KiB), so a job's size limit ([`MAX_HEADER`] for code and environment) is the same
+//! whichever sandbox it gets.
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{backstop_seconds, chown_tree, FirejailBackend, Jail, Job};
+use super::{backstop_seconds, chown_tree, FirejailBackend, Jail};
 use crate::backend::Outcome;
 use crate::request::ExecRequest;
 use crate::scratch::{Quota, Scratch, ScratchSlot};
@@ -59,24 +62,9 @@ impl FirejailBackend {
         let quota = Quota::of(&PREPARED_LIMITS);
         let quota = Quota { files: quota.files + 2, ..quota };
         let scratch = Scratch::create(&self.job_root, quota).map_err(|e| format!("creating a scratch directory: {e}"))?;
-        let mut jail = self
-            .start(&PREPARED_LIMITS, scratch.path(), Job::Later)
-            .map_err(|failed| failed.detail.unwrap_or_default())?;
-        let stdout = jail.stdout.as_mut().ok_or("the sandbox has no stdout")?;
-        if !readable_within(stdout.as_raw_fd(), READY_TIMEOUT) {
-            return Err(format!("the sandbox did not start within {READY_TIMEOUT:?}"));
-        }
-        let mut ready = [0u8; 1];
-        match stdout.read(&mut ready) {
-            Ok(1) if ready[0] == b'R' => Ok(Prepared { jail, scratch }),
-            _ => {
-                let mut why = String::new();
-                if let Some(mut stderr) = jail.stderr.take() {
-                    let _ = stderr.read_to_string(&mut why);
-                }
-                Err(format!("the sandbox did not start: {}", why.trim()))
-            }
-        }
+        let mut jail = self.start(&PREPARED_LIMITS, scratch.path()).map_err(|failed| failed.detail.unwrap_or_default())?;
+        jail.wait_ready()?;
+        Ok(Prepared { jail, scratch })
     }
 
     /// Runs `request` in a prepared sandbox when one is ready and the request fits one;
@@ -85,7 +73,8 @@ impl FirejailBackend {
         let pool = self.prepared.as_ref()?;
         // Firejail's own files are in a prepared home already: an input of the same name
         // needs a home of its own.
-        if request.files.iter().any(|f| matches!(f.path.trim_start_matches("./"), ".bashrc" | ".inputrc")) {
+        let top = |path: &str| path.split('/').find(|part| !part.is_empty() && *part != ".").unwrap_or("").to_owned();
+        if request.files.iter().any(|f| matches!(top(&f.path).as_str(), ".bashrc" | ".inputrc")) {
             return None;
         }
         let header = job_header(request)?;
@@ -122,8 +111,27 @@ impl FirejailBackend {
 }
 
 impl Jail {
+    /// Waits until the sandbox is set up and its wrapper waits for the job (it says `R`).
+    pub(super) fn wait_ready(&mut self) -> Result<(), String> {
+        let stdout = self.stdout.as_mut().ok_or("the sandbox has no stdout")?;
+        if !readable_within(stdout.as_raw_fd(), READY_TIMEOUT) {
+            return Err(format!("the sandbox did not start within {READY_TIMEOUT:?}"));
+        }
+        let mut ready = [0u8; 1];
+        match stdout.read(&mut ready) {
+            Ok(1) if ready[0] == b'R' => Ok(()),
+            _ => {
+                let mut why = String::new();
+                if let Some(mut stderr) = self.stderr.take() {
+                    let _ = stderr.read_to_string(&mut why);
+                }
+                Err(format!("the sandbox did not start: {}", why.trim()))
+            }
+        }
+    }
+
     /// Writes the job down the sandbox's stdin and waits for the wrapper to say it has it.
-    fn hand_over(&mut self, header: &[u8]) -> Result<(), String> {
+    pub(super) fn hand_over(&mut self, header: &[u8]) -> Result<(), String> {
         use std::io::Write;
         let stdin = self.stdin.as_mut().ok_or("no stdin")?;
         stdin.write_all(header).map_err(|e| format!("writing the job: {e}"))?;
@@ -155,7 +163,7 @@ impl Jail {
 
 /// The job as the prepared wrapper reads it (see the module's docs), or `None` when it is
 /// too large to send that way.
-fn job_header(request: &ExecRequest) -> Option<Vec<u8>> {
+pub(super) fn job_header(request: &ExecRequest) -> Option<Vec<u8>> {
     let size = request.code.len() + request.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
     if size > MAX_HEADER {
         return None;

@@ -37,8 +37,9 @@ pub struct GuestState {
     wasi: WasiP1Ctx,
     memory: MemoryCap,
     /// When the guest's clock reads zero: the origin of its monotonic clock and of the
-    /// replacement `poll_oneoff`'s arithmetic.
+    /// replacement `poll_oneoff`'s arithmetic. Both restart with each run.
     started: Instant,
+    clock: wasi::RunClock,
     /// When its wall-clock deadline passes.
     deadline: Instant,
 }
@@ -53,9 +54,10 @@ pub(crate) struct Guest {
 
 /// Makes a store for a guest with `grants`, armed with `limits`.
 fn store(engine: &WasmEngine, grants: &Grants, io: &GuestIo, limits: &Limits) -> Result<Store<GuestState>, String> {
+    let clock = wasi::RunClock::starting_now();
     let started = Instant::now();
-    let wasi = wasi::context(grants, io, started)?;
-    let state = GuestState { wasi, memory: MemoryCap::new(limits.memory_bytes()), started, deadline: started };
+    let wasi = wasi::context(grants, io, &clock)?;
+    let state = GuestState { wasi, memory: MemoryCap::new(limits.memory_bytes()), started, clock, deadline: started };
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|state| &mut state.memory);
     arm(&mut store, limits).map_err(|e| format!("arming the store: {e}"))?;
@@ -67,7 +69,8 @@ fn arm(store: &mut Store<GuestState>, limits: &Limits) -> wasmtime::Result<()> {
     let held = store.data().memory.peak();
     let state = store.data_mut();
     state.memory = MemoryCap::new(limits.memory_bytes()).holding(held);
-    state.deadline = Instant::now() + limits.timeout();
+    state.started = state.clock.restart();
+    state.deadline = state.started + limits.timeout();
     limits::arm(store, limits.fuel, limits.timeout())
 }
 

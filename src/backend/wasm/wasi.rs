@@ -179,17 +179,38 @@ impl tokio::io::AsyncRead for InputPipe {
     }
 }
 
-/// The guest's monotonic clock: nanoseconds since the run started. The replacement
-/// `poll_oneoff` reads the same origin, so absolute sleeps (`clock_nanosleep(TIMER_ABSTIME)`,
-/// which CPython's `time.sleep` uses) are measured against the clock the guest sees.
+/// The guest's monotonic clock: nanoseconds since its run started. It restarts at zero when a
+/// guest prepared ahead begins its run ([`RunClock::restart`]): otherwise its reading would
+/// tell the run how long the guest waited, which is when the previous run (someone else's)
+/// took the one before it. The replacement `poll_oneoff` reads the same origin (the store's
+/// `started`), so absolute sleeps (`clock_nanosleep(TIMER_ABSTIME)`, which CPython's
+/// `time.sleep` uses) are measured against the clock the guest sees.
+#[derive(Clone, Debug)]
 pub struct RunClock {
-    origin: Instant,
+    /// The origin, in nanoseconds after [`base`].
+    origin: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A fixed instant every [`RunClock`] counts from.
+fn base() -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(Instant::now)
 }
 
 impl RunClock {
-    /// A clock that reads zero at `origin`.
-    pub fn new(origin: Instant) -> RunClock {
-        RunClock { origin }
+    /// A clock that reads zero now.
+    pub fn starting_now() -> RunClock {
+        let clock = RunClock { origin: Default::default() };
+        clock.restart();
+        clock
+    }
+
+    /// Makes the clock read zero from now on, and returns that instant.
+    pub fn restart(&self) -> Instant {
+        let now = Instant::now();
+        let since_base = u64::try_from(now.saturating_duration_since(base()).as_nanos()).unwrap_or(u64::MAX);
+        self.origin.store(since_base, std::sync::atomic::Ordering::Relaxed);
+        now
     }
 }
 
@@ -198,7 +219,8 @@ impl HostMonotonicClock for RunClock {
         1
     }
     fn now(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        let since_base = u64::try_from(base().elapsed().as_nanos()).unwrap_or(u64::MAX);
+        since_base.saturating_sub(self.origin.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -231,8 +253,8 @@ impl GuestIo {
 }
 
 /// Builds the WASI context of one guest: only what `grants` names, the three streams of `io`,
-/// and a monotonic clock that reads zero at `origin`.
-pub fn context(grants: &Grants, io: &GuestIo, origin: Instant) -> Result<WasiP1Ctx, String> {
+/// and `clock` as its monotonic clock.
+pub fn context(grants: &Grants, io: &GuestIo, clock: &RunClock) -> Result<WasiP1Ctx, String> {
     let mut builder = WasiCtxBuilder::new();
     // File operations run on the guest's own thread instead of hopping to a blocking pool: the
     // guest is synchronous anyway, and the hop costs more than the operation.
@@ -243,7 +265,7 @@ pub fn context(grants: &Grants, io: &GuestIo, origin: Instant) -> Result<WasiP1C
         .stdin(io.stdin.clone())
         .stdout(io.stdout.clone())
         .stderr(io.stderr.clone())
-        .monotonic_clock(RunClock::new(origin))
+        .monotonic_clock(clock.clone())
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
@@ -435,6 +457,7 @@ mod tests {
             wasi: WasiCtxBuilder::new().build_p1(),
             memory: super::super::limits::MemoryCap::new(1 << 20),
             started,
+            clock: RunClock::starting_now(),
             deadline: started + deadline,
         };
         let mut store = wasmtime::Store::new(&engine, state);
