@@ -40,6 +40,11 @@ fn measure(runs: usize, pause: Duration, mut f: impl FnMut()) -> (Duration, Dura
     (percentile(&times, 0.5), percentile(&times, 0.99))
 }
 
+/// The idle gap before each timed library run (see [`in_process_ending`]).
+fn pause(language: Language) -> Duration {
+    Duration::from_millis(if language == Language::Shell { 100 } else { 8 })
+}
+
 fn in_process(sandbox: &Sandbox, language: Language, code: &str, runs: usize) -> Row {
     in_process_ending(sandbox, language, code, runs, Status::Ok)
 }
@@ -66,13 +71,18 @@ fn in_process_ending(sandbox: &Sandbox, language: Language, code: &str, runs: us
         guest.push(r.wall_ms);
         fuel.push(r.fuel_consumed.unwrap_or(0));
     };
-    // Every library row pauses the same 8 ms (untimed) before each run: an isolated request
-    // after a short idle gap, during which a pool can refill. Back-to-back runs would measure
-    // hot caches for one path and an empty pool for the other.
-    let (p50, p99) = measure(runs, Duration::from_millis(8), run);
+    // Every library row pauses (untimed) before each run: an isolated request after a short
+    // idle gap, during which a pool can refill. Back-to-back runs would measure hot caches for
+    // one path and an empty pool for the other. A shell sandbox takes ~40 ms to start ahead.
+    let (p50, p99) = measure(runs, pause(language), run);
     guest.sort_by(f64::total_cmp);
     fuel.sort();
-    let how = if warm { "prepared instance" } else { "fresh instance made in the run" };
+    let how = match (warm, language) {
+        (true, Language::Shell) => "prepared sandbox",
+        (false, Language::Shell) => "sandbox started in the run",
+        (true, _) => "prepared instance",
+        (false, _) => "fresh instance made in the run",
+    };
     Row {
         what: format!("{language} `{code}`, library, {how}"),
         runs,
@@ -142,10 +152,12 @@ impl Drop for Server {
     }
 }
 
-async fn post_run(client: reqwest::Client, url: String, language: &'static str, code: &'static str) {
+/// Posts one run and returns the guest's own time (`wall_ms`) from the answer.
+async fn post_run(client: reqwest::Client, url: String, language: &'static str, code: &'static str) -> f64 {
     let body = serde_json::json!({"language": language, "code": code});
     let v: serde_json::Value = client.post(&url).json(&body).send().await.expect("answer").json().await.expect("json");
     assert_eq!(v["status"], "ok", "{v}");
+    v["wall_ms"].as_f64().unwrap_or(0.0)
 }
 
 /// HTTP round trips (sequential) and throughput (concurrent clients) against a real server.
@@ -156,14 +168,30 @@ fn http(runs: usize) -> Vec<Row> {
     let client = reqwest::Client::new();
     let post = move |language: &'static str, code: &'static str| post_run(client.clone(), url.clone(), language, code);
     let mut rows = Vec::new();
-    for (language, code) in [("python", "print(\"hello\")"), ("javascript", "console.log(1+1)")] {
+    for (language, code, gap) in [
+        ("python", "print(\"hello\")", Duration::ZERO),
+        ("javascript", "console.log(1+1)", Duration::ZERO),
+        ("shell", "echo hi", pause(Language::Shell)),
+    ] {
+        let runs = if language == "shell" { runs.min(100) } else { runs };
         rt.block_on(async {
             for _ in 0..20 {
                 post(language, code).await;
             }
         });
-        let (p50, p99) = measure(runs, Duration::ZERO, || rt.block_on(post(language, code)));
-        rows.push(Row { what: format!("{language} `{code}`, HTTP round trip"), runs, p50, p99, note: String::new() });
+        let mut guest = Vec::with_capacity(runs);
+        let mut trip = Vec::with_capacity(runs);
+        let (p50, p99) = measure(runs, gap, || {
+            let started = Instant::now();
+            let wall_ms = rt.block_on(post(language, code));
+            trip.push(started.elapsed().as_secs_f64() * 1000.0 - wall_ms);
+            guest.push(wall_ms);
+        });
+        guest.sort_by(f64::total_cmp);
+        trip.sort_by(f64::total_cmp);
+        let note = format!("median guest {:.3} ms; round trip minus guest: p50 {:.3} ms", guest[guest.len() / 2], trip[trip.len() / 2]);
+        let when = if gap.is_zero() { "back to back" } else { "after an idle gap" };
+        rows.push(Row { what: format!("{language} `{code}`, HTTP round trip ({when})"), runs, p50, p99, note });
     }
     for clients in [2usize, 8] {
         let window = Duration::from_secs(10);
@@ -175,7 +203,7 @@ fn http(runs: usize) -> Vec<Row> {
                     tokio::spawn(async move {
                         let mut n = 0u64;
                         while start.elapsed() < window {
-                            post("python", "print(\"hello\")").await;
+                            let _ = post("python", "print(\"hello\")").await;
                             n += 1;
                         }
                         n
@@ -200,6 +228,33 @@ fn http(runs: usize) -> Vec<Row> {
     rows
 }
 
+/// quickjs-emscripten under node, a new runtime and context per run (`benches/peers`): the
+/// JavaScript peer, timed in the same harness run. Installs it with `npm ci` the first time;
+/// the row says why when node or npm is missing.
+fn quickjs_emscripten(runs: usize) -> Row {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers");
+    let what = "peer: quickjs-emscripten 0.32.0 (node), new runtime + context per run, `console.log(1+1)`".to_owned();
+    let unavailable = |why: String| Row { what: what.clone(), runs: 0, p50: Duration::ZERO, p99: Duration::ZERO, note: format!("unavailable: {why}") };
+    if !dir.join("node_modules/quickjs-emscripten").exists() {
+        match Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--silent"]).current_dir(&dir).status() {
+            Ok(s) if s.success() => {}
+            Ok(s) => return unavailable(format!("npm ci failed ({s})")),
+            Err(e) => return unavailable(format!("npm: {e}")),
+        }
+    }
+    let out = match Command::new("node").arg("quickjs.mjs").arg(runs.to_string()).arg("8").current_dir(&dir).output() {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => return unavailable(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        Err(e) => return unavailable(format!("node: {e}")),
+    };
+    let v: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+        Ok(v) => v,
+        Err(e) => return unavailable(format!("its output: {e}")),
+    };
+    let ms = |key: &str| Duration::from_secs_f64(v[key].as_f64().unwrap_or(0.0) / 1000.0);
+    Row { what, runs, p50: ms("p50_ms"), p99: ms("p99_ms"), note: "same 8 ms idle gap as the library rows".into() }
+}
+
 /// Median host phases of `runs` runs of `code` (after the same 8 ms idle gap as the rows).
 fn phases(sandbox: &Sandbox, language: Language, code: &str, runs: usize) -> String {
     let request = ExecRequest::new(language, code);
@@ -208,7 +263,7 @@ fn phases(sandbox: &Sandbox, language: Language, code: &str, runs: usize) -> Str
     }
     let mut all: Vec<wsbx::Phases> = Vec::with_capacity(runs);
     for _ in 0..runs {
-        std::thread::sleep(Duration::from_millis(8));
+        std::thread::sleep(pause(language));
         let (result, phases) = sandbox.run_profiled(&request);
         assert_eq!(result.status, Status::Ok);
         all.push(phases);
@@ -255,7 +310,9 @@ fn main() {
         ("javascript library fresh", Box::new(|| vec![in_process(&cold, Language::Javascript, "console.log(1+1)", runs)])),
         ("javascript library prepared", Box::new(|| vec![in_process(&warm, Language::Javascript, "console.log(1+1)", runs)])),
         ("javascript process", Box::new(|| vec![process(Language::Javascript, "console.log(1+1)", 30)])),
+        ("javascript peer quickjs-emscripten", Box::new(|| vec![quickjs_emscripten(runs)])),
         ("shell library", Box::new(|| vec![in_process(&cold, Language::Shell, "echo hi", 100.min(runs))])),
+        ("shell library prepared", Box::new(|| vec![in_process(&warm, Language::Shell, "echo hi", 100.min(runs))])),
         ("shell process", Box::new(|| vec![process(Language::Shell, "echo hi", 30)])),
         ("shell firejail", Box::new(|| vec![bare_firejail(30)])),
         ("python javascript HTTP", Box::new(|| http(runs.max(200)))),
@@ -263,7 +320,7 @@ fn main() {
     let rows: Vec<Row> = benches.iter().filter(|(label, _)| wanted(label)).flat_map(|(_, bench)| bench()).collect();
     println!("| what | runs | p50 ms | p99 ms | note |");
     println!("|---|---:|---:|---:|---|");
-    for r in rows {
+    for r in &rows {
         println!("| {} | {} | {} | {} | {} |", r.what, r.runs, ms(r.p50), ms(r.p99), r.note);
     }
     if wanted("phases") {
@@ -277,5 +334,6 @@ fn main() {
         println!("{}", phases(&cold, Language::Javascript, "console.log(1+1)", n));
         println!("{}", phases(&warm, Language::Javascript, "console.log(1+1)", n));
         println!("{}", phases(&cold, Language::Shell, "echo hi", 30.min(n)));
+        println!("{}", phases(&warm, Language::Shell, "echo hi", 30.min(n)));
     }
 }
