@@ -511,7 +511,10 @@ impl Runtimes {
             .write(true)
             .open(&path)
             .map_err(self.io(format!("opening {}", path.display())))?;
-        file.lock().map_err(self.io(format!("locking {}", path.display())))?;
+        // flock through rustix: `File::lock` needs Rust 1.89, above the crate's rust-version.
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(std::io::Error::from)
+            .map_err(self.io(format!("locking {}", path.display())))?;
         Ok(file)
     }
 

@@ -342,7 +342,7 @@ mod tests {
         std::fs::set_permissions(s.join("suid"), std::fs::Permissions::from_mode(0o6755)).unwrap();
         std::fs::write(s.join("plain"), "x").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", s.join("link")).unwrap();
-        rustix::fs::mknodat(rustix::fs::CWD, &s.join("fifo"), FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, s.join("fifo"), FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
         let out = tempfile::tempdir().unwrap();
         let report = copy_out(s, out.path(), u64::MAX).unwrap();
         let mode = |n: &str| std::fs::symlink_metadata(out.path().join(n)).unwrap().permissions().mode() & 0o7777;

@@ -172,7 +172,7 @@ impl WasmEngine {
         progress: &mut dyn Write,
     ) -> Result<Module, String> {
         if cwasm.exists() {
-            match self.deserialize(&cwasm) {
+            match self.deserialize(cwasm) {
                 Ok(module) => return Ok(module),
                 Err(e) => {
                     let _ = writeln!(progress, "wsbx: compiled {what} is unusable ({e}); compiling again");
