@@ -113,21 +113,7 @@ impl FirejailBackend {
 impl Jail {
     /// Waits until the sandbox is set up and its wrapper waits for the job (it says `R`).
     pub(super) fn wait_ready(&mut self) -> Result<(), String> {
-        let stdout = self.stdout.as_mut().ok_or("the sandbox has no stdout")?;
-        if !readable_within(stdout.as_raw_fd(), READY_TIMEOUT) {
-            return Err(format!("the sandbox did not start within {READY_TIMEOUT:?}"));
-        }
-        let mut ready = [0u8; 1];
-        match stdout.read(&mut ready) {
-            Ok(1) if ready[0] == b'R' => Ok(()),
-            _ => {
-                let mut why = String::new();
-                if let Some(mut stderr) = self.stderr.take() {
-                    let _ = stderr.read_to_string(&mut why);
-                }
-                Err(format!("the sandbox did not start: {}", why.trim()))
-            }
-        }
+        self.expect(b'R', READY_TIMEOUT).map_err(|why| format!("the sandbox did not start: {why}"))
     }
 
     /// Writes the job down the sandbox's stdin and waits for the wrapper to say it has it.
@@ -135,16 +121,28 @@ impl Jail {
         use std::io::Write;
         let stdin = self.stdin.as_mut().ok_or("no stdin")?;
         stdin.write_all(header).map_err(|e| format!("writing the job: {e}"))?;
+        self.expect(b'G', TAKE_TIMEOUT)
+    }
+
+    /// Reads the wrapper's one-byte `marker` from stdout within `wait`. Otherwise the sandbox
+    /// is ended (so its stderr reaches its end) and what it said there is the reason.
+    fn expect(&mut self, marker: u8, wait: Duration) -> Result<(), String> {
         let stdout = self.stdout.as_mut().ok_or("no stdout")?;
-        if !readable_within(stdout.as_raw_fd(), TAKE_TIMEOUT) {
-            return Err(format!("no answer within {TAKE_TIMEOUT:?}"));
-        }
         let mut got = [0u8; 1];
-        match stdout.read(&mut got) {
-            Ok(1) if got[0] == b'G' => Ok(()),
-            Ok(_) => Err("the sandbox ended".to_owned()),
-            Err(e) => Err(format!("reading its answer: {e}")),
+        if readable_within(stdout.as_raw_fd(), wait) && matches!(stdout.read(&mut got), Ok(1)) && got[0] == marker {
+            return Ok(());
         }
+        // SAFETY: our own child, not yet reaped: its process group is still ours.
+        unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        if let Some(group) = &self.cgroup {
+            group.kill_all();
+        }
+        let mut why = String::new();
+        if let Some(mut stderr) = self.stderr.take() {
+            let _ = stderr.by_ref().take(4096).read_to_string(&mut why);
+        }
+        let why = why.trim();
+        Err(if why.is_empty() { format!("no `{}` within {wait:?}", marker as char) } else { why.to_owned() })
     }
 
     /// Whether this prepared sandbox is still exactly as it was made: its process alive, its
