@@ -24,8 +24,10 @@ pub mod runtimes;
 pub mod sandbox;
 pub mod scratch;
 pub mod server;
+pub mod session;
 
 pub use request::{ExecRequest, InputFile, Language, Limits, RequestError};
 pub use result::{ExecResult, OutputFile, Status};
 pub use runtimes::{InstallOptions, RuntimeError, RuntimeInfo};
+pub use session::{Session, SessionError, SessionOptions, TurnRequest};
 pub use sandbox::{Phases, PrepareError, Sandbox, SandboxConfig, GUEST_THREAD_STACK};

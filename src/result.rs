@@ -115,6 +115,12 @@ pub struct ExecResult {
     /// files (never followed or copied) and paths too long to reach.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files_skipped: Vec<crate::scratch::SkippedFile>,
+    /// The session the run was a turn of ([`crate::Session`]); absent for one-shot runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<Uuid>,
+    /// The turn's number in its session, from 1; absent for one-shot runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<u64>,
 }
 
 impl ExecResult {
@@ -137,6 +143,8 @@ impl ExecResult {
             files_truncated: false,
             files_skipped: Vec::new(),
             disk_bytes: 0,
+            session_id: None,
+            turn: None,
         }
     }
 }

@@ -162,7 +162,8 @@ impl Sandbox {
         Ok(self.runtimes.list(&*self.engine()?))
     }
 
-    fn backend(&self, language: Language) -> Result<&dyn Backend, PrepareError> {
+    /// The backend of `language`, made ready on first use; shared with the sessions it starts.
+    pub(crate) fn backend(&self, language: Language) -> Result<Arc<dyn Backend>, PrepareError> {
         match language {
             Language::Python => loaded(&self.python, PrepareError::Runtime, || {
                 let engine = self.engine()?;
@@ -237,10 +238,8 @@ impl Sandbox {
             }
         };
         let root = backend.scratch_root().unwrap_or(&self.config.scratch_root);
-        let mut quota = Quota::of(&request.limits);
-        quota.files = quota.files.saturating_add(backend.scratch_overhead_files());
         // The backend makes the directory, or adopts one it prepared ahead with its guest.
-        let mut slot = ScratchSlot::new(root, quota, &request.files);
+        let mut slot = ScratchSlot::new(root, quota_for(&*backend, &request.limits), &request.files);
         let mut lookup = Duration::ZERO;
         split(&mut lookup);
         phases.validate += lookup;
@@ -254,35 +253,52 @@ impl Sandbox {
             // Refused before a directory existed (no room for it, say): nothing to collect.
             return (assemble(language, outcome), None);
         };
-        let mut result = assemble(language, outcome);
-        result.disk_bytes = scratch.disk_bytes();
-        // The audit line of every run: never the code or the streams at info level.
-        tracing::info!(
-            id = %result.id,
-            language = %language,
-            status = %result.status,
-            exit_code = ?result.exit_code,
-            wall_ms = result.wall_ms,
-            fuel = ?result.fuel_consumed,
-            peak_memory_bytes = result.peak_memory_bytes,
-            "run finished"
-        );
-        if request.return_files {
-            match scratch.collect_files(self.config.max_return_bytes) {
-                Ok((files, report)) => {
-                    result.files = Some(files);
-                    result.files_truncated = report.truncated;
-                    result.files_skipped = report.skipped;
-                }
-                Err(e) => {
-                    result.status = Status::InternalError;
-                    result.detail = Some(format!("reading the scratch directory's files: {e}"));
-                }
-            }
-        }
+        let result = finish(assemble(language, outcome), &scratch, request.return_files, self.config.max_return_bytes);
         split(&mut phases.collect);
         (result, Some(scratch))
     }
+}
+
+/// The scratch quota of a run under `limits` in `backend`: the backend's own files (a shell
+/// sandbox's marker, say) do not count against the request's `max_files`.
+pub(crate) fn quota_for(backend: &dyn Backend, limits: &Limits) -> Quota {
+    let mut quota = Quota::of(limits);
+    quota.files = quota.files.saturating_add(backend.scratch_overhead_files());
+    quota
+}
+
+/// Completes a run's result from its scratch directory: the bytes it holds and, when asked,
+/// its files (at most `max_return_bytes` of them); and logs the run. Shared by one-shot runs
+/// and session turns.
+pub(crate) fn finish(mut result: ExecResult, scratch: &Scratch, return_files: bool, max_return_bytes: u64) -> ExecResult {
+    result.disk_bytes = scratch.disk_bytes();
+    // The audit line of every run: never the code or the streams at info level.
+    tracing::info!(
+        id = %result.id,
+        language = %result.language,
+        session_id = ?result.session_id,
+        turn = ?result.turn,
+        status = %result.status,
+        exit_code = ?result.exit_code,
+        wall_ms = result.wall_ms,
+        fuel = ?result.fuel_consumed,
+        peak_memory_bytes = result.peak_memory_bytes,
+        "run finished"
+    );
+    if return_files {
+        match scratch.collect_files(max_return_bytes) {
+            Ok((files, report)) => {
+                result.files = Some(files);
+                result.files_truncated = report.truncated;
+                result.files_skipped = report.skipped;
+            }
+            Err(e) => {
+                result.status = Status::InternalError;
+                result.detail = Some(format!("reading the scratch directory's files: {e}"));
+            }
+        }
+    }
+    result
 }
 
 /// Where the host's time went in one run ([`Sandbox::run_profiled`]).
@@ -311,7 +327,7 @@ pub struct Phases {
 /// before `apt-get install firejail` (or during a network hiccup of the runtime install)
 /// recovers without a restart, and a broken set-up is not retried on every request.
 struct Loaded<B> {
-    ready: OnceLock<B>,
+    ready: OnceLock<Arc<B>>,
     /// Serialises attempts and remembers the last failure: when, what, how many in a row.
     attempts: Mutex<Option<(Instant, String, u32)>>,
 }
@@ -323,7 +339,7 @@ impl<B> Default for Loaded<B> {
 }
 
 impl<B> Loaded<B> {
-    fn get(&self, make: impl FnOnce() -> Result<B, String>) -> Result<&B, String> {
+    fn get(&self, make: impl FnOnce() -> Result<B, String>) -> Result<&Arc<B>, String> {
         if let Some(backend) = self.ready.get() {
             return Ok(backend);
         }
@@ -340,7 +356,7 @@ impl<B> Loaded<B> {
         match make() {
             Ok(backend) => {
                 *failed = None;
-                Ok(self.ready.get_or_init(move || backend))
+                Ok(self.ready.get_or_init(move || Arc::new(backend)))
             }
             Err(error) => {
                 let count = failed.as_ref().map_or(0, |(_, _, n)| n + 1);
@@ -353,18 +369,18 @@ impl<B> Loaded<B> {
 
 /// The backend in `cell`, made by `make` when not ready (see [`Loaded`]); a failure is
 /// reported through `error`.
-fn loaded<'a, B: Backend + 'a>(
-    cell: &'a Loaded<B>,
+fn loaded<B: Backend + 'static>(
+    cell: &Loaded<B>,
     error: impl FnOnce(String) -> PrepareError,
     make: impl FnOnce() -> Result<B, String>,
-) -> Result<&'a dyn Backend, PrepareError> {
+) -> Result<Arc<dyn Backend>, PrepareError> {
     match cell.get(make) {
-        Ok(backend) => Ok(backend),
+        Ok(backend) => Ok(backend.clone()),
         Err(e) => Err(error(e)),
     }
 }
 
-fn assemble(language: Language, outcome: Outcome) -> ExecResult {
+pub(crate) fn assemble(language: Language, outcome: Outcome) -> ExecResult {
     ExecResult {
         id: Uuid::new_v4(),
         language,
@@ -382,5 +398,7 @@ fn assemble(language: Language, outcome: Outcome) -> ExecResult {
         files_truncated: false,
         files_skipped: Vec::new(),
         disk_bytes: 0,
+        session_id: None,
+        turn: None,
     }
 }

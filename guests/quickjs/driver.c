@@ -7,11 +7,18 @@
  *                                 host keeps guests warm
  *   wsbx_alloc(len) -> ptr        room for the program's UTF-8 text (0 when out of memory)
  *   wsbx_run(ptr, len, mode)      runs it; returns the exit status (mode: 0 detect, 1 script,
- *                                 2 module). `process.exit(n)` ends the instance with status n.
+ *                                 2 module, 3 turn). `process.exit(n)` ends the instance with
+ *                                 status n. It frees the program's text.
  *
  * A program is run as a classic script unless it is asked to be a module or looks like one
  * (`import`/`export`, or a top-level `await` that a script cannot hold). Then the job queue and
- * the timers run until nothing is left. The exit status is 0, the code passed to
+ * the timers run until nothing is left.
+ *
+ * A session calls wsbx_run again and again on one instance, each call a turn (mode 3) in the
+ * same context: a turn is a classic script, so its top-level declarations (`var`, `let`,
+ * `const`, `function`, `class`) stay for the next turns, unless it cannot be one (it has
+ * `import`/`export` or a top-level `await`): then it runs as a module, whose declarations stay
+ * its own; what it puts on `globalThis` stays. The exit status is 0, the code passed to
  * `process.exit(n)`/`std.exit(n)`, or 1 after an uncaught exception or an unhandled rejection,
  * whose message and stack go to stderr.
  *
@@ -159,6 +166,55 @@ static int pending_syntax_error(JSContext *ctx)
     return is;
 }
 
+/* A session's turn must not end the instance on an unhandled rejection, as quickjs-libc's
+ * tracker does (exit(1)): a turn tracks its rejected promises here instead and, once its jobs
+ * and timers are done, reports those still unhandled and fails, leaving the session alive. */
+struct rejection {
+    JSValue promise, reason;
+    struct rejection *next;
+};
+static struct rejection *turn_rejections;
+
+static void turn_tracker(JSContext *ctx, JSValueConst promise, JSValueConst reason, bool is_handled, void *opaque)
+{
+    struct rejection **at = &turn_rejections;
+
+    (void)opaque;
+    while (*at && !JS_IsSameValue(ctx, (*at)->promise, promise))
+        at = &(*at)->next;
+    if (is_handled && *at) {
+        struct rejection *r = *at;
+        *at = r->next;
+        JS_FreeValue(ctx, r->promise);
+        JS_FreeValue(ctx, r->reason);
+        free(r);
+    } else if (!is_handled && !*at) {
+        struct rejection *r = malloc(sizeof *r);
+        if (r) {
+            r->promise = JS_DupValue(ctx, promise);
+            r->reason = JS_DupValue(ctx, reason);
+            r->next = NULL;
+            *at = r;
+        }
+    }
+}
+
+/* Reports and forgets the turn's unhandled rejections; whether there were any. */
+static int report_rejections(JSContext *ctx)
+{
+    int any = turn_rejections != NULL;
+    while (turn_rejections) {
+        struct rejection *r = turn_rejections;
+        turn_rejections = r->next;
+        fputs("Possibly unhandled promise rejection: ", stderr);
+        JS_Throw(ctx, r->reason);
+        report(ctx);
+        JS_FreeValue(ctx, r->promise);
+        free(r);
+    }
+    return any;
+}
+
 /* The one runtime and context of this instance, made by wsbx_prepare. */
 static JSRuntime *the_rt;
 static JSContext *the_ctx;
@@ -219,19 +275,27 @@ int wsbx_run(char *code, size_t len, int mode)
         return 1;
     }
     code[len] = '\0';
+    if (mode == 3)
+        JS_SetHostPromiseRejectionTracker(the_rt, turn_tracker, NULL);
     int module = mode == 2 || (mode == 0 && JS_DetectModule(code, len));
     if (module) {
         val = eval_module(the_ctx, code, len, name);
     } else {
         val = JS_Eval(the_ctx, code, len, name, JS_EVAL_TYPE_GLOBAL);
-        /* A top-level await is a SyntaxError in a script: run it as the module it is. */
-        if (JS_IsException(val) && mode == 0 && strstr(code, "await") && pending_syntax_error(the_ctx)) {
+        /* A top-level await (or, in a turn, an import or export) is a SyntaxError in a script:
+         * run it as the module it is. Nothing of the script ran: it did not compile. */
+        int could_be_module = strstr(code, "await") || (mode == 3 && (strstr(code, "import") || strstr(code, "export")));
+        if (JS_IsException(val) && (mode == 0 || mode == 3) && could_be_module && pending_syntax_error(the_ctx)) {
             JS_FreeValue(the_ctx, JS_GetException(the_ctx));
             val = eval_module(the_ctx, code, len, name);
         }
     }
+    /* Compiled code keeps no pointer into the text: free it, or a session would keep every
+     * turn's program. */
+    free(code);
     if (JS_IsException(val)) {
         report(the_ctx);
+        report_rejections(the_ctx);
         return 1;
     }
     JS_FreeValue(the_ctx, val);
@@ -239,8 +303,12 @@ int wsbx_run(char *code, size_t len, int mode)
     /* Jobs and timers, to the end; an unhandled rejection exits 1 from inside the loop. */
     if (js_std_loop(the_ctx)) {
         report(the_ctx);
+        report_rejections(the_ctx);
         return 1;
     }
-    /* The instance is thrown away after this: no teardown. */
+    if (report_rejections(the_ctx))
+        return 1;
+    /* A one-shot instance is thrown away after this, a session's waits for its next turn:
+     * no teardown either way. */
     return 0;
 }

@@ -95,4 +95,27 @@ pub trait Backend: Send + Sync {
     fn scratch_overhead_files(&self) -> u64 {
         0
     }
+
+    /// Starts a guest that keeps its state between runs (a session's), with `request`'s
+    /// environment and memory cap, in the directory `scratch` makes or adopts. `None` when the
+    /// backend keeps no state in a guest: then each of a session's turns is an ordinary
+    /// [`Backend::run`] in the session's kept directory (shell: a fresh sandbox per turn).
+    fn start_live(&self, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Option<Result<Box<dyn LiveGuest>, Outcome>> {
+        let _ = (request, scratch);
+        None
+    }
+}
+
+/// A guest that stays alive between runs, each run continuing from the state the last one
+/// left (a session's interpreter). Dropping it ends the guest.
+pub trait LiveGuest: Send {
+    /// Runs `request`'s code (already validated) under its limits, in the state the previous
+    /// runs left; its `env` and `memory_mb` are the ones the guest was started with.
+    fn run(&mut self, request: &ExecRequest) -> Outcome;
+
+    /// Why the guest cannot run again, once a run ended it (a trap, a limit, an exit).
+    fn ended(&self) -> Option<&str>;
+
+    /// Memory the guest holds now, in bytes.
+    fn memory_bytes(&self) -> u64;
 }

@@ -13,7 +13,8 @@ pub mod slot;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub use collect::{escape_path, mime_type, Report, SkippedFile};
@@ -100,19 +101,45 @@ impl Scratch {
         &self.path
     }
 
-    /// Writes the request's input files, private to the run (files 0600, directories 0700).
-    /// Paths were validated with the request; they are checked again here so this function is
-    /// safe on its own. Files are created, never overwritten.
+    /// Writes input files, private to the run (files 0600, directories 0700). Paths were
+    /// validated with the request; they are checked again here so this function is safe on its
+    /// own.
+    ///
+    /// The directory may hold what a guest made (a session's, between turns), so every step
+    /// goes through [`guarded`]: no link is followed anywhere along a path, directories are
+    /// made one component at a time beneath the root. A regular file already at a path is
+    /// replaced (unlinked, then created anew: never written through); a directory, link or
+    /// special file there is an error (`AlreadyExists`).
     pub fn write_inputs(&self, files: &[InputFile]) -> io::Result<()> {
+        use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+        if files.is_empty() {
+            return Ok(());
+        }
+        let root = guarded::open_root(&self.path)?;
         for file in files {
             let rel = guest_path(&file.path)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-            let dest = self.path.join(&rel);
-            if let Some(parent) = dest.parent() {
-                fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
+            let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad input path {:?}", file.path)));
+            };
+            let mut dir = guarded::open_dir(root.as_fd(), Path::new(""))?;
+            for component in parent.components() {
+                let part = Path::new(component.as_os_str());
+                match rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                dir = guarded::open_dir(dir.as_fd(), part)
+                    .map_err(|e| io::Error::new(e.kind(), format!("input {:?}: {} is not a plain directory: {e}", file.path, parent.display())))?;
             }
-            let mut out = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&dest)?;
-            io::Write::write_all(&mut out, &file.content)?;
+            if let Ok(stat) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+                    return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("input {:?}: something other than a regular file is there", file.path)));
+                }
+                rustix::fs::unlinkat(&dir, name, AtFlags::empty())?;
+            }
+            let fd = guarded::open_beneath(dir.as_fd(), Path::new(name), OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(0o600))?;
+            io::Write::write_all(&mut fs::File::from(fd), &file.content)?;
         }
         Ok(())
     }
@@ -325,6 +352,23 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(!root.path().join("x").exists());
+    }
+
+    #[test]
+    fn inputs_never_go_through_a_link_and_replace_only_regular_files() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let scratch = Scratch::create(root.path(), Quota::of(&crate::Limits::DEFAULT)).unwrap();
+        std::os::unix::fs::symlink(outside.path(), scratch.path().join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("f"), scratch.path().join("f")).unwrap();
+        for path in ["link/x", "f"] {
+            assert!(scratch.write_inputs(&[InputFile { path: path.into(), content: b"no".to_vec() }]).is_err(), "{path}");
+        }
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+        let input = |content: &[u8]| [InputFile { path: "d/a".into(), content: content.to_vec() }];
+        scratch.write_inputs(&input(b"one")).unwrap();
+        scratch.write_inputs(&input(b"two")).unwrap();
+        assert_eq!(fs::read(scratch.path().join("d/a")).unwrap(), b"two");
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct ScratchSlot<'a> {
     scratch: Option<Scratch>,
     spent: Duration,
     adopted: bool,
+    /// Whether the slot holds a directory kept from earlier runs (a session's): backends run
+    /// in it as it is and never swap it for one of their own.
+    kept: bool,
 }
 
 /// Why a run's scratch directory could not be made ready, with the status the run gets.
@@ -38,7 +41,29 @@ pub struct SlotError {
 impl<'a> ScratchSlot<'a> {
     /// A slot for a directory under `root` holding at most `quota`, with `inputs` written in.
     pub fn new(root: &'a Path, quota: Quota, inputs: &'a [InputFile]) -> ScratchSlot<'a> {
-        ScratchSlot { root, quota, inputs, scratch: None, spent: Duration::ZERO, adopted: false }
+        ScratchSlot { root, quota, inputs, scratch: None, spent: Duration::ZERO, adopted: false, kept: false }
+    }
+
+    /// A slot holding `kept`, a directory that outlives the run (a session's, between its
+    /// turns): it gets `quota` and `inputs` now, replacing files of the same name. Whatever
+    /// happens, the directory is in the slot for [`ScratchSlot::into_scratch`] to give back.
+    pub fn keep(root: &'a Path, quota: Quota, inputs: &'a [InputFile], kept: Scratch) -> (ScratchSlot<'a>, Result<(), SlotError>) {
+        let started = Instant::now();
+        let ready = kept
+            .set_quota(quota)
+            .map_err(|e| SlotError {
+                status: Status::Rejected,
+                detail: format!("the scratch directory does not fit this run's disk_mb and max_files: {e}"),
+            })
+            .and_then(|()| kept.write_inputs(inputs).map_err(inputs_error));
+        let slot = ScratchSlot { root, quota, inputs, scratch: Some(kept), spent: started.elapsed(), adopted: false, kept: true };
+        (slot, ready)
+    }
+
+    /// Whether a backend may hand the run a directory it prepared ahead ([`ScratchSlot::adopt`]):
+    /// not when the slot holds one kept from earlier runs.
+    pub fn can_adopt(&self) -> bool {
+        !self.kept
     }
 
     /// The run's directory, made now (fresh, private, with the inputs) if it is not there yet.
@@ -68,6 +93,10 @@ impl<'a> ScratchSlot<'a> {
     /// directory: it gets the request's quota and inputs. A directory already in the slot is
     /// removed.
     pub fn adopt(&mut self, prepared: Scratch) -> Result<&mut Scratch, SlotError> {
+        if self.kept {
+            // A session's files must never be thrown away for a prepared directory.
+            return Err(SlotError { status: Status::InternalError, detail: "a kept scratch directory cannot be replaced".into() });
+        }
         let started = Instant::now();
         let ready = prepared
             .set_quota(self.quota)
@@ -103,7 +132,12 @@ impl<'a> ScratchSlot<'a> {
 
 fn inputs_error(e: io::Error) -> SlotError {
     let status = match e.kind() {
-        io::ErrorKind::InvalidInput | io::ErrorKind::StorageFull => Status::Rejected,
+        io::ErrorKind::InvalidInput
+        | io::ErrorKind::StorageFull
+        | io::ErrorKind::AlreadyExists
+        | io::ErrorKind::NotADirectory => Status::Rejected,
+        // A link where an input's directory should be (openat2's RESOLVE_NO_SYMLINKS).
+        _ if e.raw_os_error() == Some(libc::ELOOP) => Status::Rejected,
         _ => Status::InternalError,
     };
     SlotError { status, detail: format!("writing input files: {e}") }

@@ -71,6 +71,10 @@ impl FirejailBackend {
     /// `None` when the run must start a sandbox of its own.
     pub(super) fn run_prepared(&self, request: &ExecRequest, slot: &mut ScratchSlot<'_>) -> Option<Outcome> {
         let pool = self.prepared.as_ref()?;
+        // A session's directory, kept between its turns, is never swapped for a prepared one.
+        if !slot.can_adopt() {
+            return None;
+        }
         // Firejail's own files are in a prepared home already: an input of the same name
         // needs a home of its own.
         let top = |path: &str| path.split('/').find(|part| !part.is_empty() && *part != ".").unwrap_or("").to_owned();

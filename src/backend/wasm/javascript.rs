@@ -7,10 +7,10 @@ use std::sync::Arc;
 use wasmtime::{Instance, InstancePre, Linker, Store};
 
 use super::wasi::{self, Grants};
-use super::{run_guest, run_warm, warm_pool, Guest, GuestState, WasmEngine};
+use super::{run_guest, run_warm, start_live, warm_pool, Guest, GuestState, WasmEngine};
 use crate::backend::pool::WarmPool;
 use crate::scratch::Scratch;
-use crate::backend::{Backend, Outcome};
+use crate::backend::{Backend, LiveGuest, Outcome};
 use crate::request::ExecRequest;
 use crate::runtimes::Javascript;
 use crate::scratch::ScratchSlot;
@@ -56,8 +56,27 @@ fn prepare(store: &mut Store<GuestState>, instance: &Instance) -> wasmtime::Resu
     }
 }
 
-/// Hands the program to the driver and runs it; returns its exit status.
+/// How the driver takes a program (`wsbx_run`'s mode).
+#[derive(Clone, Copy)]
+#[repr(i32)]
+enum Mode {
+    /// A script unless it looks like a module: a one-shot run.
+    Detect = 0,
+    /// A script whose declarations stay for the next turn, a module only when it must be.
+    Turn = 3,
+}
+
+/// Hands a one-shot program to the driver and runs it; returns its exit status.
 fn run_code(store: &mut Store<GuestState>, instance: &Instance, code: &str) -> wasmtime::Result<i32> {
+    run_mode(store, instance, code, Mode::Detect)
+}
+
+/// Hands a session's turn to the driver and runs it in the context earlier turns left.
+fn run_turn(store: &mut Store<GuestState>, instance: &Instance, code: &str) -> wasmtime::Result<i32> {
+    run_mode(store, instance, code, Mode::Turn)
+}
+
+fn run_mode(store: &mut Store<GuestState>, instance: &Instance, code: &str, mode: Mode) -> wasmtime::Result<i32> {
     let alloc = instance.get_typed_func::<i32, i32>(&mut *store, "wsbx_alloc")?;
     let run = instance.get_typed_func::<(i32, i32, i32), i32>(&mut *store, "wsbx_run")?;
     let memory = instance
@@ -69,8 +88,7 @@ fn run_code(store: &mut Store<GuestState>, instance: &Instance, code: &str) -> w
     if ptr == 0 || memory.write(&mut *store, ptr as u32 as usize, code.as_bytes()).is_err() {
         ptr = 0;
     }
-    const DETECT: i32 = 0;
-    run.call(&mut *store, (ptr, len, DETECT))
+    run.call(&mut *store, (ptr, len, mode as i32))
 }
 
 impl Backend for JavascriptBackend {
@@ -85,5 +103,12 @@ impl Backend for JavascriptBackend {
         };
         let grants = grants(scratch.path(), &request.env);
         run_guest(&self.engine, &self.pre, request, &grants, prepare, code)
+    }
+
+    /// A session keeps one runtime and context: each turn is evaluated in it, so globals,
+    /// functions and resolved promises stay; a turn's jobs and timers run to its end.
+    fn start_live(&self, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Option<Result<Box<dyn LiveGuest>, Outcome>> {
+        let grants = |dir: &Path| grants(dir, &request.env);
+        Some(start_live(&self.engine, self.warm.as_ref(), &self.pre, grants, request, scratch, prepare, run_turn))
     }
 }

@@ -143,7 +143,8 @@ impl Guest {
         self.store.data().memory.peak()
     }
 
-    /// Runs `request` in this prepared guest on a guest thread; see [`Guest::run_here`].
+    /// Runs `request` in this prepared guest on a guest thread, then tears it down off the
+    /// caller's path; see [`Guest::run_here`].
     pub(crate) fn run<F>(self, request: &ExecRequest, enter: F) -> Outcome
     where
         F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32> + Send,
@@ -152,9 +153,21 @@ impl Guest {
         on_guest_thread(move || self.run_here(busy, request, enter)).unwrap_or_else(internal_error)
     }
 
-    /// Runs `request` in this guest on the current thread, re-armed with the request's limits:
-    /// fuel, time and output count from here.
+    /// Runs `request` in this guest on the current thread and retires the guest.
     fn run_here<F>(mut self, busy: Busy, request: &ExecRequest, enter: F) -> Outcome
+    where
+        F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32>,
+    {
+        let (outcome, _) = self.run_again(request, enter);
+        retire(self.store, busy);
+        outcome
+    }
+
+    /// Runs `request` in this guest on the current thread, re-armed with the request's limits
+    /// (fuel, time and output count from here), and keeps the guest: the one run path of
+    /// one-shot runs and of a session's turns. Also says whether the guest may run again: not
+    /// after a trap, a limit or an exit, which leave its state half-way.
+    fn run_again<F>(&mut self, request: &ExecRequest, enter: F) -> (Outcome, bool)
     where
         F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32>,
     {
@@ -162,18 +175,18 @@ impl Guest {
         self.io.stdout.reset(request.limits.max_output_bytes);
         self.io.stderr.reset(request.limits.max_output_bytes);
         if let Err(e) = arm(&mut self.store, &request.limits) {
-            return internal_error(format!("arming the store: {e}"));
+            return (internal_error(format!("arming the store: {e}")), false);
         }
         let started = Instant::now();
         let result = enter(&mut self.store, &self.instance);
-        finish(self.store, busy, &self.io, request, started, result)
+        let returned = result.is_ok();
+        (measure(&self.store, &self.io, request, started, result), returned)
     }
 }
 
-/// Measures and classifies a finished guest, and collects its output.
-fn finish(
-    store: Store<GuestState>,
-    busy: Busy,
+/// Measures and classifies a finished guest run, and collects its output.
+fn measure(
+    store: &Store<GuestState>,
     io: &GuestIo,
     request: &ExecRequest,
     started: Instant,
@@ -185,7 +198,6 @@ fn finish(
     let memory = &store.data().memory;
     let (status, exit_code, detail) = classify(result, memory, limits);
     let peak_memory_bytes = memory.peak();
-    retire(store, busy);
     let (stdout, stdout_truncated) = io.stdout.take();
     let (stderr, stderr_truncated) = io.stderr.take();
     Outcome {
@@ -200,6 +212,81 @@ fn finish(
         peak_memory_bytes,
         detail,
     }
+}
+
+/// A guest kept alive between runs: a session's interpreter ([`crate::backend::LiveGuest`]).
+pub(crate) struct LiveWasm {
+    guest: Option<Guest>,
+    /// Hands a run's code to the interpreter and returns its exit status.
+    enter: fn(&mut Store<GuestState>, &Instance, &str) -> wasmtime::Result<i32>,
+    ended: Option<String>,
+}
+
+impl LiveWasm {
+    pub(crate) fn new(guest: Guest, enter: fn(&mut Store<GuestState>, &Instance, &str) -> wasmtime::Result<i32>) -> LiveWasm {
+        LiveWasm { guest: Some(guest), enter, ended: None }
+    }
+}
+
+impl crate::backend::LiveGuest for LiveWasm {
+    fn run(&mut self, request: &ExecRequest) -> Outcome {
+        let enter = self.enter;
+        let Some(guest) = self.guest.as_mut() else {
+            return Outcome::failed(Status::Rejected, self.ended.clone().unwrap_or_default());
+        };
+        let _busy = Busy::new();
+        let ran = on_guest_thread(|| guest.run_again(request, |store, instance| enter(store, instance, &request.code)));
+        let (outcome, alive) = ran.unwrap_or_else(|e| (internal_error(e), false));
+        if !alive {
+            let how = outcome.detail.clone().unwrap_or_else(|| match outcome.exit_code {
+                Some(code) => format!("the guest exited with code {code}"),
+                None => outcome.status.to_string(),
+            });
+            self.ended = Some(format!("a run ended the guest ({}: {how})", outcome.status));
+            if let Some(guest) = self.guest.take() {
+                retire(guest.store, Busy::new());
+            }
+        }
+        outcome
+    }
+
+    fn ended(&self) -> Option<&str> {
+        self.ended.as_deref()
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        self.guest.as_ref().map_or(0, Guest::memory_bytes)
+    }
+}
+
+impl Drop for LiveWasm {
+    fn drop(&mut self) {
+        if let Some(guest) = self.guest.take() {
+            retire(guest.store, Busy::new());
+        }
+    }
+}
+
+/// Starts a live guest for `request` (a session's): one prepared ahead from `pool` when one
+/// fits, or one prepared now from `pre` with `init` in the directory `scratch` makes.
+pub(crate) fn start_live(
+    engine: &WasmEngine,
+    pool: Option<&WarmPool<(Guest, Scratch)>>,
+    pre: &InstancePre<GuestState>,
+    grants: impl FnOnce(&std::path::Path) -> Grants,
+    request: &ExecRequest,
+    scratch: &mut ScratchSlot<'_>,
+    init: fn(&mut Store<GuestState>, &Instance) -> wasmtime::Result<()>,
+    enter: fn(&mut Store<GuestState>, &Instance, &str) -> wasmtime::Result<i32>,
+) -> Result<Box<dyn crate::backend::LiveGuest>, Outcome> {
+    if let Some(guest) = take_warm(pool, request, scratch) {
+        return Ok(Box::new(LiveWasm::new(guest?, enter)));
+    }
+    let scratch = scratch.fresh()?;
+    let grants = grants(scratch.path());
+    let setup = Limits { fuel: SETUP_FUEL, ..request.limits };
+    let guest = on_guest_thread(|| Guest::prepare(engine, pre, &grants, &setup, init)).unwrap_or_else(|e| Err(internal_error(e)))?;
+    Ok(Box::new(LiveWasm::new(guest, enter)))
 }
 
 /// Drops a finished guest's store on a background thread: tearing an instance down (its memory
@@ -264,16 +351,13 @@ pub(crate) fn warm_pool(
 /// Limits a warm guest is prepared under; each run re-arms it with its own.
 const WARM_LIMITS: Limits = Limits { timeout_ms: 30_000, memory_mb: 256, ..Limits::DEFAULT };
 
-/// Runs `request` in a guest from `pool` when one is ready and fits the request; `None` when
-/// the run must prepare its own guest. The prepared guest's own scratch directory becomes the
-/// run's: it gets the request's quota and input files.
-pub(crate) fn run_warm<F>(pool: Option<&WarmPool<(Guest, Scratch)>>, request: &ExecRequest, scratch: &mut ScratchSlot<'_>, enter: F) -> Option<Outcome>
-where
-    F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32> + Send,
-{
+/// Takes a guest from `pool` when one is ready and fits `request`, its prepared scratch
+/// directory becoming the run's (with the request's quota and input files); `None` when the
+/// run must prepare its own guest.
+fn take_warm(pool: Option<&WarmPool<(Guest, Scratch)>>, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Option<Result<Guest, Outcome>> {
     // A warm guest read its environment while being prepared: only requests that add nothing
-    // to it can use one.
-    if !request.env.is_empty() {
+    // to it can use one. A run in a directory kept from earlier runs keeps it.
+    if !request.env.is_empty() || !scratch.can_adopt() {
         return None;
     }
     let (guest, warm_scratch) = pool?.take()?;
@@ -281,10 +365,22 @@ where
         // The cold path reports a cap below the interpreter's own footprint properly.
         return None;
     }
-    if let Err(e) = scratch.adopt(warm_scratch) {
-        return Some(e.into());
-    }
-    Some(guest.run(request, enter))
+    Some(match scratch.adopt(warm_scratch) {
+        Ok(_) => Ok(guest),
+        Err(e) => Err(e.into()),
+    })
+}
+
+/// Runs `request` in a guest from `pool` when one is ready and fits the request; `None` when
+/// the run must prepare its own guest.
+pub(crate) fn run_warm<F>(pool: Option<&WarmPool<(Guest, Scratch)>>, request: &ExecRequest, scratch: &mut ScratchSlot<'_>, enter: F) -> Option<Outcome>
+where
+    F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32> + Send,
+{
+    Some(match take_warm(pool, request, scratch)? {
+        Ok(guest) => guest.run(request, enter),
+        Err(failed) => failed,
+    })
 }
 
 /// Maps how the guest call ended to a status, an exit code and a detail line.

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use wasmtime::{Instance, InstancePre, Linker, Store};
 
 use super::wasi::{self, Grants};
-use super::{preinit, run_guest, run_warm, warm_pool, Guest, GuestState, WasmEngine};
+use super::{preinit, run_guest, run_warm, start_live, warm_pool, Guest, GuestState, WasmEngine};
 use crate::backend::pool::WarmPool;
 use crate::scratch::Scratch;
-use crate::backend::{Backend, Outcome};
+use crate::backend::{Backend, LiveGuest, Outcome};
 use crate::request::ExecRequest;
 use crate::runtimes::{Python, Runtimes};
 use crate::scratch::ScratchSlot;
@@ -234,6 +234,25 @@ fn user_turn(store: &mut Store<GuestState>, instance: &Instance, code: &str) -> 
     Ok(turn(store, instance, code.as_bytes())? & 0xff)
 }
 
+impl PythonBackend {
+    /// The interpreter a guest for `request` starts from, and what makes it ready: the
+    /// pre-initialized snapshot (reseeded) unless the request sets environment variables (the
+    /// snapshot froze `os.environ`) or its memory cap is below the snapshot's footprint; then
+    /// the base interpreter and the prelude.
+    fn interpreter(&self, request: &ExecRequest) -> Result<(&InstancePre<GuestState>, Init), Outcome> {
+        match &self.preinit {
+            Some(p) if request.env.is_empty() && p.footprint <= request.limits.memory_bytes() => Ok((&p.pre, reseed)),
+            _ => match self.base.get(&self.engine) {
+                Ok(pre) => Ok((pre, prelude)),
+                Err(e) => Err(Outcome::failed(crate::Status::InternalError, format!("loading the python interpreter: {e}"))),
+            },
+        }
+    }
+}
+
+/// Makes a fresh instance ready for its first run.
+type Init = fn(&mut Store<GuestState>, &Instance) -> wasmtime::Result<()>;
+
 impl Backend for PythonBackend {
     fn run(&self, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Outcome {
         let user = |store: &mut Store<GuestState>, instance: &Instance| user_turn(store, instance, &request.code);
@@ -245,14 +264,20 @@ impl Backend for PythonBackend {
             Err(e) => return e.into(),
         };
         let grants = grants(&self.lib_dir, &self.mpl_data_dir, scratch.path(), &request.env);
-        match &self.preinit {
-            Some(p) if request.env.is_empty() && p.footprint <= request.limits.memory_bytes() => {
-                run_guest(&self.engine, &p.pre, request, &grants, reseed, user)
-            }
-            _ => match self.base.get(&self.engine) {
-                Ok(pre) => run_guest(&self.engine, pre, request, &grants, prelude, user),
-                Err(e) => Outcome::failed(crate::Status::InternalError, format!("loading the python interpreter: {e}")),
-            },
+        match self.interpreter(request) {
+            Ok((pre, init)) => run_guest(&self.engine, pre, request, &grants, init, user),
+            Err(failed) => failed,
         }
+    }
+
+    /// A session keeps one interpreter and runs each turn through `turn`: variables, imports
+    /// and functions stay in `__main__` between turns.
+    fn start_live(&self, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Option<Result<Box<dyn LiveGuest>, Outcome>> {
+        let (pre, init) = match self.interpreter(request) {
+            Ok(found) => found,
+            Err(failed) => return Some(Err(failed)),
+        };
+        let grants = |dir: &Path| grants(&self.lib_dir, &self.mpl_data_dir, dir, &request.env);
+        Some(start_live(&self.engine, self.warm.as_ref(), pre, grants, request, scratch, init, user_turn))
     }
 }
