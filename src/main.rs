@@ -30,6 +30,8 @@ enum Command {
     Exec(ExecArgs),
     /// Serve the HTTP API.
     Serve(ServeArgs),
+    /// A session from the terminal: each entered block runs as a turn in one live guest.
+    Repl(ReplArgs),
     /// Install or list the pinned interpreters.
     Runtime {
         #[command(subcommand)]
@@ -94,22 +96,20 @@ struct ServeArgs {
     /// Connections open at once; more wait in the kernel's accept queue.
     #[arg(long = "max-connections", value_name = "N", default_value_t = 1024)]
     max_connections: usize,
+    /// Sessions alive at once; creating one more answers 429.
+    #[arg(long = "max-sessions", value_name = "N", default_value_t = 64)]
+    max_sessions: usize,
+    /// A session's idle timeout, in seconds: the default and the most a session may ask for.
+    #[arg(long = "session-idle-timeout", value_name = "SECONDS", default_value_t = 600.0)]
+    session_idle_timeout: f64,
+    /// A session's lifetime, in seconds: the default and the most a session may ask for.
+    #[arg(long = "session-lifetime", value_name = "SECONDS", default_value_t = 3600.0)]
+    session_lifetime: f64,
 }
 
+/// The limit flags of `exec` and `repl`.
 #[derive(Args)]
-struct ExecArgs {
-    /// Language of the code: python, javascript or shell.
-    #[arg(long = "lang", value_name = "LANG")]
-    language: String,
-    /// The code to run.
-    #[arg(short = 'c', value_name = "CODE", conflicts_with = "source")]
-    code: Option<String>,
-    /// A file holding the code, or '-' to read it from stdin.
-    #[arg(value_name = "FILE")]
-    source: Option<PathBuf>,
-    /// File whose contents the guest reads on its stdin.
-    #[arg(long = "stdin", value_name = "PATH")]
-    stdin: Option<PathBuf>,
+struct LimitArgs {
     /// Wall-clock limit in seconds (float).
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     timeout: Option<f64>,
@@ -128,6 +128,39 @@ struct ExecArgs {
     /// Files and directories the scratch directory may hold.
     #[arg(long = "max-files", value_name = "N", allow_negative_numbers = true)]
     max_files: Option<i128>,
+}
+
+#[derive(Args)]
+struct ReplArgs {
+    /// Language of the session: python, javascript or shell.
+    #[arg(long = "lang", value_name = "LANG")]
+    language: String,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Set an environment variable for the guest (the host's environment is never passed on).
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Print each turn's result object as one line of JSON instead of the guest's streams.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// Language of the code: python, javascript or shell.
+    #[arg(long = "lang", value_name = "LANG")]
+    language: String,
+    /// The code to run.
+    #[arg(short = 'c', value_name = "CODE", conflicts_with = "source")]
+    code: Option<String>,
+    /// A file holding the code, or '-' to read it from stdin.
+    #[arg(value_name = "FILE")]
+    source: Option<PathBuf>,
+    /// File whose contents the guest reads on its stdin.
+    #[arg(long = "stdin", value_name = "PATH")]
+    stdin: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Copy HOST_PATH into the scratch directory as GUEST_PATH before the run.
     #[arg(long = "file", value_name = "GUEST_PATH=HOST_PATH")]
     files: Vec<String>,
@@ -163,6 +196,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Exec(args) => exec(args),
         Command::Serve(args) => serve(args),
+        Command::Repl(args) => repl::run(args),
         Command::Runtime { action } => runtime(action),
     }
 }
@@ -204,6 +238,8 @@ fn stop_cleanly_on_signals() {
         tracing::warn!(error = %e, "could not watch for signals; a signal ends wsbx without clean-up");
     }
 }
+
+mod repl;
 
 fn exec(args: ExecArgs) -> ExitCode {
     stop_cleanly_on_signals();
@@ -284,7 +320,7 @@ fn build_request(language: Language, args: &ExecArgs) -> Result<ExecRequest, Str
             std::fs::read(path).map_err(|e| format!("reading --stdin {}: {e}", path.display()))?
         };
     }
-    request.limits = limits(args)?;
+    request.limits = limits(&args.limits)?;
     for spec in &args.files {
         let (guest, host) = spec
             .split_once('=')
@@ -294,18 +330,23 @@ fn build_request(language: Language, args: &ExecArgs) -> Result<ExecRequest, Str
         let content = std::fs::read(host).map_err(|e| format!("--file {spec:?}: reading {host}: {e}"))?;
         request.files.push(InputFile { path: guest.to_owned(), content });
     }
+    request.env = environment(&args.env)?;
+    Ok(request)
+}
+
+/// The guest's environment from `--env NAME=VALUE` flags.
+fn environment(specs: &[String]) -> Result<BTreeMap<String, String>, String> {
     let mut env = BTreeMap::new();
-    for spec in &args.env {
+    for spec in specs {
         let (name, value) = spec.split_once('=').ok_or_else(|| format!("--env {spec:?}: expected NAME=VALUE"))?;
         env.insert(name.to_owned(), value.to_owned());
     }
-    request.env = env;
-    Ok(request)
+    Ok(env)
 }
 
 /// The request's limits: defaults, overridden by flags. Zero and negative values become 0 so
 /// that validation refuses them with the limit's name.
-fn limits(args: &ExecArgs) -> Result<Limits, String> {
+fn limits(args: &LimitArgs) -> Result<Limits, String> {
     let mut limits = Limits::default();
     if let Some(seconds) = args.timeout {
         limits.timeout_ms = if seconds.is_finite() && seconds > 0.0 {
@@ -383,8 +424,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("wsbx: rejected: --token (or $WSBX_TOKEN) is empty: give a real token, or unset it to serve without authentication");
         return ExitCode::from(EXIT_REJECTED);
     }
-    let mut config = wsbx::server::ServeConfig::default();
-    config.token = args.token;
+    let mut config = wsbx::server::ServeConfig { token: args.token, ..Default::default() };
     config.max_connections = args.max_connections.max(1);
     config.sandbox.max_return_bytes = args.max_return_bytes;
     if let Some(n) = args.max_concurrency {
@@ -399,6 +439,19 @@ fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("wsbx: rejected: --max-timeout must be a positive number of seconds");
         return ExitCode::from(EXIT_REJECTED);
     }
+    config.max_sessions = args.max_sessions;
+    for (name, seconds, into) in [
+        ("--session-idle-timeout", args.session_idle_timeout, &mut config.session_idle_timeout),
+        ("--session-lifetime", args.session_lifetime, &mut config.session_lifetime),
+    ] {
+        match std::time::Duration::try_from_secs_f64(seconds) {
+            Ok(d) if !d.is_zero() && d <= wsbx::SessionOptions::MAX_DURATION => *into = d,
+            _ => {
+                eprintln!("wsbx: rejected: {name} must be a positive number of seconds, at most a year");
+                return ExitCode::from(EXIT_REJECTED);
+            }
+        }
+    }
     config.ceiling = Limits {
         timeout_ms: (args.max_timeout * 1000.0).ceil() as u64,
         fuel: args.max_fuel,
@@ -407,6 +460,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         disk_mb: args.max_disk,
         max_files: Limits::CEILING.max_files,
     };
+    // Before anything builds the wasm engine: its pool must hold the sessions too.
+    if let Err(e) = wsbx::backend::wasm::engine::set_pool_instances(config.pool_instances()) {
+        tracing::warn!("{e}");
+    }
     // Runs go to tokio's blocking threads: with a guest's stack they run guests themselves
     // instead of handing each to another thread.
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(wsbx::GUEST_THREAD_STACK).build() {

@@ -22,6 +22,9 @@ pub struct Metrics {
     in_flight: IntGauge,
     http_requests: IntCounterVec,
     runtime_info: IntGaugeVec,
+    sessions_active: IntGauge,
+    sessions_memory: IntGauge,
+    session_turns: IntCounterVec,
 }
 
 impl Metrics {
@@ -50,13 +53,25 @@ impl Metrics {
             Opts::new("wsbx_runtime_info", "The pinned runtimes (value 1), with versions and sha256."),
             &["language", "package", "version", "sha256"],
         )?;
+        let sessions_active = IntGauge::new("wsbx_sessions_active", "Sessions alive now (not ended).")?;
+        let sessions_memory = IntGauge::new(
+            "wsbx_sessions_memory_bytes",
+            "Linear memory held by the live guests of sessions, as of their last turn.",
+        )?;
+        let session_turns = IntCounterVec::new(
+            Opts::new("wsbx_session_turns_total", "Session turns finished, by language and status."),
+            &["language", "status"],
+        )?;
+        registry.register(Box::new(sessions_active.clone()))?;
+        registry.register(Box::new(sessions_memory.clone()))?;
+        registry.register(Box::new(session_turns.clone()))?;
         registry.register(Box::new(exec_total.clone()))?;
         registry.register(Box::new(exec_duration.clone()))?;
         registry.register(Box::new(fuel_total.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(runtime_info.clone()))?;
-        Ok(Metrics { registry, exec_total, exec_duration, fuel_total, in_flight, http_requests, runtime_info })
+        Ok(Metrics { registry, exec_total, exec_duration, fuel_total, in_flight, http_requests, runtime_info, sessions_active, sessions_memory, session_turns })
     }
 
     /// Records the pinned runtimes in `wsbx_runtime_info`.
@@ -80,6 +95,20 @@ impl Metrics {
         if let Some(fuel) = result.fuel_consumed {
             self.fuel_total.with_label_values(&[language]).inc_by(fuel);
         }
+    }
+
+    /// Records a finished session turn (turns are not counted in `wsbx_exec_total`).
+    pub fn record_turn(&self, result: &ExecResult) {
+        self.session_turns.with_label_values(&[result.language.as_str(), result.status.as_str()]).inc();
+        if let Some(fuel) = result.fuel_consumed {
+            self.fuel_total.with_label_values(&[result.language.as_str()]).inc_by(fuel);
+        }
+    }
+
+    /// Sets the sessions gauges: how many are alive and the memory their guests hold.
+    pub fn set_sessions(&self, active: usize, memory_bytes: u64) {
+        self.sessions_active.set(i64::try_from(active).unwrap_or(i64::MAX));
+        self.sessions_memory.set(i64::try_from(memory_bytes).unwrap_or(i64::MAX));
     }
 
     /// Counts an HTTP response.

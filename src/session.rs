@@ -49,6 +49,8 @@ impl SessionOptions {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     /// The default maximum lifetime: 1 hour.
     pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
+    /// The longest idle timeout or lifetime a session may have: a year.
+    pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 }
 
 impl Default for SessionOptions {
@@ -136,8 +138,9 @@ impl crate::Sandbox {
         };
         let rejected = |detail: String| SessionError { status: Status::Rejected, detail };
         request.validate(&config.ceiling).map_err(|e| rejected(e.to_string()))?;
-        if options.idle_timeout.is_zero() || options.max_lifetime.is_zero() {
-            return Err(rejected("a session's idle timeout and lifetime must be above zero".into()));
+        let sane = |d: Duration| !d.is_zero() && d <= SessionOptions::MAX_DURATION;
+        if !sane(options.idle_timeout) || !sane(options.max_lifetime) {
+            return Err(rejected("a session's idle timeout and lifetime must be above zero and at most a year".into()));
         }
         let backend = self.backend(language).map_err(|e| SessionError {
             status: match e {
@@ -194,47 +197,60 @@ impl Session {
     /// interpreter, ends the session: its guest and scratch directory are released at once and
     /// later turns are refused. An exception (or a `MemoryError`) does not.
     pub fn run(&mut self, turn: &TurnRequest) -> ExecResult {
-        self.turns += 1;
-        let tag = |mut result: ExecResult, session: &Session| {
-            result.session_id = Some(session.id);
-            result.turn = Some(session.turns);
-            result
-        };
-        let refuse = |detail: String, session: &Session| tag(ExecResult::not_run(session.language, Status::Rejected, detail), session);
-        self.end_if_expired();
-        if let Some(why) = &self.ended {
-            return refuse(format!("the session has ended: {why}"), self);
+        match self.request(turn.clone()) {
+            Ok(request) => self.run_request(&request),
+            Err(detail) => {
+                self.turns += 1;
+                self.refuse(detail)
+            }
         }
-        self.last_used = Instant::now();
+    }
+
+    /// The run `turn` makes in this session, checked against the session's memory and the
+    /// sandbox's ceilings; why it is refused otherwise. With [`Session::run_request`], what
+    /// [`Session::run`] does, for callers that own the turn and want to refuse it before
+    /// running (a server answering 400).
+    pub fn request(&self, turn: TurnRequest) -> Result<ExecRequest, String> {
         let limits = turn.limits.unwrap_or(self.limits);
         if limits.memory_mb != self.limits.memory_mb {
-            let detail = format!("memory_mb is the session's ({} MiB) and cannot change in a turn", self.limits.memory_mb);
-            return refuse(detail, self);
+            return Err(format!("memory_mb is the session's ({} MiB) and cannot change in a turn", self.limits.memory_mb));
         }
         let request = ExecRequest {
             language: self.language,
-            code: turn.code.clone(),
-            stdin: turn.stdin.clone(),
-            files: turn.files.clone(),
+            code: turn.code,
+            stdin: turn.stdin,
+            files: turn.files,
             env: self.env.clone(),
             limits,
             return_files: turn.return_files,
         };
-        if let Err(e) = request.validate(&self.ceiling) {
-            return refuse(e.to_string(), self);
+        request.validate(&self.ceiling).map_err(|e| e.to_string())?;
+        Ok(request)
+    }
+
+    /// Runs `request` (made by [`Session::request`]) as the next turn.
+    pub fn run_request(&mut self, request: &ExecRequest) -> ExecResult {
+        self.turns += 1;
+        self.end_if_expired();
+        if let Some(why) = &self.ended {
+            return self.refuse(format!("the session has ended: {why}"));
         }
+        if request.language != self.language || request.limits.memory_mb != self.limits.memory_mb || request.env != self.env {
+            return self.refuse("a turn's language, memory and environment are the session's: make it with Session::request".into());
+        }
+        self.last_used = Instant::now();
         let Some(kept) = self.scratch.take() else {
-            return refuse("the session has ended".into(), self);
+            return self.refuse("the session has ended".into());
         };
         let quota = quota_for(&*self.backend, &request.limits);
         let (mut slot, ready) = ScratchSlot::keep(&self.scratch_root, quota, &request.files, kept);
         let outcome = match (ready, self.live.as_mut()) {
             (Err(e), _) => e.into(),
-            (Ok(()), Some(live)) => live.run(&request),
-            (Ok(()), None) => self.backend.run(&request, &mut slot),
+            (Ok(()), Some(live)) => live.run(request),
+            (Ok(()), None) => self.backend.run(request, &mut slot),
         };
         self.scratch = slot.into_scratch();
-        let result = tag(assemble(self.language, outcome), self);
+        let result = self.tag(assemble(self.language, outcome));
         let result = match &self.scratch {
             Some(scratch) => finish(result, scratch, request.return_files, self.max_return_bytes),
             None => result,
@@ -249,6 +265,18 @@ impl Session {
             self.end(why);
         }
         result
+    }
+
+    /// `result` marked as this session's current turn.
+    fn tag(&self, mut result: ExecResult) -> ExecResult {
+        result.session_id = Some(self.id);
+        result.turn = Some(self.turns);
+        result
+    }
+
+    /// The result of the current turn, refused for `detail`.
+    fn refuse(&self, detail: String) -> ExecResult {
+        self.tag(ExecResult::not_run(self.language, Status::Rejected, detail))
     }
 
     /// Ends the session now (as dropping it would, but keeping its id and turn count): the

@@ -215,3 +215,32 @@ fn exec_shell_prints_hi_and_exits_3() {
     assert_eq!(v["status"], "ok");
     assert_eq!(v["fuel_consumed"], serde_json::Value::Null);
 }
+
+#[test]
+fn repl_runs_each_block_as_a_turn_of_one_session() {
+    let input = b"import json\nx = {'a': 1}\nfor k in x:\n    x[k] += 1\n\nraise ValueError('kept going')\nprint(json.dumps(x))\n";
+    let o = wsbx_with_stdin(&["repl", "--lang", "python"], input);
+    assert_eq!(stdout(&o), "{\"a\": 2}\n", "{}", stderr(&o));
+    assert!(stderr(&o).contains("ValueError: kept going"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(0), "end of input ends the session cleanly");
+
+    let o = wsbx_with_stdin(&["repl", "--lang", "javascript", "--json"], b"let n = 41\nfunction f() {\n  return n + 1;\n}\nconsole.log(f())\n");
+    let turns: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).expect("one JSON result per line")).collect();
+    assert_eq!(turns.len(), 3, "{}", stdout(&o));
+    assert_eq!(turns[2]["stdout"], "42\n");
+    assert_eq!(turns[2]["turn"], 3);
+    assert_eq!(turns[0]["session_id"], turns[2]["session_id"]);
+
+    let o = wsbx_with_stdin(&["repl", "--lang", "shell"], b"echo kept > f\ncat f\n");
+    assert_eq!(stdout(&o), "kept\n", "{}", stderr(&o));
+}
+
+#[test]
+fn repl_stops_when_a_turn_ends_the_session() {
+    let o = wsbx_with_stdin(&["repl", "--lang", "python", "--timeout", "0.3"], b"x = 1\nwhile True: pass\nprint('never')\n");
+    assert_eq!(o.status.code(), Some(124), "{}", stderr(&o));
+    assert!(stderr(&o).contains("wsbx: timeout"), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("never"));
+    let o = wsbx_with_stdin(&["repl", "--lang", "cobol"], b"");
+    assert_eq!(o.status.code(), Some(126));
+}

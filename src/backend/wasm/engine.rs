@@ -3,7 +3,7 @@
 use std::hash::Hasher;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -28,9 +28,31 @@ pub const MAX_WASM_STACK: usize = 8 << 20;
 /// WASI's own frames.
 pub const HOST_THREAD_STACK: usize = MAX_WASM_STACK + (4 << 20);
 
-/// Instances that may be alive at once in one engine's pool. Each slot reserves address space
-/// (not memory) for a linear memory of up to [`Limits::CEILING`]`.memory_mb`.
+/// Instances that may be alive at once in the shared engine's pool unless
+/// [`set_pool_instances`] says otherwise. Each slot reserves address space (not memory) for a
+/// linear memory of up to [`Limits::CEILING`]`.memory_mb`.
 pub const POOL_INSTANCES: u32 = 64;
+
+/// The pool size the shared engine is built with.
+static POOL_SIZE: AtomicU32 = AtomicU32::new(POOL_INSTANCES);
+
+/// Sizes the shared engine's instance pool: room for every guest alive at once — runs in
+/// flight, guests kept warm, sessions' live guests, and retired guests still being torn down.
+/// A guest that finds the pool full fails with `internal_error`, so a server sizes it from its
+/// flags (see `wsbx serve --max-sessions`). Only takes effect before the shared engine is
+/// built (the first run or [`WasmEngine::shared`]); says so otherwise. Compiled modules do not
+/// depend on it.
+pub fn set_pool_instances(instances: u32) -> Result<(), String> {
+    POOL_SIZE.store(instances.max(1), Ordering::SeqCst);
+    match SHARED_BUILT.load(Ordering::SeqCst) {
+        true => Err(format!("the wasm engine was built already with a pool of {} instances", BUILT_POOL.load(Ordering::SeqCst))),
+        false => Ok(()),
+    }
+}
+
+/// Whether the shared engine exists, and the pool size it was built with.
+static SHARED_BUILT: AtomicBool = AtomicBool::new(false);
+static BUILT_POOL: AtomicU32 = AtomicU32::new(0);
 
 /// Table elements per instance in the pool: CPython's snapshot needs 47,157.
 const POOL_TABLE_ELEMENTS: usize = 65_536;
@@ -49,7 +71,7 @@ const KEEP_WARM_SLOTS: u32 = 8;
 
 /// The engine configuration. The compiled-module cache is keyed by it (through wasmtime's
 /// compatibility hash), so changing anything here recompiles the runtimes once.
-fn config() -> Result<Config, wasmtime::Error> {
+fn config(pool_instances: u32) -> Result<Config, wasmtime::Error> {
     let mut config = Config::new();
     // CPython's snapshot is built with wasm exception handling.
     config.wasm_exceptions(true);
@@ -64,10 +86,10 @@ fn config() -> Result<Config, wasmtime::Error> {
     config.memory_init_cow(true);
 
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_core_instances(POOL_INSTANCES)
-        .total_memories(POOL_INSTANCES)
-        .total_tables(POOL_INSTANCES)
-        .total_stacks(POOL_INSTANCES)
+    pool.total_core_instances(pool_instances)
+        .total_memories(pool_instances)
+        .total_tables(pool_instances)
+        .total_stacks(pool_instances)
         .max_memory_size(Limits::CEILING.memory_bytes() as usize)
         .table_elements(POOL_TABLE_ELEMENTS)
         .max_core_instance_size(POOL_MAX_INSTANCE_SIZE);
@@ -102,13 +124,23 @@ impl WasmEngine {
     pub fn shared() -> Result<Arc<WasmEngine>, String> {
         static SHARED: OnceLock<Result<Arc<WasmEngine>, String>> = OnceLock::new();
         SHARED
-            .get_or_init(|| WasmEngine::new().map(Arc::new).map_err(|e| format!("creating the wasm engine: {e}")))
+            .get_or_init(|| {
+                SHARED_BUILT.store(true, Ordering::SeqCst);
+                let instances = POOL_SIZE.load(Ordering::SeqCst);
+                BUILT_POOL.store(instances, Ordering::SeqCst);
+                WasmEngine::with_pool(instances).map(Arc::new).map_err(|e| format!("creating the wasm engine: {e}"))
+            })
             .clone()
     }
 
     /// Builds an engine of its own and starts its epoch ticker. Prefer [`WasmEngine::shared`].
     pub fn new() -> Result<WasmEngine, wasmtime::Error> {
-        let engine = Engine::new(&config()?)?;
+        WasmEngine::with_pool(POOL_INSTANCES)
+    }
+
+    /// Like [`WasmEngine::new`], with room for `pool_instances` guests alive at once.
+    pub fn with_pool(pool_instances: u32) -> Result<WasmEngine, wasmtime::Error> {
+        let engine = Engine::new(&config(pool_instances)?)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let stop = ticker_stop.clone();
         let weak = engine.weak();
@@ -296,4 +328,18 @@ impl Drop for Heartbeat {
 /// Where compiled modules live inside a wsbx home.
 pub fn compiled_dir(home: &Path) -> PathBuf {
     home.join("compiled")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server sizes the pool from its flags; the runtimes compiled once per machine must
+    /// still load, so the compiled file's name must not depend on the pool.
+    #[test]
+    fn the_pool_size_does_not_change_what_is_compiled() {
+        let small = WasmEngine::with_pool(4).expect("engine");
+        let large = WasmEngine::with_pool(500).expect("engine");
+        assert_eq!(small.compiled_name("abc"), large.compiled_name("abc"));
+    }
 }

@@ -109,6 +109,6 @@ impl Backend for JavascriptBackend {
     /// functions and resolved promises stay; a turn's jobs and timers run to its end.
     fn start_live(&self, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Option<Result<Box<dyn LiveGuest>, Outcome>> {
         let grants = |dir: &Path| grants(dir, &request.env);
-        Some(start_live(&self.engine, self.warm.as_ref(), &self.pre, grants, request, scratch, prepare, run_turn))
+        Some(start_live(&self.engine, self.warm.as_ref(), (&self.pre, prepare), grants, request, scratch, run_turn))
     }
 }

@@ -80,6 +80,9 @@ fn on_guest_thread<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R, String> {
     threads::run(f)
 }
 
+/// Makes a fresh instance of an interpreter ready for its first run.
+pub(crate) type Init = fn(&mut Store<GuestState>, &Instance) -> wasmtime::Result<()>;
+
 /// Fuel a guest may spend setting its interpreter up (CPython's first turn and prelude take
 /// about 4 million, QuickJS's runtime and globals about 4 million). Set-up is wsbx's code, not
 /// the request's: it is metered separately so that `fuel` and `fuel_consumed` count only the
@@ -268,15 +271,15 @@ impl Drop for LiveWasm {
 }
 
 /// Starts a live guest for `request` (a session's): one prepared ahead from `pool` when one
-/// fits, or one prepared now from `pre` with `init` in the directory `scratch` makes.
+/// fits, or one prepared now from `pre` with `init` in the directory `scratch` makes; each run
+/// hands its code to `enter`.
 pub(crate) fn start_live(
     engine: &WasmEngine,
     pool: Option<&WarmPool<(Guest, Scratch)>>,
-    pre: &InstancePre<GuestState>,
+    (pre, init): (&InstancePre<GuestState>, Init),
     grants: impl FnOnce(&std::path::Path) -> Grants,
     request: &ExecRequest,
     scratch: &mut ScratchSlot<'_>,
-    init: fn(&mut Store<GuestState>, &Instance) -> wasmtime::Result<()>,
     enter: fn(&mut Store<GuestState>, &Instance, &str) -> wasmtime::Result<i32>,
 ) -> Result<Box<dyn crate::backend::LiveGuest>, Outcome> {
     if let Some(guest) = take_warm(pool, request, scratch) {
@@ -334,7 +337,7 @@ pub(crate) fn warm_pool(
     pre: InstancePre<GuestState>,
     scratch_root: &std::path::Path,
     grants: impl Fn(&std::path::Path) -> Grants + Send + 'static,
-    init: fn(&mut Store<GuestState>, &Instance) -> wasmtime::Result<()>,
+    init: Init,
 ) -> Option<WarmPool<(Guest, Scratch)>> {
     if target == 0 {
         return None;

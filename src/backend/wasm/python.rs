@@ -8,7 +8,7 @@ use std::sync::Arc;
 use wasmtime::{Instance, InstancePre, Linker, Store};
 
 use super::wasi::{self, Grants};
-use super::{preinit, run_guest, run_warm, start_live, warm_pool, Guest, GuestState, WasmEngine};
+use super::{preinit, run_guest, run_warm, start_live, warm_pool, Guest, GuestState, Init, WasmEngine};
 use crate::backend::pool::WarmPool;
 use crate::scratch::Scratch;
 use crate::backend::{Backend, LiveGuest, Outcome};
@@ -250,8 +250,6 @@ impl PythonBackend {
     }
 }
 
-/// Makes a fresh instance ready for its first run.
-type Init = fn(&mut Store<GuestState>, &Instance) -> wasmtime::Result<()>;
 
 impl Backend for PythonBackend {
     fn run(&self, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Outcome {
@@ -278,6 +276,6 @@ impl Backend for PythonBackend {
             Err(failed) => return Some(Err(failed)),
         };
         let grants = |dir: &Path| grants(&self.lib_dir, &self.mpl_data_dir, dir, &request.env);
-        Some(start_live(&self.engine, self.warm.as_ref(), pre, grants, request, scratch, init, user_turn))
+        Some(start_live(&self.engine, self.warm.as_ref(), (pre, init), grants, request, scratch, user_turn))
     }
 }

@@ -1,8 +1,10 @@
 //! `wsbx serve`: the HTTP surface. Handlers are thin — parse, call [`Sandbox`], map the result
 //! to a status code; everything about running code lives in the library.
 //!
-//! Routes: `POST /v1/exec`, `GET /v1/runtimes`, `GET /healthz`, `GET /metrics`. Every failure
-//! answers `{"error": "..."}`.
+//! Routes: `POST /v1/exec`, `GET /v1/runtimes`, the sessions' routes ([`sessions`]),
+//! `GET /healthz`, `GET /metrics`. Every failure answers `{"error": "..."}`.
+
+mod sessions;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,8 +47,27 @@ pub struct ServeConfig {
     pub body_timeout: Duration,
     /// The most any request may ask for (and the defaults are clamped to it).
     pub ceiling: Limits,
+    /// Sessions alive at once; creating one more answers 429.
+    pub max_sessions: usize,
+    /// A session's idle timeout when its request gives none, and the most it may ask for.
+    pub session_idle_timeout: Duration,
+    /// A session's lifetime when its request gives none, and the most it may ask for.
+    pub session_lifetime: Duration,
     /// The sandbox's own configuration.
     pub sandbox: SandboxConfig,
+}
+
+impl ServeConfig {
+    /// Guests the wasm engine's instance pool must hold at once for this configuration: every
+    /// session's live guest, twice the concurrent runs (a run's guest, and the one before it
+    /// still being torn down on the reaper thread), the guests kept warm (Python and
+    /// JavaScript, each `warm_instances`, plus one being prepared), and a margin; at least
+    /// the library's default. Each slot reserves address space, not memory.
+    pub fn pool_instances(&self) -> u32 {
+        let warm = 2 * (self.sandbox.warm_instances + 1);
+        let needed = self.max_sessions + 2 * self.max_concurrency + warm + 8;
+        u32::try_from(needed).unwrap_or(u32::MAX).max(crate::backend::wasm::engine::POOL_INSTANCES)
+    }
 }
 
 impl Default for ServeConfig {
@@ -61,6 +82,9 @@ impl Default for ServeConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             ceiling: Limits { timeout_ms: 60_000, memory_mb: 1024, max_output_bytes: 16 << 20, disk_mb: 1024, ..Limits::CEILING },
+            max_sessions: 64,
+            session_idle_timeout: crate::SessionOptions::IDLE_TIMEOUT,
+            session_lifetime: crate::SessionOptions::MAX_LIFETIME,
             sandbox: SandboxConfig::default(),
         }
     }
@@ -77,6 +101,7 @@ struct AppState {
     body_timeout: Duration,
     ceiling: Limits,
     defaults: Limits,
+    sessions: sessions::Sessions,
 }
 
 /// The request body of `POST /v1/exec`.
@@ -142,6 +167,14 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 /// Builds the router for `config`. An empty token is refused: it would look like
 /// authentication and be none.
 pub fn router(config: ServeConfig) -> Result<Router, String> {
+    app(config).map(|(router, _)| router)
+}
+
+/// The router and the state behind it.
+fn app(config: ServeConfig) -> Result<(Router, Arc<AppState>), String> {
+    if let Err(e) = crate::backend::wasm::engine::set_pool_instances(config.pool_instances()) {
+        tracing::warn!("the wasm instance pool keeps its size: {e}");
+    }
     if config.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
         return Err("the token is empty: give a real token, or none to serve without authentication".into());
     }
@@ -163,12 +196,15 @@ pub fn router(config: ServeConfig) -> Result<Router, String> {
         body_timeout: config.body_timeout,
         ceiling,
         defaults,
+        sessions: sessions::Sessions::new(config.max_sessions, config.session_idle_timeout, config.session_lifetime),
     });
+    sessions::start_reaper(&state);
     let api = Router::new()
         .route("/v1/exec", post(exec))
         .route("/v1/runtimes", get(runtimes))
+        .merge(sessions::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Ok(Router::new()
+    let router = Router::new()
         .merge(api)
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
@@ -177,7 +213,8 @@ pub fn router(config: ServeConfig) -> Result<Router, String> {
             ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route".into())
         })
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
-        .with_state(state))
+        .with_state(state.clone());
+    Ok((router, state))
 }
 
 /// Serves on `listener` until SIGTERM or Ctrl-C, then stops accepting, lets in-flight runs
@@ -192,7 +229,7 @@ pub async fn serve(listener: tokio::net::TcpListener, config: ServeConfig) -> st
     let grace = Duration::from_millis(config.ceiling.timeout_ms.min(Limits::CEILING.timeout_ms)) + Duration::from_secs(5);
     let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let header_timeout = config.header_timeout;
-    let app = router(config).map_err(std::io::Error::other)?;
+    let (app, state) = app(config).map_err(std::io::Error::other)?;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut stop = std::pin::pin!(shutdown_signal());
     loop {
@@ -232,6 +269,11 @@ pub async fn serve(listener: tokio::net::TcpListener, config: ServeConfig) -> st
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(grace) => tracing::warn!("in-flight runs did not finish within {grace:?}; exiting"),
+    }
+    // Sessions end with the server: their guests stop and their scratch directories go.
+    let closed = tokio::task::spawn_blocking(move || state.sessions.close_all()).await.unwrap_or(0);
+    if closed > 0 {
+        tracing::info!(closed, "closed the sessions");
     }
     Ok(())
 }
@@ -300,35 +342,12 @@ async fn runtimes(State(state): State<Arc<AppState>>) -> Result<Response, ApiErr
 }
 
 async fn exec(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
-    let read = tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, state.max_body_bytes));
-    let bytes = read
-        .await
-        .map_err(|_| ApiError(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {:?}", state.body_timeout)))?
-        .map_err(|_| {
-            ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {} bytes", state.max_body_bytes))
-        })?;
-    let body: ExecBody = serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("bad request body: {e}")))?;
+    let body: ExecBody = read_json(&state, body).await?;
     let request = to_request(body, &state.defaults)?;
     request.validate(&state.ceiling).map_err(|e| bad_request(e.to_string()))?;
-
-    let slot = match state.slots.clone().try_acquire_owned() {
+    let slot = match run_slot(&state).await {
         Ok(slot) => slot,
-        Err(_) => {
-            // Counted while waiting, uncounted on every way out: a client that gives up while
-            // queued drops this future and with it the guard.
-            let Some(_queued) = QueueTicket::take(&state) else {
-                let mut response = ApiError(StatusCode::TOO_MANY_REQUESTS, "all run slots and the queue are busy; retry".into())
-                    .into_response();
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return Ok(response);
-            };
-            state
-                .slots
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?
-        }
+        Err(busy) => return Ok(busy),
     };
     let worker = state.clone();
     // Runs are CPU-bound and synchronous: keep them off the async workers. The slot and the
@@ -345,6 +364,44 @@ async fn exec(State(state): State<Arc<AppState>>, body: Body) -> Result<Response
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the run failed: {e}")))?;
     Ok(Json(result).into_response())
+}
+
+/// Reads a JSON request body within the body timeout and size cap.
+async fn read_json<T: serde::de::DeserializeOwned>(state: &AppState, body: Body) -> Result<T, ApiError> {
+    let read = tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, state.max_body_bytes));
+    let bytes = read
+        .await
+        .map_err(|_| ApiError(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {:?}", state.body_timeout)))?
+        .map_err(|_| {
+            ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {} bytes", state.max_body_bytes))
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("bad request body: {e}")))
+}
+
+/// A run slot: at once when one is free, after a wait in the queue otherwise; the 429 (or
+/// 503 when shutting down) answer when the queue is full.
+async fn run_slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+    if let Ok(slot) = state.slots.clone().try_acquire_owned() {
+        return Ok(slot);
+    }
+    // Counted while waiting, uncounted on every way out: a client that gives up while queued
+    // drops this future and with it the guard.
+    let Some(_queued) = QueueTicket::take(state) else {
+        return Err(too_many("all run slots and the queue are busy; retry"));
+    };
+    state
+        .slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()).into_response())
+}
+
+/// A 429 answer with `Retry-After: 1`.
+fn too_many(message: &str) -> Response {
+    let mut response = ApiError(StatusCode::TOO_MANY_REQUESTS, message.into()).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 /// A place in the queue for a run slot, given back when dropped.
@@ -370,22 +427,37 @@ fn to_request(body: ExecBody, defaults: &Limits) -> Result<ExecRequest, ApiError
     request.stdin = body.stdin.into_bytes();
     request.env = body.env;
     request.return_files = body.return_files;
-    request.limits = Limits {
-        timeout_ms: body.limits.timeout_ms.unwrap_or(defaults.timeout_ms),
-        fuel: body.limits.fuel.unwrap_or(defaults.fuel),
-        memory_mb: body.limits.memory_mb.unwrap_or(defaults.memory_mb),
-        max_output_bytes: body.limits.max_output_bytes.unwrap_or(defaults.max_output_bytes),
-        disk_mb: body.limits.disk_mb.unwrap_or(defaults.disk_mb),
-        max_files: body.limits.max_files.unwrap_or(defaults.max_files),
-    };
-    for file in body.files {
-        let content = match file.encoding {
-            Encoding::Utf8 => file.content.into_bytes(),
-            Encoding::Base64 => base64::engine::general_purpose::STANDARD
-                .decode(file.content.as_bytes())
-                .map_err(|e| bad_request(format!("file {:?}: bad base64: {e}", file.path)))?,
-        };
-        request.files.push(InputFile { path: file.path, content });
-    }
+    request.limits = body.limits.or(defaults);
+    request.files = to_files(body.files)?;
     Ok(request)
+}
+
+impl LimitsBody {
+    /// The limits sent, each left out taken from `defaults`.
+    fn or(&self, defaults: &Limits) -> Limits {
+        Limits {
+            timeout_ms: self.timeout_ms.unwrap_or(defaults.timeout_ms),
+            fuel: self.fuel.unwrap_or(defaults.fuel),
+            memory_mb: self.memory_mb.unwrap_or(defaults.memory_mb),
+            max_output_bytes: self.max_output_bytes.unwrap_or(defaults.max_output_bytes),
+            disk_mb: self.disk_mb.unwrap_or(defaults.disk_mb),
+            max_files: self.max_files.unwrap_or(defaults.max_files),
+        }
+    }
+}
+
+/// The input files as sent, decoded.
+fn to_files(files: Vec<FileBody>) -> Result<Vec<InputFile>, ApiError> {
+    files
+        .into_iter()
+        .map(|file| {
+            let content = match file.encoding {
+                Encoding::Utf8 => file.content.into_bytes(),
+                Encoding::Base64 => base64::engine::general_purpose::STANDARD
+                    .decode(file.content.as_bytes())
+                    .map_err(|e| bad_request(format!("file {:?}: bad base64: {e}", file.path)))?,
+            };
+            Ok(InputFile { path: file.path, content })
+        })
+        .collect()
 }

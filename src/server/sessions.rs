@@ -1,0 +1,461 @@
+//! The sessions' routes: `POST /v1/sessions`, `GET /v1/sessions`, `GET|DELETE
+//! /v1/sessions/{id}`, `POST /v1/sessions/{id}/exec`; and the table that holds them, with the
+//! reaper that ends idle and old ones.
+//!
+//! A session's turn takes a run slot like any run. One turn at a time per session: a second
+//! gets 409. A session a turn ended (timeout, out of fuel, a trap, an exit) releases its guest
+//! and scratch directory at once and answers 410 until its idle timeout passes; then, like a
+//! session that expired, it is gone (404).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{bad_request, read_json, run_slot, to_files, too_many, ApiError, AppState, FileBody, LimitsBody};
+use crate::request::{Language, Limits};
+use crate::session::{Session, SessionOptions, TurnRequest};
+
+/// The routes, to merge behind the token check.
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/sessions", post(create).get(list))
+        .route("/v1/sessions/{id}", get(show).delete(close))
+        .route("/v1/sessions/{id}/exec", post(turn))
+}
+
+/// The request body of `POST /v1/sessions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    language: String,
+    #[serde(default)]
+    files: Vec<FileBody>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    limits: LimitsBody,
+    idle_timeout_ms: Option<u64>,
+    max_lifetime_ms: Option<u64>,
+}
+
+/// The request body of `POST /v1/sessions/{id}/exec`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TurnBody {
+    code: String,
+    #[serde(default)]
+    stdin: String,
+    #[serde(default)]
+    files: Vec<FileBody>,
+    #[serde(default)]
+    limits: LimitsBody,
+    #[serde(default)]
+    return_files: bool,
+}
+
+/// A session as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+struct View {
+    id: Uuid,
+    language: Language,
+    /// RFC 3339, UTC.
+    created_at: String,
+    /// When its lifetime ends, RFC 3339, UTC.
+    expires_at: String,
+    idle_timeout_ms: u64,
+    max_lifetime_ms: u64,
+    turns: u64,
+    idle_ms: u64,
+    /// Linear memory its guest held after its last turn (0 for shell).
+    memory_bytes: u64,
+    /// `idle`, `busy` (a turn runs) or `ended`.
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended: Option<String>,
+    /// The limits a turn gets when it gives none.
+    limits: Limits,
+}
+
+/// What the table knows of a session without taking its lock (a turn may hold it).
+struct Entry {
+    session: Arc<tokio::sync::Mutex<Option<Session>>>,
+    language: Language,
+    limits: Limits,
+    created: Instant,
+    created_at: SystemTime,
+    idle_timeout: Duration,
+    max_lifetime: Duration,
+    turns: u64,
+    last_used: Instant,
+    memory_bytes: u64,
+    /// Why and when it ended; then it holds nothing and answers 410 until its idle timeout.
+    ended: Option<(String, Instant)>,
+}
+
+impl Entry {
+    /// Whether the table should forget it at `now`: idle or too old while alive, or ended an
+    /// idle timeout ago.
+    fn expired(&self, now: Instant) -> bool {
+        match &self.ended {
+            Some((_, at)) => now.saturating_duration_since(*at) >= self.idle_timeout,
+            None => {
+                now.saturating_duration_since(self.last_used) >= self.idle_timeout
+                    || now.saturating_duration_since(self.created) >= self.max_lifetime
+            }
+        }
+    }
+
+    fn view(&self, id: Uuid, now: Instant) -> View {
+        let busy = self.session.try_lock().is_err();
+        View {
+            id,
+            language: self.language,
+            created_at: rfc3339(self.created_at),
+            expires_at: rfc3339(self.created_at + self.max_lifetime),
+            idle_timeout_ms: millis(self.idle_timeout),
+            max_lifetime_ms: millis(self.max_lifetime),
+            turns: self.turns,
+            idle_ms: if busy { 0 } else { millis(now.saturating_duration_since(self.last_used)) },
+            memory_bytes: self.memory_bytes,
+            state: match (&self.ended, busy) {
+                (Some(_), _) => "ended",
+                (None, true) => "busy",
+                (None, false) => "idle",
+            },
+            ended: self.ended.as_ref().map(|(why, _)| why.clone()),
+            limits: self.limits,
+        }
+    }
+}
+
+/// The server's sessions.
+pub(super) struct Sessions {
+    table: Mutex<Table>,
+    max: usize,
+    idle_timeout: Duration,
+    lifetime: Duration,
+}
+
+struct Table {
+    entries: HashMap<Uuid, Entry>,
+    /// Places taken by sessions being started.
+    starting: usize,
+}
+
+impl Table {
+    fn alive(&self) -> usize {
+        self.entries.values().filter(|e| e.ended.is_none()).count()
+    }
+}
+
+impl Sessions {
+    pub(super) fn new(max: usize, idle_timeout: Duration, lifetime: Duration) -> Sessions {
+        Sessions { table: Mutex::new(Table { entries: HashMap::new(), starting: 0 }), max, idle_timeout, lifetime }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets every session and ends them all; how many there were. For shutdown.
+    pub(super) fn close_all(&self) -> usize {
+        let entries: Vec<Entry> = self.lock().entries.drain().map(|(_, e)| e).collect();
+        let count = entries.len();
+        for entry in entries {
+            // A turn still running (past the shutdown grace) holds its session; it is dropped
+            // when that turn ends. Otherwise the session ends here.
+            if let Ok(mut session) = entry.session.try_lock() {
+                session.take();
+            }
+        }
+        count
+    }
+
+    /// Removes the expired entries, except those a turn holds, and returns their sessions for
+    /// the caller to drop off the async workers.
+    fn reap(&self, now: Instant) -> Vec<Option<Session>> {
+        let mut table = self.lock();
+        let expired: Vec<Uuid> = table.entries.iter().filter(|(_, e)| e.expired(now)).map(|(id, _)| *id).collect();
+        let mut ended = Vec::new();
+        for id in expired {
+            let held = table.entries.get(&id).and_then(|e| e.session.clone().try_lock_owned().ok());
+            if let Some(mut guard) = held {
+                ended.push(guard.take());
+                table.entries.remove(&id);
+            }
+        }
+        ended
+    }
+
+    /// The gauges' values: sessions alive and the memory their guests hold.
+    fn gauges(&self) -> (usize, u64) {
+        let table = self.lock();
+        let memory = table.entries.values().filter(|e| e.ended.is_none()).map(|e| e.memory_bytes).sum();
+        (table.alive(), memory)
+    }
+}
+
+/// Ends idle and old sessions about once a second, off the request path, for as long as the
+/// server's state lives.
+pub(super) fn start_reaper(state: &Arc<AppState>) {
+    let weak = Arc::downgrade(state);
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        // Outside a runtime (a router built for a test without one) expiry is still enforced
+        // when a session is next used.
+        return;
+    };
+    handle.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(state) = weak.upgrade() else { return };
+            let ended = state.sessions.reap(Instant::now());
+            if !ended.is_empty() {
+                tracing::info!(count = ended.len(), "ended idle or expired sessions");
+                // Dropping a session removes its scratch directory: file system work.
+                let _ = tokio::task::spawn_blocking(move || drop(ended)).await;
+            }
+            let (alive, memory) = state.sessions.gauges();
+            state.metrics.set_sessions(alive, memory);
+        }
+    });
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("no session {id} (never made, closed, or ended by its idle timeout or lifetime)"))
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| not_found(id))
+}
+
+/// A duration asked for in milliseconds, at most `ceiling`; `ceiling` when not asked.
+fn duration(asked: Option<u64>, ceiling: Duration, name: &str) -> Result<Duration, ApiError> {
+    match asked {
+        None => Ok(ceiling),
+        Some(0) => Err(bad_request(format!("{name} must be above zero"))),
+        Some(ms) if Duration::from_millis(ms) > ceiling => {
+            Err(bad_request(format!("{name} = {ms} is above the server's ceiling of {}", millis(ceiling))))
+        }
+        Some(ms) => Ok(Duration::from_millis(ms)),
+    }
+}
+
+async fn create(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+    let body: CreateBody = read_json(&state, body).await?;
+    let language: Language = body.language.parse().map_err(|e: crate::RequestError| bad_request(e.to_string()))?;
+    let sessions = &state.sessions;
+    let options = SessionOptions {
+        files: to_files(body.files)?,
+        env: body.env,
+        limits: body.limits.or(&state.defaults),
+        idle_timeout: duration(body.idle_timeout_ms, sessions.idle_timeout, "idle_timeout_ms")?,
+        max_lifetime: duration(body.max_lifetime_ms, sessions.lifetime, "max_lifetime_ms")?,
+    };
+    // Checked here for a 400; `Sandbox::session` checks again.
+    let check = crate::ExecRequest { files: Vec::new(), env: options.env.clone(), limits: options.limits, ..crate::ExecRequest::new(language, "") };
+    check.validate(&state.ceiling).map_err(|e| bad_request(e.to_string()))?;
+    let Some(place) = Place::take(&state) else {
+        return Ok(too_many(&format!("the server holds its maximum of {} sessions; close one or retry later", sessions.max)));
+    };
+    let slot = match run_slot(&state).await {
+        Ok(slot) => slot,
+        Err(busy) => return Ok(busy),
+    };
+    let worker = state.clone();
+    let started = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        worker.sandbox.session(language, &options)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("starting the session failed: {e}")))?;
+    let session = started.map_err(|e| {
+        let code = match e.status {
+            crate::Status::Rejected => StatusCode::BAD_REQUEST,
+            crate::Status::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            // The interpreter hit a limit while starting (a memory cap below its footprint).
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError(code, format!("the session could not start: {e}"))
+    })?;
+    let id = session.id();
+    let now = Instant::now();
+    let entry = Entry {
+        language,
+        limits: *session.limits(),
+        created: now,
+        created_at: session.created_at(),
+        idle_timeout: session.idle_timeout(),
+        max_lifetime: session.max_lifetime(),
+        turns: 0,
+        last_used: now,
+        memory_bytes: session.memory_bytes(),
+        ended: None,
+        session: Arc::new(tokio::sync::Mutex::new(Some(session))),
+    };
+    let view = entry.view(id, now);
+    place.fill(id, entry);
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// A place among `max_sessions` held while a session starts: filled by it, or given back.
+struct Place<'a> {
+    state: &'a AppState,
+}
+
+impl<'a> Place<'a> {
+    fn take(state: &'a AppState) -> Option<Place<'a>> {
+        let mut table = state.sessions.lock();
+        if table.alive() + table.starting >= state.sessions.max {
+            return None;
+        }
+        table.starting += 1;
+        Some(Place { state })
+    }
+
+    fn fill(self, id: Uuid, entry: Entry) {
+        let mut table = self.state.sessions.lock();
+        table.entries.insert(id, entry);
+        let (alive, memory) = (table.alive(), table.entries.values().map(|e| e.memory_bytes).sum());
+        drop(table);
+        self.state.metrics.set_sessions(alive, memory);
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        let mut table = self.state.sessions.lock();
+        table.starting = table.starting.saturating_sub(1);
+    }
+}
+
+async fn list(State(state): State<Arc<AppState>>) -> Json<Vec<View>> {
+    let now = Instant::now();
+    let table = state.sessions.lock();
+    let mut views: Vec<View> = table.entries.iter().filter(|(_, e)| !e.expired(now)).map(|(id, e)| e.view(*id, now)).collect();
+    views.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+    Json(views)
+}
+
+async fn show(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<View>, ApiError> {
+    let key = parse_id(&id)?;
+    let now = Instant::now();
+    let table = state.sessions.lock();
+    match table.entries.get(&key) {
+        Some(entry) if !entry.expired(now) => Ok(Json(entry.view(key, now))),
+        _ => Err(not_found(&id)),
+    }
+}
+
+async fn close(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let key = parse_id(&id)?;
+    let entry = state.sessions.lock().entries.remove(&key).ok_or_else(|| not_found(&id))?;
+    // A turn in progress ends by its own limits; the session ends when it does (the turn holds
+    // it). Otherwise its guest stops and its directory is removed before the answer.
+    let session = entry.session.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Ok(mut held) = session.try_lock() {
+            held.take();
+        }
+    })
+    .await;
+    tokio::spawn(close_when_idle(entry));
+    let (alive, memory) = state.sessions.gauges();
+    state.metrics.set_sessions(alive, memory);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Ends a closed session whose turn was still running when it was closed, once the turn ends.
+async fn close_when_idle(entry: Entry) {
+    let mut held = entry.session.lock_owned().await;
+    if held.is_some() {
+        let _ = tokio::task::spawn_blocking(move || held.take()).await;
+    }
+}
+
+async fn turn(State(state): State<Arc<AppState>>, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
+    let key = parse_id(&id)?;
+    let body: TurnBody = read_json(&state, body).await?;
+    let session = {
+        let mut table = state.sessions.lock();
+        let entry = table.entries.get(&key).ok_or_else(|| not_found(&id))?;
+        if entry.expired(Instant::now()) && entry.session.try_lock().is_ok() {
+            table.entries.remove(&key);
+            return Err(not_found(&id));
+        }
+        if let Some((why, _)) = &entry.ended {
+            return Err(ApiError(StatusCode::GONE, format!("the session has ended: {why}")));
+        }
+        if body.limits.memory_mb.is_some_and(|m| m != entry.limits.memory_mb) {
+            return Err(bad_request(format!("memory_mb is the session's ({} MiB) and cannot change in a turn", entry.limits.memory_mb)));
+        }
+        entry.session.clone()
+    };
+    let Ok(mut held) = session.try_lock_owned() else {
+        return Err(ApiError(StatusCode::CONFLICT, "a turn of this session is running; one turn at a time".into()));
+    };
+    let Some(live) = held.as_ref() else {
+        return Err(ApiError(StatusCode::GONE, "the session has ended".into()));
+    };
+    let turn = TurnRequest {
+        code: body.code,
+        stdin: body.stdin.into_bytes(),
+        files: to_files(body.files)?,
+        limits: Some(body.limits.or(live.limits())),
+        return_files: body.return_files,
+    };
+    let request = live.request(turn).map_err(bad_request)?;
+    let slot = match run_slot(&state).await {
+        Ok(slot) => slot,
+        Err(busy) => return Ok(busy),
+    };
+    let worker = state.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let Some(session) = held.as_mut() else {
+            return Err(ApiError(StatusCode::GONE, "the session has ended".into()));
+        };
+        let result = {
+            let _in_flight = worker.metrics.start_run();
+            session.run_request(&request)
+        };
+        worker.metrics.record_turn(&result);
+        let ended = session.ended().map(str::to_owned);
+        let (turns, memory_bytes) = (session.turns(), session.memory_bytes());
+        if ended.is_some() {
+            // Its guest and directory are released already; drop the rest too.
+            held.take();
+        }
+        let mut table = worker.sessions.lock();
+        if let Some(entry) = table.entries.get_mut(&key) {
+            entry.turns = turns;
+            entry.last_used = Instant::now();
+            entry.memory_bytes = memory_bytes;
+            if let Some(why) = ended {
+                entry.ended = Some((why, Instant::now()));
+            }
+        }
+        Ok(result)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the turn failed: {e}")))??;
+    Ok(Json(result).into_response())
+}
