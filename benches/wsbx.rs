@@ -10,7 +10,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use wsbx::{ExecRequest, Language, Sandbox, SandboxConfig, Status};
+use wsbx::{ExecRequest, Language, Sandbox, SandboxConfig, SessionOptions, Status, TurnRequest};
 
 struct Row {
     what: String,
@@ -285,6 +285,138 @@ fn phases(sandbox: &Sandbox, language: Language, code: &str, runs: usize) -> Str
     )
 }
 
+/// A session's later turns (`x += 1`, in the state the earlier ones left) and its start with a
+/// first turn, in-process.
+fn session_turns(sandbox: &Sandbox, language: Language, runs: usize) -> Vec<Row> {
+    let (init, step, hello) = match language {
+        Language::Python => ("x = 0", "x += 1; print(x)", "print(\"hello\")"),
+        _ => ("var x = 0", "x += 1; console.log(x)", "console.log(1+1)"),
+    };
+    let options = SessionOptions { limits: wsbx::Limits { timeout_ms: 60_000, ..Default::default() }, ..Default::default() };
+    let mut session = sandbox.session(language, &options).expect("session starts");
+    assert_eq!(session.run(&TurnRequest::new(init)).status, Status::Ok);
+    let turn = TurnRequest::new(step);
+    for _ in 0..20 {
+        session.run(&turn);
+    }
+    let (p50, p99) = measure(runs, Duration::ZERO, || {
+        let r = session.run(&turn);
+        assert_eq!(r.status, Status::Ok, "{r:?}");
+    });
+    let memory = session.memory_bytes();
+    drop(session);
+    let later = Row {
+        what: format!("{language} session, later turn `{step}`, in-process"),
+        runs,
+        p50,
+        p99,
+        note: format!("guest linear memory {:.1} MiB", memory as f64 / (1 << 20) as f64),
+    };
+    // Start + first turn, each session dropped untimed before the next (after a gap that lets
+    // the warm pool refill, as a one-shot prepared run gets).
+    let n = runs.min(100);
+    let first_turn = TurnRequest::new(hello);
+    let mut times: Vec<Duration> = (0..n)
+        .map(|_| {
+            std::thread::sleep(pause(language));
+            let t = Instant::now();
+            let mut s = sandbox.session(language, &options).expect("session starts");
+            let r = s.run(&first_turn);
+            let took = t.elapsed();
+            assert_eq!(r.status, Status::Ok, "{r:?}");
+            took
+        })
+        .collect();
+    times.sort();
+    let first = Row {
+        what: format!("{language} session start + first turn `{hello}`, in-process (prepared guests)"),
+        runs: n,
+        p50: percentile(&times, 0.5),
+        p99: percentile(&times, 0.99),
+        note: String::new(),
+    };
+    vec![later, first]
+}
+
+/// Resident memory of a process, in bytes (VmRSS).
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Later turns over HTTP, and the server's resident memory per idle Python session.
+fn http_sessions(runs: usize) -> Vec<Row> {
+    let server = Server::start();
+    let base = server.1.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
+    let client = reqwest::Client::new();
+    let create = |language: &str| -> String {
+        let v: serde_json::Value = rt
+            .block_on(async { client.post(format!("{base}/v1/sessions")).json(&serde_json::json!({"language": language})).send().await?.json().await })
+            .expect("session created");
+        v["id"].as_str().expect("id").to_owned()
+    };
+    let turn = |id: &str, code: &str| -> serde_json::Value {
+        rt.block_on(async { client.post(format!("{base}/v1/sessions/{id}/exec")).json(&serde_json::json!({"code": code})).send().await?.json().await })
+            .expect("turn answered")
+    };
+    let mut rows = Vec::new();
+    for (language, init, step) in [("python", "x = 0", "x += 1; print(x)"), ("javascript", "var x = 0", "x += 1; console.log(x)")] {
+        let id = create(language);
+        turn(&id, init);
+        for _ in 0..20 {
+            turn(&id, step);
+        }
+        let mut trip = Vec::with_capacity(runs);
+        let (p50, p99) = measure(runs, Duration::ZERO, || {
+            let started = Instant::now();
+            let v = turn(&id, step);
+            assert_eq!(v["status"], "ok", "{v}");
+            trip.push(started.elapsed().as_secs_f64() * 1000.0 - v["wall_ms"].as_f64().unwrap_or(0.0));
+        });
+        trip.sort_by(f64::total_cmp);
+        let note = format!("round trip minus guest: p50 {:.3} ms", trip[trip.len() / 2]);
+        rows.push(Row { what: format!("{language} session, later turn `{step}`, HTTP round trip"), runs, p50, p99, note });
+        rt.block_on(async { client.delete(format!("{base}/v1/sessions/{id}")).send().await }).expect("deleted");
+    }
+    // Resident memory per idle session: 50 Python sessions, each having run a turn; then the
+    // same after each imported pandas (its pages are the session's own once touched).
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = server.0.id();
+    let before = rss(pid);
+    let ids: Vec<String> = (0..50).map(|_| create("python")).collect();
+    for id in &ids {
+        turn(id, "x = 1");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let plain = rss(pid);
+    for id in &ids {
+        turn(id, "import pandas as pd; df = pd.DataFrame({'a': [1, 2, 3]})");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pandas = rss(pid);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    rows.push(Row {
+        what: "50 idle python sessions held by the server: resident memory per session".into(),
+        runs: 50,
+        p50: Duration::ZERO,
+        p99: Duration::ZERO,
+        note: format!(
+            "{:.2} MiB each after `x = 1`; {:.2} MiB each after `import pandas` + a DataFrame (server RSS {:.0} -> {:.0} -> {:.0} MiB)",
+            mib(plain.saturating_sub(before)) / 50.0,
+            mib(pandas.saturating_sub(before)) / 50.0,
+            mib(before),
+            mib(plain),
+            mib(pandas)
+        ),
+    });
+    rows
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
@@ -316,6 +448,9 @@ fn main() {
         ("shell process", Box::new(|| vec![process(Language::Shell, "echo hi", 30)])),
         ("shell firejail", Box::new(|| vec![bare_firejail(30)])),
         ("python javascript HTTP", Box::new(|| http(runs.max(200)))),
+        ("python session library", Box::new(|| session_turns(&warm, Language::Python, runs))),
+        ("javascript session library", Box::new(|| session_turns(&warm, Language::Javascript, runs))),
+        ("python javascript session HTTP", Box::new(|| http_sessions(runs))),
     ];
     let rows: Vec<Row> = benches.iter().filter(|(label, _)| wanted(label)).flat_map(|(_, bench)| bench()).collect();
     println!("| what | runs | p50 ms | p99 ms | note |");

@@ -30,7 +30,8 @@ enum Command {
     Exec(ExecArgs),
     /// Serve the HTTP API.
     Serve(ServeArgs),
-    /// A session from the terminal: each entered block runs as a turn in one live guest.
+    /// A session from the terminal: each entered block runs as a turn, in the state earlier
+    /// turns left (Python and JavaScript: variables and functions; every language: /scratch).
     Repl(ReplArgs),
     /// Install or list the pinned interpreters.
     Runtime {
@@ -460,6 +461,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         disk_mb: args.max_disk,
         max_files: Limits::CEILING.max_files,
     };
+    warn_if_sessions_can_outgrow_memory(&config);
     // Before anything builds the wasm engine: its pool must hold the sessions too.
     if let Err(e) = wsbx::backend::wasm::engine::set_pool_instances(config.pool_instances()) {
         tracing::warn!("{e}");
@@ -503,6 +505,31 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// Sessions hold their memory and their scratch tmpfs while idle: say at start when the flags
+/// let them hold more than the machine has.
+fn warn_if_sessions_can_outgrow_memory(config: &wsbx::server::ServeConfig) {
+    // SAFETY: sysinfo fills the struct it is given.
+    let total = unsafe {
+        let mut info: libc::sysinfo = std::mem::zeroed();
+        if libc::sysinfo(&mut info) != 0 {
+            return;
+        }
+        (info.totalram as u64).saturating_mul(u64::from(info.mem_unit))
+    };
+    let per_session = (config.ceiling.memory_mb + config.ceiling.disk_mb) << 20;
+    let worst = per_session.saturating_mul(config.max_sessions as u64);
+    if worst > total {
+        eprintln!(
+            "wsbx: warning: {} sessions at --max-memory {} MiB and --max-disk {} MiB could hold {} GiB, more than this machine's {} GiB; lower --max-sessions, --max-memory or --max-disk",
+            config.max_sessions,
+            config.ceiling.memory_mb,
+            config.ceiling.disk_mb,
+            worst >> 30,
+            total >> 30
+        );
+    }
 }
 
 fn runtime(action: RuntimeAction) -> ExitCode {

@@ -193,8 +193,8 @@ impl Session {
     /// the session's id and the turn's number (from 1; every call counts, refused ones too).
     ///
     /// The turn's limits bound it alone (fuel, deadline, output, disk); memory is the
-    /// session's. A turn that ends by `timeout` or `out_of_fuel`, or that traps or exits the
-    /// interpreter, ends the session: its guest and scratch directory are released at once and
+    /// session's. A turn that ends by `timeout`, `out_of_fuel` or `internal_error`, or that
+    /// traps or exits the interpreter, ends the session: its guest and scratch directory are released at once and
     /// later turns are refused. An exception (or a `MemoryError`) does not.
     pub fn run(&mut self, turn: &TurnRequest) -> ExecResult {
         match self.request(turn.clone()) {
@@ -258,6 +258,9 @@ impl Session {
         self.last_used = Instant::now();
         let ended = self.live.as_ref().and_then(|live| live.ended()).map(str::to_owned).or_else(|| match result.status {
             Status::Timeout | Status::OutOfFuel => Some(format!("turn {} ended by {}", self.turns, result.status)),
+            // A kept directory the sandbox can no longer start in (a shell guest made it
+            // unusable) would fail every later turn the same way.
+            Status::InternalError => Some(format!("turn {} failed: {}", self.turns, result.detail.as_deref().unwrap_or("internal error"))),
             _ if self.scratch.is_none() => Some("its scratch directory was lost".into()),
             _ => None,
         });

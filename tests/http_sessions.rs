@@ -257,3 +257,33 @@ async fn http_sigterm_removes_every_sessions_scratch_directory() {
     let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// Every place `--max-sessions` allows is usable by a Python session (whose guest holds two of
+/// the engine's memory slots: its linear memory and its exceptions' GC heap), and one-shot runs
+/// still find room while the sessions are all alive.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_max_sessions_python_sessions_fit_beside_one_shot_runs() {
+    let server = Server::start(&["--max-sessions", "40"]);
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        let (status, v) = create(&client, &server, json!({"language": "python"})).await;
+        assert_eq!(status, 201, "session {}: {v}", ids.len() + 1);
+        let s = id(&v);
+        let (_, raised) = turn(&client, &server, &s, json!({"code": "try:\n    raise ValueError()\nexcept ValueError:\n    print('caught')"})).await;
+        assert_eq!(raised["stdout"], "caught\n", "{raised}");
+        ids.push(s);
+    }
+    let (status, v) = create(&client, &server, json!({"language": "python"})).await;
+    assert_eq!(status, 429, "{v}");
+    for _ in 0..4 {
+        let (status, v) = post(&client, server.url("/v1/exec"), json!({"language": "python", "code": "print('one-shot')"})).await;
+        assert_eq!((status, v["stdout"].as_str()), (200, Some("one-shot\n")), "{v}");
+    }
+    // One spelling per id: no uppercase, braces or URN forms of a live session.
+    let upper = ids[0].to_uppercase();
+    let (status, _) = get(&client, &server, &format!("/v1/sessions/{upper}")).await;
+    assert_eq!(status, 404);
+    let (status, _) = get(&client, &server, &format!("/v1/sessions/urn:uuid:{}", ids[0])).await;
+    assert_eq!(status, 404);
+}

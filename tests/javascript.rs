@@ -92,6 +92,22 @@ fn javascript_top_level_await_and_imports_run_as_a_module() {
     assert_eq!(r.stdout, "function\n");
 }
 
+/// Code that can be a classic script runs as one (as documented, and as node runs a file):
+/// sloppy mode, `this` is the global object. Only code that cannot be a script is a module.
+#[test]
+fn javascript_plain_code_runs_as_a_script() {
+    let r = javascript("undeclared = 5; console.log(typeof this, this === globalThis, undeclared)");
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.stdout, "object true 5\n");
+    let r = javascript("export const x = 1; console.log(typeof this)");
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.stdout, "undefined\n", "a module's top-level this");
+    // A SyntaxError that no module would fix is reported once, as a SyntaxError.
+    let r = javascript("import x from; await 1");
+    assert_status(&r, Status::Error);
+    assert!(r.stderr.contains("SyntaxError"), "{}", r.stderr);
+}
+
 #[test]
 fn javascript_process_exit_sets_the_exit_code() {
     let r = javascript("console.log('bye'); process.exit(4)");

@@ -234,3 +234,27 @@ fn a_planted_link_never_carries_a_turns_input_outside() {
     }
     assert!(s.ended().is_none(), "a refused turn does not end the session");
 }
+
+/// A shell guest that takes its own rights to /scratch away must not break every later turn.
+#[test]
+fn a_shell_guest_cannot_lock_its_session_out_of_its_directory() {
+    let mut s = start(Language::Shell);
+    assert_status(&turn(&mut s, "echo kept > f; chmod 000 /scratch"), Status::Ok);
+    let after = turn(&mut s, "cat f");
+    assert_status(&after, Status::Ok);
+    assert_eq!(after.stdout, "kept\n");
+}
+
+/// A turn may not shrink the directory below what it holds: refused with a message that says
+/// so (and no host path), and the session goes on.
+#[test]
+fn a_turn_whose_disk_quota_is_below_the_directorys_contents_is_refused() {
+    let mut s = start(Language::Python);
+    assert_status(&turn(&mut s, "open('/scratch/big', 'wb').write(b'x' * (3 << 20))"), Status::Ok);
+    let limits = Limits { disk_mb: 1, ..*s.limits() };
+    let refused = s.run(&TurnRequest { limits: Some(limits), ..TurnRequest::new("print(1)") });
+    assert_status(&refused, Status::Rejected);
+    let detail = refused.detail.clone().unwrap_or_default();
+    assert!(detail.contains("holds") && !detail.contains("/tmp"), "{detail}");
+    assert_status(&turn(&mut s, "print(1)"), Status::Ok);
+}

@@ -7,11 +7,11 @@
  *                                 host keeps guests warm
  *   wsbx_alloc(len) -> ptr        room for the program's UTF-8 text (0 when out of memory)
  *   wsbx_run(ptr, len, mode)      runs it; returns the exit status (mode: 0 detect, 1 script,
- *                                 2 module, 3 turn). `process.exit(n)` ends the instance with
+ *                                 2 module, 3 a session's turn). `process.exit(n)` ends the instance with
  *                                 status n. It frees the program's text.
  *
- * A program is run as a classic script unless it is asked to be a module or looks like one
- * (`import`/`export`, or a top-level `await` that a script cannot hold). Then the job queue and
+ * A program is run as a classic script unless it is asked to be a module or cannot be a script
+ * (it has `import`/`export`, or a top-level `await` that a script cannot hold). Then the job queue and
  * the timers run until nothing is left.
  *
  * A session calls wsbx_run again and again on one instance, each call a turn (mode 3) in the
@@ -277,14 +277,14 @@ int wsbx_run(char *code, size_t len, int mode)
     code[len] = '\0';
     if (mode == 3)
         JS_SetHostPromiseRejectionTracker(the_rt, turn_tracker, NULL);
-    int module = mode == 2 || (mode == 0 && JS_DetectModule(code, len));
-    if (module) {
+    if (mode == 2) {
         val = eval_module(the_ctx, code, len, name);
     } else {
         val = JS_Eval(the_ctx, code, len, name, JS_EVAL_TYPE_GLOBAL);
-        /* A top-level await (or, in a turn, an import or export) is a SyntaxError in a script:
-         * run it as the module it is. Nothing of the script ran: it did not compile. */
-        int could_be_module = strstr(code, "await") || (mode == 3 && (strstr(code, "import") || strstr(code, "export")));
+        /* `import`, `export` or a top-level `await` is a SyntaxError in a script: run it as the
+         * module it is. Nothing of the script ran: it did not compile. (Cheaper than asking
+         * JS_DetectModule first, which parses the program in a runtime of its own.) */
+        int could_be_module = strstr(code, "await") || strstr(code, "import") || strstr(code, "export");
         if (JS_IsException(val) && (mode == 0 || mode == 3) && could_be_module && pending_syntax_error(the_ctx)) {
             JS_FreeValue(the_ctx, JS_GetException(the_ctx));
             val = eval_module(the_ctx, code, len, name);

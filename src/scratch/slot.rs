@@ -49,11 +49,20 @@ impl<'a> ScratchSlot<'a> {
     /// happens, the directory is in the slot for [`ScratchSlot::into_scratch`] to give back.
     pub fn keep(root: &'a Path, quota: Quota, inputs: &'a [InputFile], kept: Scratch) -> (ScratchSlot<'a>, Result<(), SlotError>) {
         let started = Instant::now();
+        // An earlier run may have taken the owner's rights away (`chmod 000 /scratch`): the
+        // root is the run's again, as when made. (Its path is the host's: a guest cannot swap
+        // the directory itself.)
+        let _ = std::fs::set_permissions(kept.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700));
         let ready = kept
             .set_quota(quota)
-            .map_err(|e| SlotError {
+            .map_err(|_| SlotError {
                 status: Status::Rejected,
-                detail: format!("the scratch directory does not fit this run's disk_mb and max_files: {e}"),
+                // The kernel refuses to shrink a tmpfs below what it holds.
+                detail: format!(
+                    "the scratch directory holds {} bytes: more than this run's disk_mb = {} or max_files allows; remove files or raise them",
+                    kept.disk_bytes(),
+                    quota.bytes >> 20
+                ),
             })
             .and_then(|()| kept.write_inputs(inputs).map_err(inputs_error));
         let slot = ScratchSlot { root, quota, inputs, scratch: Some(kept), spent: started.elapsed(), adopted: false, kept: true };

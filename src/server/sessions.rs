@@ -240,11 +240,18 @@ fn millis(d: Duration) -> u64 {
 }
 
 fn not_found(id: &str) -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, format!("no session {id} (never made, closed, or ended by its idle timeout or lifetime)"))
+    // An id is 36 characters; never echo more than that of what a client sent.
+    let shown: String = id.chars().take(36).collect();
+    ApiError(StatusCode::NOT_FOUND, format!("no session {shown} (never made, closed, or ended by its idle timeout or lifetime)"))
 }
 
+/// An id exactly as the server writes it (lowercase, hyphenated): one spelling per session, so
+/// a proxy's rules on paths cannot be sidestepped with `{…}`, `urn:uuid:` or uppercase forms.
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| not_found(id))
+    match Uuid::try_parse(id) {
+        Ok(uuid) if uuid.hyphenated().to_string() == id => Ok(uuid),
+        _ => Err(not_found(id)),
+    }
 }
 
 /// A duration asked for in milliseconds, at most `ceiling`; `ceiling` when not asked.

@@ -44,9 +44,10 @@ static POOL_SIZE: AtomicU32 = AtomicU32::new(POOL_INSTANCES);
 /// depend on it.
 pub fn set_pool_instances(instances: u32) -> Result<(), String> {
     POOL_SIZE.store(instances.max(1), Ordering::SeqCst);
+    let built = BUILT_POOL.load(Ordering::SeqCst);
     match SHARED_BUILT.load(Ordering::SeqCst) {
-        true => Err(format!("the wasm engine was built already with a pool of {} instances", BUILT_POOL.load(Ordering::SeqCst))),
-        false => Ok(()),
+        true if built < instances => Err(format!("the wasm engine was built already, with room for {built} guests, not {instances}")),
+        _ => Ok(()),
     }
 }
 
@@ -86,8 +87,11 @@ fn config(pool_instances: u32) -> Result<Config, wasmtime::Error> {
     config.memory_init_cow(true);
 
     let mut pool = PoolingAllocationConfig::new();
+    // A store that throws a wasm exception (CPython does, for every Python exception) gets a
+    // GC heap, which the pool backs with a slot of its memory pool: two memories per guest.
     pool.total_core_instances(pool_instances)
-        .total_memories(pool_instances)
+        .total_memories(pool_instances.saturating_mul(2))
+        .total_gc_heaps(pool_instances)
         .total_tables(pool_instances)
         .total_stacks(pool_instances)
         .max_memory_size(Limits::CEILING.memory_bytes() as usize)

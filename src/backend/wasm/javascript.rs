@@ -60,7 +60,7 @@ fn prepare(store: &mut Store<GuestState>, instance: &Instance) -> wasmtime::Resu
 #[derive(Clone, Copy)]
 #[repr(i32)]
 enum Mode {
-    /// A script unless it looks like a module: a one-shot run.
+    /// A script unless it cannot be one (then a module): a one-shot run.
     Detect = 0,
     /// A script whose declarations stay for the next turn, a module only when it must be.
     Turn = 3,
