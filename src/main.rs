@@ -30,6 +30,9 @@ enum Command {
     Exec(ExecArgs),
     /// Serve the HTTP API.
     Serve(ServeArgs),
+    /// Serve the Model Context Protocol on stdin/stdout (tools run_python, run_javascript,
+    /// run_shell, create_session, close_session), with `serve`'s default limits.
+    Mcp,
     /// A session from the terminal: each entered block runs as a turn, in the state earlier
     /// turns left (Python and JavaScript: variables and functions; every language: /scratch).
     Repl(ReplArgs),
@@ -198,6 +201,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => exec(args),
         Command::Serve(args) => serve(args),
         Command::Repl(args) => repl::run(args),
+        Command::Mcp => mcp(),
         Command::Runtime { action } => runtime(action),
     }
 }
@@ -529,6 +533,27 @@ fn warn_if_sessions_can_outgrow_memory(config: &wsbx::server::ServeConfig) {
             worst >> 30,
             total >> 30
         );
+    }
+}
+
+fn mcp() -> ExitCode {
+    let config = wsbx::server::ServeConfig::default();
+    if let Err(e) = wsbx::backend::wasm::engine::set_pool_instances(config.pool_instances()) {
+        tracing::warn!("{e}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(wsbx::GUEST_THREAD_STACK).build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("wsbx: internal_error: starting the async runtime: {e}");
+            return ExitCode::from(EXIT_INTERNAL);
+        }
+    };
+    match runtime.block_on(wsbx::server::serve_mcp_stdio(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsbx: error: {e}");
+            ExitCode::from(EXIT_INTERNAL)
+        }
     }
 }
 

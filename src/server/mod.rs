@@ -4,6 +4,7 @@
 //! Routes: `POST /v1/exec`, `GET /v1/runtimes`, the sessions' routes ([`sessions`]),
 //! `GET /healthz`, `GET /metrics`. Every failure answers `{"error": "..."}`.
 
+mod mcp;
 mod sessions;
 
 use std::collections::BTreeMap;
@@ -102,6 +103,9 @@ struct AppState {
     ceiling: Limits,
     defaults: Limits,
     sessions: sessions::Sessions,
+    /// Cancelled when the server shuts down: ends the MCP transport's open streams, which would
+    /// otherwise hold their connections past the graceful shutdown.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 /// The request body of `POST /v1/exec`.
@@ -156,7 +160,12 @@ struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        let mut response = (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::TOO_MANY_REQUESTS {
+            // Busy, not refused: the client may come back in a second.
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -197,12 +206,14 @@ fn app(config: ServeConfig) -> Result<(Router, Arc<AppState>), String> {
         ceiling,
         defaults,
         sessions: sessions::Sessions::new(config.max_sessions, config.session_idle_timeout, config.session_lifetime),
+        stop: tokio_util::sync::CancellationToken::new(),
     });
     sessions::start_reaper(&state);
     let api = Router::new()
         .route("/v1/exec", post(exec))
         .route("/v1/runtimes", get(runtimes))
         .merge(sessions::routes())
+        .nest_service("/mcp", mcp::http_service(&state))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let router = Router::new()
         .merge(api)
@@ -265,6 +276,7 @@ pub async fn serve(listener: tokio::net::TcpListener, config: ServeConfig) -> st
         });
     }
     tracing::info!("shutting down: finishing in-flight runs");
+    state.stop.cancel();
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
@@ -276,6 +288,16 @@ pub async fn serve(listener: tokio::net::TcpListener, config: ServeConfig) -> st
         tracing::info!(closed, "closed the sessions");
     }
     Ok(())
+}
+
+/// Serves the Model Context Protocol on stdin and stdout (`wsbx mcp`) until the client closes
+/// its end, with the same tools, limits and sessions as `/mcp`; then ends every session.
+pub async fn serve_mcp_stdio(config: ServeConfig) -> std::io::Result<()> {
+    let (_, state) = app(config).map_err(std::io::Error::other)?;
+    let served = mcp::serve_stdio(&state).await;
+    state.stop.cancel();
+    let _ = tokio::task::spawn_blocking(move || state.sessions.close_all()).await;
+    served
 }
 
 async fn shutdown_signal() {
@@ -344,17 +366,20 @@ async fn runtimes(State(state): State<Arc<AppState>>) -> Result<Response, ApiErr
 async fn exec(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
     let body: ExecBody = read_json(&state, body).await?;
     let request = to_request(body, &state.defaults)?;
+    Ok(Json(run_once(&state, request).await?).into_response())
+}
+
+/// Runs one request: checked against the ceilings, in a run slot, on the blocking pool. The one
+/// way a one-shot run goes, for HTTP and MCP alike.
+async fn run_once(state: &Arc<AppState>, request: ExecRequest) -> Result<crate::ExecResult, ApiError> {
     request.validate(&state.ceiling).map_err(|e| bad_request(e.to_string()))?;
-    let slot = match run_slot(&state).await {
-        Ok(slot) => slot,
-        Err(busy) => return Ok(busy),
-    };
+    let slot = run_slot(state).await?;
     let worker = state.clone();
     // Runs are CPU-bound and synchronous: keep them off the async workers. The slot and the
     // in-flight gauge go with the run, not with this handler: a client that disconnects does
     // not free a slot while its run goes on. The run itself is not stopped; it ends by its own
     // limits (its deadline at the latest).
-    let result = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let _in_flight = worker.metrics.start_run();
         let result = worker.sandbox.run(&request);
@@ -362,8 +387,7 @@ async fn exec(State(state): State<Arc<AppState>>, body: Body) -> Result<Response
         result
     })
     .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the run failed: {e}")))?;
-    Ok(Json(result).into_response())
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the run failed: {e}")))
 }
 
 /// Reads a JSON request body within the body timeout and size cap.
@@ -378,9 +402,9 @@ async fn read_json<T: serde::de::DeserializeOwned>(state: &AppState, body: Body)
     serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("bad request body: {e}")))
 }
 
-/// A run slot: at once when one is free, after a wait in the queue otherwise; the 429 (or
-/// 503 when shutting down) answer when the queue is full.
-async fn run_slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+/// A run slot: at once when one is free, after a wait in the queue otherwise; 429 when the
+/// queue is full, 503 when shutting down.
+async fn run_slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
     if let Ok(slot) = state.slots.clone().try_acquire_owned() {
         return Ok(slot);
     }
@@ -394,14 +418,12 @@ async fn run_slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit,
         .clone()
         .acquire_owned()
         .await
-        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()).into_response())
+        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))
 }
 
-/// A 429 answer with `Retry-After: 1`.
-fn too_many(message: &str) -> Response {
-    let mut response = ApiError(StatusCode::TOO_MANY_REQUESTS, message.into()).into_response();
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
+/// A 429 answer (with `Retry-After: 1`).
+fn too_many(message: &str) -> ApiError {
+    ApiError(StatusCode::TOO_MANY_REQUESTS, message.into())
 }
 
 /// A place in the queue for a run slot, given back when dropped.

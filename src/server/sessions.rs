@@ -64,8 +64,8 @@ struct TurnBody {
 
 /// A session as the API shows it.
 #[derive(Debug, Clone, Serialize)]
-struct View {
-    id: Uuid,
+pub(super) struct View {
+    pub(super) id: Uuid,
     language: Language,
     /// RFC 3339, UTC.
     created_at: String,
@@ -269,24 +269,44 @@ fn duration(asked: Option<u64>, ceiling: Duration, name: &str) -> Result<Duratio
 async fn create(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
     let body: CreateBody = read_json(&state, body).await?;
     let language: Language = body.language.parse().map_err(|e: crate::RequestError| bad_request(e.to_string()))?;
-    let sessions = &state.sessions;
-    let options = SessionOptions {
+    let asked = Asked {
         files: to_files(body.files)?,
         env: body.env,
-        limits: body.limits.or(&state.defaults),
-        idle_timeout: duration(body.idle_timeout_ms, sessions.idle_timeout, "idle_timeout_ms")?,
-        max_lifetime: duration(body.max_lifetime_ms, sessions.lifetime, "max_lifetime_ms")?,
+        limits: body.limits,
+        idle_timeout_ms: body.idle_timeout_ms,
+        max_lifetime_ms: body.max_lifetime_ms,
+    };
+    let view = start(&state, language, asked).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// What a client asks of a new session.
+#[derive(Debug, Default)]
+pub(super) struct Asked {
+    pub(super) files: Vec<crate::InputFile>,
+    pub(super) env: std::collections::BTreeMap<String, String>,
+    pub(super) limits: LimitsBody,
+    pub(super) idle_timeout_ms: Option<u64>,
+    pub(super) max_lifetime_ms: Option<u64>,
+}
+
+/// Starts a session and enters it in the table: the one way a session starts, for HTTP and MCP.
+pub(super) async fn start(state: &Arc<AppState>, language: Language, asked: Asked) -> Result<View, ApiError> {
+    let sessions = &state.sessions;
+    let options = SessionOptions {
+        files: asked.files,
+        env: asked.env,
+        limits: asked.limits.or(&state.defaults),
+        idle_timeout: duration(asked.idle_timeout_ms, sessions.idle_timeout, "idle_timeout_ms")?,
+        max_lifetime: duration(asked.max_lifetime_ms, sessions.lifetime, "max_lifetime_ms")?,
     };
     // Checked here for a 400; `Sandbox::session` checks again.
-    let check = crate::ExecRequest { files: Vec::new(), env: options.env.clone(), limits: options.limits, ..crate::ExecRequest::new(language, "") };
+    let check = crate::ExecRequest { env: options.env.clone(), limits: options.limits, ..crate::ExecRequest::new(language, "") };
     check.validate(&state.ceiling).map_err(|e| bad_request(e.to_string()))?;
-    let Some(place) = Place::take(&state) else {
-        return Ok(too_many(&format!("the server holds its maximum of {} sessions; close one or retry later", sessions.max)));
+    let Some(place) = Place::take(state) else {
+        return Err(too_many(&format!("the server holds its maximum of {} sessions; close one or retry later", sessions.max)));
     };
-    let slot = match run_slot(&state).await {
-        Ok(slot) => slot,
-        Err(busy) => return Ok(busy),
-    };
+    let slot = run_slot(state).await?;
     let worker = state.clone();
     let started = tokio::task::spawn_blocking(move || {
         let _slot = slot;
@@ -320,7 +340,7 @@ async fn create(State(state): State<Arc<AppState>>, body: Body) -> Result<Respon
     };
     let view = entry.view(id, now);
     place.fill(id, entry);
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    Ok(view)
 }
 
 /// A place among `max_sessions` held while a session starts: filled by it, or given back.
@@ -373,10 +393,15 @@ async fn show(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Res
 }
 
 async fn close(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let key = parse_id(&id)?;
-    let entry = state.sessions.lock().entries.remove(&key).ok_or_else(|| not_found(&id))?;
-    // A turn in progress ends by its own limits; the session ends when it does (the turn holds
-    // it). Otherwise its guest stops and its directory is removed before the answer.
+    end(&state, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Forgets session `id` and ends it: its guest stops and its directory is removed before this
+/// returns, unless a turn is running (it ends by its own limits; the session ends with it).
+pub(super) async fn end(state: &Arc<AppState>, id: &str) -> Result<(), ApiError> {
+    let key = parse_id(id)?;
+    let entry = state.sessions.lock().entries.remove(&key).ok_or_else(|| not_found(id))?;
     let session = entry.session.clone();
     let _ = tokio::task::spawn_blocking(move || {
         if let Ok(mut held) = session.try_lock() {
@@ -387,7 +412,7 @@ async fn close(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Re
     tokio::spawn(close_when_idle(entry));
     let (alive, memory) = state.sessions.gauges();
     state.metrics.set_sessions(alive, memory);
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(())
 }
 
 /// Ends a closed session whose turn was still running when it was closed, once the turn ends.
@@ -399,19 +424,44 @@ async fn close_when_idle(entry: Entry) {
 }
 
 async fn turn(State(state): State<Arc<AppState>>, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
-    let key = parse_id(&id)?;
     let body: TurnBody = read_json(&state, body).await?;
+    let files = to_files(body.files)?;
+    let result = run_turn(&state, &id, None, |limits| TurnRequest {
+        code: body.code,
+        stdin: body.stdin.into_bytes(),
+        files,
+        limits: Some(body.limits.or(limits)),
+        return_files: body.return_files,
+    }, body.limits.memory_mb)
+    .await?;
+    Ok(Json(result).into_response())
+}
+
+/// Runs a turn in session `id`: the one way a turn runs, for HTTP and MCP. `make` builds the
+/// turn from the session's limits; `memory_mb` is what the client asked for, if anything (it
+/// must be the session's); `language`, when given, must be the session's.
+pub(super) async fn run_turn(
+    state: &Arc<AppState>,
+    id: &str,
+    language: Option<Language>,
+    make: impl FnOnce(&Limits) -> TurnRequest,
+    memory_mb: Option<u64>,
+) -> Result<crate::ExecResult, ApiError> {
+    let key = parse_id(id)?;
     let session = {
         let mut table = state.sessions.lock();
-        let entry = table.entries.get(&key).ok_or_else(|| not_found(&id))?;
+        let entry = table.entries.get(&key).ok_or_else(|| not_found(id))?;
         if entry.expired(Instant::now()) && entry.session.try_lock().is_ok() {
             table.entries.remove(&key);
-            return Err(not_found(&id));
+            return Err(not_found(id));
         }
         if let Some((why, _)) = &entry.ended {
             return Err(ApiError(StatusCode::GONE, format!("the session has ended: {why}")));
         }
-        if body.limits.memory_mb.is_some_and(|m| m != entry.limits.memory_mb) {
+        if language.is_some_and(|l| l != entry.language) {
+            return Err(bad_request(format!("session {id} runs {}, not {}", entry.language, language.map_or("", |l| l.as_str()))));
+        }
+        if memory_mb.is_some_and(|m| m != entry.limits.memory_mb) {
             return Err(bad_request(format!("memory_mb is the session's ({} MiB) and cannot change in a turn", entry.limits.memory_mb)));
         }
         entry.session.clone()
@@ -422,20 +472,10 @@ async fn turn(State(state): State<Arc<AppState>>, Path(id): Path<String>, body: 
     let Some(live) = held.as_ref() else {
         return Err(ApiError(StatusCode::GONE, "the session has ended".into()));
     };
-    let turn = TurnRequest {
-        code: body.code,
-        stdin: body.stdin.into_bytes(),
-        files: to_files(body.files)?,
-        limits: Some(body.limits.or(live.limits())),
-        return_files: body.return_files,
-    };
-    let request = live.request(turn).map_err(bad_request)?;
-    let slot = match run_slot(&state).await {
-        Ok(slot) => slot,
-        Err(busy) => return Ok(busy),
-    };
+    let request = live.request(make(live.limits())).map_err(bad_request)?;
+    let slot = run_slot(state).await?;
     let worker = state.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let Some(session) = held.as_mut() else {
             return Err(ApiError(StatusCode::GONE, "the session has ended".into()));
@@ -463,6 +503,5 @@ async fn turn(State(state): State<Arc<AppState>>, Path(id): Path<String>, body: 
         Ok(result)
     })
     .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the turn failed: {e}")))??;
-    Ok(Json(result).into_response())
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the turn failed: {e}")))?
 }

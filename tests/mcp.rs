@@ -1,0 +1,152 @@
+//! wsbx as an MCP server, driven by clients nobody here wrote: the official MCP Python SDK
+//! (pinned in `tests/mcp/requirements.txt`, installed into a virtual environment under
+//! `target/` the first time) over stdio and over streamable HTTP, and the `rmcp` client in Rust.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+mod common;
+use common::server::Server;
+
+/// The virtual environment's python, made (once per target directory, under a lock) with the
+/// pinned SDK.
+fn sdk_python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mcp-venv");
+            let python = venv.join("bin/python");
+            let requirements = root.join("tests/mcp/requirements.txt");
+            let stamp = venv.join("installed.txt");
+            let wanted = std::fs::read_to_string(&requirements).expect("requirements");
+            // Test binaries may run at once: one of them installs, the others wait.
+            let lock = std::fs::File::create(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mcp-venv.lock")).expect("lock file");
+            rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).expect("lock");
+            if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+                let _ = std::fs::remove_dir_all(&venv);
+                let made = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 runs");
+                assert!(made.success(), "python3 -m venv failed: install python3-venv");
+                let pip = Command::new(&python)
+                    .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+                    .arg(&requirements)
+                    .status()
+                    .expect("pip runs");
+                assert!(pip.success(), "installing the MCP SDK failed");
+                std::fs::write(&stamp, wanted).expect("stamp");
+            }
+            python
+        })
+        .clone()
+}
+
+/// Runs the SDK client script with `args` and returns what it saw.
+fn sdk_client(args: &[&str]) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
+    let out = Command::new(sdk_python()).arg(script).args(args).output().expect("client runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("client said no JSON ({e}): {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn assert_client_saw_everything(seen: &Value) {
+    assert_eq!(seen["tools"], serde_json::json!(["close_session", "create_session", "run_javascript", "run_python", "run_shell"]));
+    assert_eq!(seen["run_python_schema"], serde_json::json!(["code", "files", "session_id", "stdin", "timeout_ms"]));
+    assert_eq!(seen["python"]["is_error"], false, "{seen}");
+    assert!(seen["python"]["text"].as_str().unwrap().contains("--- stdout ---\n42\n"), "{seen}");
+    let images = seen["plot"]["images"].as_array().expect("images");
+    assert_eq!(images.len(), 1, "the plot comes back as one image: {seen}");
+    assert_eq!(images[0][0], "image/png");
+    assert!(images[0][1].as_u64().unwrap() > 1000, "{seen}");
+    assert_eq!(seen["plot"]["png_magic"], "iVBORw0K", "base64 of the PNG signature");
+    assert!(seen["javascript"].as_str().unwrap().contains("[ 2, 4, 6 ]"), "{seen}");
+    assert_eq!(seen["timeout"]["is_error"], true);
+    assert!(seen["timeout"]["text"].as_str().unwrap().contains("status: timeout"), "{seen}");
+    assert!(seen["session"].as_str().unwrap().contains("--- stdout ---\n6\n"), "state kept between calls: {seen}");
+    assert!(seen["closed"].as_str().unwrap().contains("closed"), "{seen}");
+    assert_eq!(seen["after_close"]["is_error"], true, "{seen}");
+    let bad = seen["bad"].as_array().expect("bad calls");
+    assert_eq!(bad.len(), 3);
+    assert!(bad[0]["error"].is_string(), "an unknown tool is a JSON-RPC error: {seen}");
+    for wrong in &bad[1..] {
+        // The spec has argument errors come back as tool errors the model can correct.
+        assert_eq!(wrong["is_error"], true, "{seen}");
+    }
+    assert!(seen["still_serving"].as_str().unwrap().contains("still serving"), "{seen}");
+}
+
+#[test]
+fn the_python_sdk_drives_wsbx_mcp_over_stdio() {
+    let seen = sdk_client(&["stdio", env!("CARGO_BIN_EXE_wsbx")]);
+    assert_client_saw_everything(&seen);
+}
+
+#[test]
+fn the_python_sdk_drives_mcp_over_streamable_http_behind_the_token() {
+    let server = Server::start(&["--token", "mcp-secret"]);
+    let url = server.url("/mcp");
+    let seen = sdk_client(&["http", &url, "mcp-secret"]);
+    assert_client_saw_everything(&seen);
+    // The same token as /v1/: without it, nothing.
+    let status = raw_post_status(&url);
+    assert_eq!(status, 401);
+}
+
+/// The Rust SDK's client, over stdio; and bytes that are not JSON-RPC do not stop the server.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rmcp_client_runs_code_and_garbage_does_not_stop_the_server() {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::TokioChildProcess;
+    use rmcp::ServiceExt;
+
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsbx"));
+    command.arg("mcp");
+    let transport = TokioChildProcess::new(command).expect("wsbx mcp starts");
+    let client = ().serve(transport).await.expect("initialized");
+    let tools = client.list_all_tools().await.expect("tools");
+    assert_eq!(tools.len(), 5);
+    let args = serde_json::json!({"code": "console.log(6 * 7)"});
+    let result = client
+        .call_tool(CallToolRequestParams::new("run_javascript").with_arguments(args.as_object().unwrap().clone()))
+        .await
+        .expect("called");
+    assert_eq!(result.is_error, Some(false));
+    let text = serde_json::to_string(&result.content).unwrap();
+    assert!(text.contains("42"), "{text}");
+    client.cancel().await.expect("closed");
+
+    // Raw lines: garbage, then a real initialize; the answer to it still comes.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsbx"))
+        .arg("mcp")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starts");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+        writeln!(stdin, "this is not json\n{{\"jsonrpc\": \"2.0\", \"id\": \n{init}").unwrap();
+    }
+    let out = child.wait_with_output().expect("ends at end of input");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.lines().any(|l| l.contains("\"id\":1") && l.contains("serverInfo")), "{stdout}");
+}
+
+/// The status of an unauthenticated POST, with a plain HTTP/1.1 request.
+fn raw_post_status(url: &str) -> u16 {
+    {
+        use std::io::{Read, Write};
+        let rest = url.strip_prefix("http://").expect("http url");
+        let (host, path) = rest.split_once('/').expect("path");
+        let mut stream = std::net::TcpStream::connect(host).expect("connects");
+        let body = "{}";
+        write!(stream, "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    }
+}
