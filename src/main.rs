@@ -270,6 +270,16 @@ fn exec(args: ExecArgs) -> ExitCode {
     if let Some(dir) = args.out_dir.as_deref().filter(|d| d.exists() && !d.is_dir()) {
         return refuse(json, Some(language), &format!("--out-dir {}: it exists and is not a directory", dir.display()));
     }
+    let mut request = request;
+    if !json {
+        // The guest's output reaches the terminal (or pipe) as it is written.
+        request.on_output = Some(wsbx::request::OutputListener::new(|stream, bytes| {
+            let _ = match stream {
+                wsbx::request::Stream::Stdout => std::io::stdout().lock().write_all(bytes).and_then(|()| std::io::stdout().flush()),
+                wsbx::request::Stream::Stderr => std::io::stderr().lock().write_all(bytes),
+            };
+        }));
+    }
     let (result, scratch) = sandbox.run_keeping_scratch(&request);
     let mut code = exit_code(&result);
     if let (Some(dir), Some(scratch)) = (&args.out_dir, &scratch) {
@@ -289,7 +299,11 @@ fn exec(args: ExecArgs) -> ExitCode {
         }
     }
     drop(scratch);
-    print_result(&result, json);
+    if json {
+        print_result(&result, true);
+    } else {
+        print_status(&result);
+    }
     match STOPPED_BY.load(std::sync::atomic::Ordering::SeqCst) {
         0 => code,
         signal => ExitCode::from(128u8.saturating_add(signal as u8)),
@@ -403,6 +417,12 @@ fn print_result(result: &ExecResult, json: bool) {
     let _ = std::io::stdout().write_all(result.stdout.as_bytes());
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().write_all(result.stderr.as_bytes());
+    print_status(result);
+}
+
+/// The line `wsbx: <status>: <detail>` on stderr when the run did not end by itself (or
+/// output was cut), after its streams.
+fn print_status(result: &ExecResult) {
     let exited = result.exit_code.is_some();
     if !exited || matches!(result.status, Status::Rejected | Status::InternalError) {
         let detail = result.detail.as_deref().unwrap_or("");

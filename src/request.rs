@@ -238,7 +238,80 @@ pub struct ExecRequest {
     pub limits: Limits,
     /// Whether the result carries the scratch directory's files after the run.
     pub return_files: bool,
+    /// Where the guest's output goes as it is written, besides the result (streaming).
+    pub on_output: Option<OutputListener>,
 }
+
+/// One of the guest's output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl Stream {
+    /// `stdout` or `stderr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Receives a run's output as the guest writes it: each piece once, in order per stream, only
+/// what fits under `max_output_bytes` (exactly what the result's streams hold at the end).
+///
+/// It is called on the thread that runs the guest, while the guest waits: it must not block.
+/// A listener that cannot keep up drops what it cannot take (as the server's event streams do)
+/// rather than slowing the guest down.
+///
+/// ```
+/// use wsbx::request::{OutputListener, Stream};
+/// let listener = OutputListener::new(|stream, bytes| {
+///     if stream == Stream::Stdout {
+///         print!("{}", String::from_utf8_lossy(bytes));
+///     }
+/// });
+/// # let _ = listener;
+/// ```
+#[derive(Clone)]
+pub struct OutputListener(std::sync::Arc<OutputFn>);
+
+/// What an [`OutputListener`] calls.
+type OutputFn = dyn Fn(Stream, &[u8]) + Send + Sync;
+
+impl OutputListener {
+    /// A listener calling `f` with each piece of output.
+    pub fn new(f: impl Fn(Stream, &[u8]) + Send + Sync + 'static) -> OutputListener {
+        OutputListener(std::sync::Arc::new(f))
+    }
+
+    /// Hands it a piece of `stream`.
+    pub fn send(&self, stream: Stream, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            (self.0)(stream, bytes);
+        }
+    }
+}
+
+impl std::fmt::Debug for OutputListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutputListener")
+    }
+}
+
+/// Two requests are equal when they stream to the same listener.
+impl PartialEq for OutputListener {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for OutputListener {}
 
 impl ExecRequest {
     /// A request with no stdin, no files, no environment and default limits.
@@ -251,6 +324,7 @@ impl ExecRequest {
             env: BTreeMap::new(),
             limits: Limits::default(),
             return_files: false,
+            on_output: None,
         }
     }
 

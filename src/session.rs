@@ -79,12 +79,14 @@ pub struct TurnRequest {
     pub limits: Option<Limits>,
     /// Whether the result carries the scratch directory's files after the turn.
     pub return_files: bool,
+    /// Where the turn's output goes as it is written (see [`crate::request::OutputListener`]).
+    pub on_output: Option<crate::request::OutputListener>,
 }
 
 impl TurnRequest {
     /// A turn running `code` with no stdin, no files and the session's limits.
     pub fn new(code: impl Into<String>) -> Self {
-        TurnRequest { code: code.into(), stdin: Vec::new(), files: Vec::new(), limits: None, return_files: false }
+        TurnRequest { code: code.into(), stdin: Vec::new(), files: Vec::new(), limits: None, return_files: false, on_output: None }
     }
 }
 
@@ -223,6 +225,7 @@ impl Session {
             env: self.env.clone(),
             limits,
             return_files: turn.return_files,
+            on_output: turn.on_output,
         };
         request.validate(&self.ceiling).map_err(|e| e.to_string())?;
         Ok(request)

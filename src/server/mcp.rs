@@ -111,7 +111,7 @@ impl Tools {
         let ran = match &args.session_id {
             Some(id) => {
                 let code = args.code;
-                let make = |session: &crate::Limits| TurnRequest { code, stdin, files, limits: Some(limits.or(session)), return_files: true };
+                let make = |session: &crate::Limits| TurnRequest { code, stdin, files, limits: Some(limits.or(session)), return_files: true, on_output: None };
                 sessions::run_turn(&self.state, id, Some(language), make, None).await
             }
             None => {

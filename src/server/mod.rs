@@ -4,6 +4,7 @@
 //! Routes: `POST /v1/exec`, `GET /v1/runtimes`, the sessions' routes ([`sessions`]),
 //! `GET /healthz`, `GET /metrics`. Every failure answers `{"error": "..."}`.
 
+mod events;
 mod mcp;
 mod sessions;
 
@@ -363,17 +364,41 @@ async fn runtimes(State(state): State<Arc<AppState>>) -> Result<Response, ApiErr
     Ok(Json(list).into_response())
 }
 
-async fn exec(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+async fn exec(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let body: ExecBody = read_json(&state, body).await?;
-    let request = to_request(body, &state.defaults)?;
-    Ok(Json(run_once(&state, request).await?).into_response())
+    let mut request = to_request(body, &state.defaults)?;
+    if !wants_events(&headers) {
+        return Ok(Json(run_once(&state, request).await?).into_response());
+    }
+    let (feed, listener) = events::Feed::new();
+    request.on_output = Some(listener);
+    // Refusals (400, 429) are answered as such, before the event stream starts.
+    let slot = admit(&state, &request).await?;
+    let worker = state.clone();
+    let run = tokio::spawn(async move { execute(&worker, slot, request).await });
+    Ok(events::response(feed, run).into_response())
+}
+
+/// Whether the client asked for Server-Sent Events (`Accept: text/event-stream`).
+fn wants_events(headers: &HeaderMap) -> bool {
+    headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("text/event-stream"))
 }
 
 /// Runs one request: checked against the ceilings, in a run slot, on the blocking pool. The one
 /// way a one-shot run goes, for HTTP and MCP alike.
 async fn run_once(state: &Arc<AppState>, request: ExecRequest) -> Result<crate::ExecResult, ApiError> {
+    let slot = admit(state, &request).await?;
+    execute(state, slot, request).await
+}
+
+/// Checks `request` against the ceilings and takes a run slot for it.
+async fn admit(state: &AppState, request: &ExecRequest) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
     request.validate(&state.ceiling).map_err(|e| bad_request(e.to_string()))?;
-    let slot = run_slot(state).await?;
+    run_slot(state).await
+}
+
+/// Runs an admitted request on the blocking pool.
+async fn execute(state: &Arc<AppState>, slot: tokio::sync::OwnedSemaphorePermit, request: ExecRequest) -> Result<crate::ExecResult, ApiError> {
     let worker = state.clone();
     // Runs are CPU-bound and synchronous: keep them off the async workers. The slot and the
     // in-flight gauge go with the run, not with this handler: a client that disconnects does

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -423,18 +423,34 @@ async fn close_when_idle(entry: Entry) {
     }
 }
 
-async fn turn(State(state): State<Arc<AppState>>, Path(id): Path<String>, body: Body) -> Result<Response, ApiError> {
+async fn turn(State(state): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let body: TurnBody = read_json(&state, body).await?;
     let files = to_files(body.files)?;
-    let result = run_turn(&state, &id, None, |limits| TurnRequest {
+    let (feed, on_output) = match super::wants_events(&headers) {
+        true => {
+            let (feed, listener) = super::events::Feed::new();
+            (Some(feed), Some(listener))
+        }
+        false => (None, None),
+    };
+    let make = |limits: &Limits| TurnRequest {
         code: body.code,
         stdin: body.stdin.into_bytes(),
         files,
         limits: Some(body.limits.or(limits)),
         return_files: body.return_files,
-    }, body.limits.memory_mb)
-    .await?;
-    Ok(Json(result).into_response())
+        on_output,
+    };
+    // Refusals (404, 409, 410, 400, 429) are answered as such, before any event stream.
+    let claimed = claim(&state, &id, None, make, body.limits.memory_mb).await?;
+    match feed {
+        None => Ok(Json(claimed.run(&state).await?).into_response()),
+        Some(feed) => {
+            let worker = state.clone();
+            let run = tokio::spawn(async move { claimed.run(&worker).await });
+            Ok(super::events::response(feed, run).into_response())
+        }
+    }
 }
 
 /// Runs a turn in session `id`: the one way a turn runs, for HTTP and MCP. `make` builds the
@@ -447,6 +463,26 @@ pub(super) async fn run_turn(
     make: impl FnOnce(&Limits) -> TurnRequest,
     memory_mb: Option<u64>,
 ) -> Result<crate::ExecResult, ApiError> {
+    claim(state, id, language, make, memory_mb).await?.run(state).await
+}
+
+/// A turn allowed to run: its session held (no other turn can start), its request checked, a
+/// run slot taken.
+pub(super) struct Claimed {
+    key: Uuid,
+    held: tokio::sync::OwnedMutexGuard<Option<Session>>,
+    request: crate::ExecRequest,
+    slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Checks that session `id` can run the turn `make` builds now, and holds it for that turn.
+async fn claim(
+    state: &Arc<AppState>,
+    id: &str,
+    language: Option<Language>,
+    make: impl FnOnce(&Limits) -> TurnRequest,
+    memory_mb: Option<u64>,
+) -> Result<Claimed, ApiError> {
     let key = parse_id(id)?;
     let session = {
         let mut table = state.sessions.lock();
@@ -466,7 +502,7 @@ pub(super) async fn run_turn(
         }
         entry.session.clone()
     };
-    let Ok(mut held) = session.try_lock_owned() else {
+    let Ok(held) = session.try_lock_owned() else {
         return Err(ApiError(StatusCode::CONFLICT, "a turn of this session is running; one turn at a time".into()));
     };
     let Some(live) = held.as_ref() else {
@@ -474,34 +510,42 @@ pub(super) async fn run_turn(
     };
     let request = live.request(make(live.limits())).map_err(bad_request)?;
     let slot = run_slot(state).await?;
-    let worker = state.clone();
-    tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        let Some(session) = held.as_mut() else {
-            return Err(ApiError(StatusCode::GONE, "the session has ended".into()));
-        };
-        let result = {
-            let _in_flight = worker.metrics.start_run();
-            session.run_request(&request)
-        };
-        worker.metrics.record_turn(&result);
-        let ended = session.ended().map(str::to_owned);
-        let (turns, memory_bytes) = (session.turns(), session.memory_bytes());
-        if ended.is_some() {
-            // Its guest and directory are released already; drop the rest too.
-            held.take();
-        }
-        let mut table = worker.sessions.lock();
-        if let Some(entry) = table.entries.get_mut(&key) {
-            entry.turns = turns;
-            entry.last_used = Instant::now();
-            entry.memory_bytes = memory_bytes;
-            if let Some(why) = ended {
-                entry.ended = Some((why, Instant::now()));
+    Ok(Claimed { key, held, request, slot })
+}
+
+impl Claimed {
+    /// Runs the turn on the blocking pool and records it in the table.
+    async fn run(self, state: &Arc<AppState>) -> Result<crate::ExecResult, ApiError> {
+        let Claimed { key, mut held, request, slot } = self;
+        let worker = state.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let Some(session) = held.as_mut() else {
+                return Err(ApiError(StatusCode::GONE, "the session has ended".into()));
+            };
+            let result = {
+                let _in_flight = worker.metrics.start_run();
+                session.run_request(&request)
+            };
+            worker.metrics.record_turn(&result);
+            let ended = session.ended().map(str::to_owned);
+            let (turns, memory_bytes) = (session.turns(), session.memory_bytes());
+            if ended.is_some() {
+                // Its guest and directory are released already; drop the rest too.
+                held.take();
             }
-        }
-        Ok(result)
-    })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the turn failed: {e}")))?
+            let mut table = worker.sessions.lock();
+            if let Some(entry) = table.entries.get_mut(&key) {
+                entry.turns = turns;
+                entry.last_used = Instant::now();
+                entry.memory_bytes = memory_bytes;
+                if let Some(why) = ended {
+                    entry.ended = Some((why, Instant::now()));
+                }
+            }
+            Ok(result)
+        })
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the turn failed: {e}")))?
+    }
 }

@@ -20,7 +20,7 @@ mod prepared;
 use crate::backend::cgroup::{Cgroups, JobCgroup};
 use crate::backend::pool::WarmPool;
 use crate::backend::{Backend, Outcome};
-use crate::request::ExecRequest;
+use crate::request::{ExecRequest, OutputListener, Stream};
 use crate::result::Status;
 use crate::scratch::{guarded, ScratchSlot};
 use std::os::fd::AsFd;
@@ -467,8 +467,9 @@ impl FirejailBackend {
         let started = Instant::now();
         let deadline = started + request.limits.timeout();
         let cap = usize::try_from(request.limits.max_output_bytes).unwrap_or(usize::MAX);
-        let stdout = jail.stdout.take().map(|s| read_capped(s, cap));
-        let stderr = jail.stderr.take().map(|s| read_capped(s, cap));
+        let listen = |stream| request.on_output.clone().map(|l| (l, stream));
+        let stdout = jail.stdout.take().map(|s| read_capped(s, cap, listen(Stream::Stdout)));
+        let stderr = jail.stderr.take().map(|s| read_capped(s, cap, listen(Stream::Stderr)));
         if let Some(mut stdin) = jail.stdin.take() {
             // A job that never reads its stdin must not block the host: write from a thread.
             thread::spawn(move || {
@@ -591,8 +592,13 @@ fn stopped() -> bool {
     STOP.load(std::sync::atomic::Ordering::SeqCst)
 }
 
-/// Reads a stream to its end on a thread, keeping the first `cap` bytes.
-fn read_capped(mut stream: impl Read + Send + 'static, cap: usize) -> thread::JoinHandle<(Vec<u8>, bool)> {
+/// Reads a stream to its end on a thread, keeping the first `cap` bytes and handing them to
+/// `listener` as they come.
+fn read_capped(
+    mut stream: impl Read + Send + 'static,
+    cap: usize,
+    listener: Option<(OutputListener, Stream)>,
+) -> thread::JoinHandle<(Vec<u8>, bool)> {
     thread::spawn(move || {
         let mut kept = Vec::new();
         let mut truncated = false;
@@ -604,6 +610,9 @@ fn read_capped(mut stream: impl Read + Send + 'static, cap: usize) -> thread::Jo
                     let room = cap.saturating_sub(kept.len());
                     kept.extend_from_slice(&buf[..n.min(room)]);
                     truncated |= n > room;
+                    if let Some((listener, which)) = &listener {
+                        listener.send(*which, &buf[..n.min(room)]);
+                    }
                 }
             }
         }

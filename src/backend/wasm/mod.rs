@@ -175,13 +175,17 @@ impl Guest {
         F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32>,
     {
         self.io.stdin.set(request.stdin.clone());
-        self.io.stdout.reset(request.limits.max_output_bytes);
-        self.io.stderr.reset(request.limits.max_output_bytes);
+        self.io.stdout.reset(request.limits.max_output_bytes, request.on_output.clone());
+        self.io.stderr.reset(request.limits.max_output_bytes, request.on_output.clone());
         if let Err(e) = arm(&mut self.store, &request.limits) {
             return (internal_error(format!("arming the store: {e}")), false);
         }
         let started = Instant::now();
         let result = enter(&mut self.store, &self.instance);
+        // The listener belongs to this run: a kept guest's next run (or its teardown) must not
+        // call it.
+        self.io.stdout.reset_listener();
+        self.io.stderr.reset_listener();
         let returned = result.is_ok();
         (measure(&self.store, &self.io, request, started, result), returned)
     }

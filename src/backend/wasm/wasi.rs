@@ -10,6 +10,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+
+use crate::request::{OutputListener, Stream};
 use wasmtime::{Caller, Linker};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -26,18 +28,21 @@ use super::GuestState;
 #[derive(Clone, Debug)]
 pub struct CappedPipe(Arc<Mutex<Captured>>);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Captured {
     bytes: Vec<u8>,
     cap: usize,
     truncated: bool,
+    /// Which stream this is, and who hears what is kept as it is written.
+    stream: Stream,
+    listener: Option<OutputListener>,
 }
 
 impl CappedPipe {
-    /// A pipe that keeps at most `cap` bytes.
-    pub fn new(cap: u64) -> CappedPipe {
+    /// A pipe for `stream` that keeps at most `cap` bytes.
+    pub fn new(cap: u64, stream: Stream) -> CappedPipe {
         let cap = usize::try_from(cap).unwrap_or(usize::MAX);
-        CappedPipe(Arc::new(Mutex::new(Captured { bytes: Vec::new(), cap, truncated: false })))
+        CappedPipe(Arc::new(Mutex::new(Captured { bytes: Vec::new(), cap, truncated: false, stream, listener: None })))
     }
 
     fn lock(&self) -> MutexGuard<'_, Captured> {
@@ -54,15 +59,25 @@ impl CappedPipe {
         if kept < data.len() {
             captured.truncated = true;
         }
+        if let Some(listener) = &captured.listener {
+            listener.send(captured.stream, &data[..kept]);
+        }
         data.len()
     }
 
-    /// Empties the pipe and sets its cap, for a guest made before its request was known.
-    pub fn reset(&self, cap: u64) {
+    /// Empties the pipe and sets its cap and listener, for the run about to start (a guest is
+    /// made before its request is known, and a session's serves many).
+    pub fn reset(&self, cap: u64, listener: Option<OutputListener>) {
         let mut captured = self.lock();
         captured.bytes.clear();
         captured.truncated = false;
         captured.cap = usize::try_from(cap).unwrap_or(usize::MAX);
+        captured.listener = listener;
+    }
+
+    /// Forgets the listener: the run it belonged to is over.
+    pub fn reset_listener(&self) {
+        self.lock().listener = None;
     }
 
     /// The bytes kept so far and whether anything was dropped.
@@ -248,7 +263,7 @@ pub struct GuestIo {
 impl GuestIo {
     /// Empty streams with output capped at `cap` bytes each.
     pub fn new(cap: u64) -> GuestIo {
-        GuestIo { stdin: InputPipe::default(), stdout: CappedPipe::new(cap), stderr: CappedPipe::new(cap) }
+        GuestIo { stdin: InputPipe::default(), stdout: CappedPipe::new(cap, Stream::Stdout), stderr: CappedPipe::new(cap, Stream::Stderr) }
     }
 }
 
@@ -498,7 +513,7 @@ mod tests {
 
     #[test]
     fn capped_pipe_keeps_the_first_bytes_and_flags_the_rest() {
-        let pipe = CappedPipe::new(5);
+        let pipe = CappedPipe::new(5, Stream::Stdout);
         assert_eq!(pipe.append(b"hel"), 3);
         assert_eq!(pipe.append(b"lo world"), 8);
         assert_eq!(pipe.take(), (b"hello".to_vec(), true));
