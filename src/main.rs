@@ -568,7 +568,11 @@ fn mcp() -> ExitCode {
             return ExitCode::from(EXIT_INTERNAL);
         }
     };
-    match runtime.block_on(wsbx::server::serve_mcp_stdio(config)) {
+    let served = runtime.block_on(wsbx::server::serve_mcp_stdio(config));
+    // Reading stdin holds a blocking thread the runtime would wait for at shutdown, until the
+    // client closes its end: after a signal it need not.
+    runtime.shutdown_background();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsbx: error: {e}");

@@ -285,3 +285,26 @@ async fn http_sigterm_finishes_in_flight_runs_and_removes_their_scratch() {
     let left: Vec<_> = std::fs::read_dir(scratch_root.path()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// Without a token, a web page the user's browser opens must not reach the server: a foreign
+/// Host (DNS rebinding) or Origin (a cross-site POST) is refused; with a token, the token
+/// decides.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_without_a_token_refuses_foreign_hosts_and_origins() {
+    let server = Server::start(&[]);
+    let client = reqwest::Client::new();
+    let body = json!({"language": "python", "code": "print(1)"});
+    let url = server.url("/v1/exec");
+    for (name, value) in [("Host", "evil.example.com"), ("Host", "127.0.0.1.evil.example.com:80"), ("Origin", "http://evil.example.com")] {
+        let response = client.post(&url).header(name, value).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 403, "{name}: {value}");
+    }
+    let mcp = client.post(server.url("/mcp")).header("Origin", "https://evil.example.com").json(&json!({})).send().await.unwrap();
+    assert_eq!(mcp.status(), 403);
+    let local = client.post(&url).header("Origin", "http://localhost:3000").json(&body).send().await.unwrap();
+    assert_eq!(local.status(), 200, "a page served from this machine may");
+
+    let guarded = Server::start(&["--token", "t0ken"]);
+    let response = client.post(guarded.url("/v1/exec")).header("Host", "sandbox.example.com").bearer_auth("t0ken").json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200, "with a token, any host");
+}

@@ -150,3 +150,46 @@ fn raw_post_status(url: &str) -> u16 {
         answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
     }
 }
+
+/// `wsbx mcp` stopped by a signal (as MCP clients stop their servers) leaves no scratch
+/// directory or tmpfs behind: not its sessions', not its prepared guests'.
+#[test]
+fn wsbx_mcp_stopped_by_sigterm_leaves_nothing_behind() {
+    use std::io::{BufRead, BufReader, Write};
+    let root = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsbx"))
+        .arg("mcp")
+        .env("TMPDIR", root.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starts");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut call = |id: u32, body: &str| -> Value {
+        writeln!(stdin, "{body}").unwrap();
+        loop {
+            let line = lines.next().expect("an answer").expect("utf-8");
+            let v: Value = serde_json::from_str(&line).expect("JSON-RPC");
+            if v["id"] == id {
+                return v;
+            }
+        }
+    };
+    call(1, r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#);
+    // A notification has no answer: sent along with the next request.
+    let created = call(2, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}
+{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"create_session","arguments":{"language":"python"}}}"#);
+    let text = created["result"]["content"][0]["text"].as_str().expect("text").to_owned();
+    let id = text.split("session_id: ").nth(1).and_then(|t| t.split_whitespace().next()).expect("an id").to_owned();
+    let wrote = call(3, &format!(r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"run_python","arguments":{{"code":"open('secret.txt', 'w').write('x')","session_id":"{id}"}}}}}}"#));
+    assert_eq!(wrote["result"]["isError"], false, "{wrote}");
+    assert!(std::fs::read_dir(root.path()).unwrap().count() > 0, "the session's directory exists meanwhile");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

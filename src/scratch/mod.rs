@@ -163,7 +163,11 @@ impl Scratch {
 
     fn remove_inner(&mut self) -> io::Result<()> {
         let Some(dir) = self.dir.take() else { return Ok(()) };
-        live().remove(&self.path);
+        if !live().remove(&self.path) {
+            // `remove_all_live` removed it already (the process is stopping).
+            let _ = dir.keep();
+            return Ok(());
+        }
         let path = dir.keep();
         if self.mounted {
             // The tmpfs and everything in it go at once.

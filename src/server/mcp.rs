@@ -212,11 +212,18 @@ impl ServerHandler for Tools {
     }
 }
 
-/// The `/mcp` route: streamable HTTP, behind the same token as `/v1/`. Without a token only
-/// loopback `Host` headers are accepted (a web page cannot reach a local server through DNS
-/// rebinding); with one, the token is the defence and any host is.
+/// The `/mcp` route: streamable HTTP, stateless, behind the same token as `/v1/`. Without a
+/// token only loopback `Host` headers are accepted (a web page cannot reach a local server
+/// through DNS rebinding); with one, the token is the defence and any host is.
 pub(super) fn http_service(state: &Arc<AppState>) -> StreamableHttpService<Tools, LocalSessionManager> {
-    let mut config = StreamableHttpServerConfig::default().with_cancellation_token(state.stop.child_token());
+    // Stateless: every request stands alone (a wsbx session is named by `session_id`, held in
+    // the server's own capped and reaped table), so MCP clients cannot pile up transport
+    // sessions the server would have to keep. The body cap is the server's.
+    let mut config = StreamableHttpServerConfig::default()
+        .with_cancellation_token(state.stop.child_token())
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_max_request_body_bytes(state.max_body_bytes);
     if state.token.is_some() {
         config = config.disable_allowed_hosts();
     }

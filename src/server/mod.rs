@@ -293,11 +293,23 @@ pub async fn serve(listener: tokio::net::TcpListener, config: ServeConfig) -> st
 
 /// Serves the Model Context Protocol on stdin and stdout (`wsbx mcp`) until the client closes
 /// its end, with the same tools, limits and sessions as `/mcp`; then ends every session.
+///
+/// SIGTERM, SIGINT (and a client's end of input) end it cleanly: every session ends and every
+/// scratch directory of the process (sessions', prepared guests', runs in flight) is removed.
 pub async fn serve_mcp_stdio(config: ServeConfig) -> std::io::Result<()> {
     let (_, state) = app(config).map_err(std::io::Error::other)?;
-    let served = mcp::serve_stdio(&state).await;
+    let served = tokio::select! {
+        served = mcp::serve_stdio(&state) => served,
+        () = shutdown_signal() => Ok(()),
+    };
     state.stop.cancel();
-    let _ = tokio::task::spawn_blocking(move || state.sessions.close_all()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        state.sessions.close_all();
+        // A run still going (its client left, or the signal came mid-call) loses its
+        // directory now rather than leaving it behind when the process exits.
+        crate::scratch::remove_all_live();
+    })
+    .await;
     served
 }
 
@@ -334,8 +346,39 @@ async fn count_requests(State(state): State<Arc<AppState>>, request: Request, ne
     response
 }
 
+/// Without a token, a server answers only requests addressed to a loopback name and not sent
+/// by a foreign web page: otherwise any page a local browser opens could post runs to it (a
+/// plain cross-site POST needs no preflight) or, through DNS rebinding, read their results.
+/// With a token, the token is the defence.
+fn from_a_foreign_page(state: &AppState, headers: &HeaderMap) -> Option<&'static str> {
+    if state.token.is_some() {
+        return None;
+    }
+    let loopback = |authority: &str| {
+        let host = match authority.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or(""),
+            None => authority.rsplit_once(':').map_or(authority, |(h, port)| if port.chars().all(|c| c.is_ascii_digit()) { h } else { authority }),
+        };
+        matches!(host.to_ascii_lowercase().as_str(), "localhost" | "127.0.0.1" | "::1")
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !loopback(host) {
+        return Some("without --token this server answers only requests to localhost, 127.0.0.1 or [::1]; give it a token to serve others");
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        if !loopback(authority.trim_end_matches('/')) {
+            return Some("without --token this server refuses requests from web pages of other origins");
+        }
+    }
+    None
+}
+
 /// Checks `Authorization: Bearer <token>` in constant time when a token is configured.
 async fn require_token(State(state): State<Arc<AppState>>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    if let Some(why) = from_a_foreign_page(&state, &headers) {
+        return ApiError(StatusCode::FORBIDDEN, why.into()).into_response();
+    }
     if let Some(token) = &state.token {
         let given = headers
             .get(header::AUTHORIZATION)
