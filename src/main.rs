@@ -486,18 +486,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         max_files: Limits::CEILING.max_files,
     };
     warn_if_sessions_can_outgrow_memory(&config);
-    // Before anything builds the wasm engine: its pool must hold the sessions too.
-    if let Err(e) = wsbx::backend::wasm::engine::set_pool_instances(config.pool_instances()) {
-        tracing::warn!("{e}");
-    }
-    // Runs go to tokio's blocking threads: with a guest's stack they run guests themselves
-    // instead of handing each to another thread.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(wsbx::GUEST_THREAD_STACK).build() {
+    let runtime = match server_runtime(&config) {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("wsbx: internal_error: starting the async runtime: {e}");
-            return ExitCode::from(EXIT_INTERNAL);
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(&args.addr).await {
@@ -556,17 +547,25 @@ fn warn_if_sessions_can_outgrow_memory(config: &wsbx::server::ServeConfig) {
     }
 }
 
-fn mcp() -> ExitCode {
-    let config = wsbx::server::ServeConfig::default();
+/// The async runtime of `serve` and `mcp`, after sizing the wasm engine's pool for `config`
+/// (before anything builds the engine: its pool must hold the sessions too). Runs go to its
+/// blocking threads, made with a guest's stack so they run guests themselves instead of
+/// handing each to another thread.
+fn server_runtime(config: &wsbx::server::ServeConfig) -> Result<tokio::runtime::Runtime, ExitCode> {
     if let Err(e) = wsbx::backend::wasm::engine::set_pool_instances(config.pool_instances()) {
         tracing::warn!("{e}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(wsbx::GUEST_THREAD_STACK).build() {
+    tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(wsbx::GUEST_THREAD_STACK).build().map_err(|e| {
+        eprintln!("wsbx: internal_error: starting the async runtime: {e}");
+        ExitCode::from(EXIT_INTERNAL)
+    })
+}
+
+fn mcp() -> ExitCode {
+    let config = wsbx::server::ServeConfig::default();
+    let runtime = match server_runtime(&config) {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("wsbx: internal_error: starting the async runtime: {e}");
-            return ExitCode::from(EXIT_INTERNAL);
-        }
+        Err(code) => return code,
     };
     let served = runtime.block_on(wsbx::server::serve_mcp_stdio(config));
     // Reading stdin holds a blocking thread the runtime would wait for at shutdown, until the
