@@ -118,22 +118,28 @@ async fn the_rmcp_client_runs_code_and_garbage_does_not_stop_the_server() {
     client.cancel().await.expect("closed");
 
     // Raw lines: garbage, then a real initialize; the answer to it still comes.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsbx"))
-        .arg("mcp")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starts");
+    let mut child = raw_mcp(None);
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().unwrap();
-        let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
-        writeln!(stdin, "this is not json\n{{\"jsonrpc\": \"2.0\", \"id\": \n{init}").unwrap();
+        writeln!(stdin, "this is not json\n{{\"jsonrpc\": \"2.0\", \"id\": \n{INITIALIZE}").unwrap();
     }
     let out = child.wait_with_output().expect("ends at end of input");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.lines().any(|l| l.contains("\"id\":1") && l.contains("serverInfo")), "{stdout}");
+}
+
+/// A JSON-RPC `initialize` request with id 1, as one line.
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+
+/// `wsbx mcp` with piped stdin and stdout, scratch under `tmpdir` when given.
+fn raw_mcp(tmpdir: Option<&std::path::Path>) -> std::process::Child {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wsbx"));
+    command.arg("mcp").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    if let Some(dir) = tmpdir {
+        command.env("TMPDIR", dir);
+    }
+    command.spawn().expect("wsbx mcp starts")
 }
 
 /// The status of an unauthenticated POST, with a plain HTTP/1.1 request.
@@ -157,14 +163,7 @@ fn raw_post_status(url: &str) -> u16 {
 fn wsbx_mcp_stopped_by_sigterm_leaves_nothing_behind() {
     use std::io::{BufRead, BufReader, Write};
     let root = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsbx"))
-        .arg("mcp")
-        .env("TMPDIR", root.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starts");
+    let mut child = raw_mcp(Some(root.path()));
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut call = |id: u32, body: &str| -> Value {
@@ -177,7 +176,7 @@ fn wsbx_mcp_stopped_by_sigterm_leaves_nothing_behind() {
             }
         }
     };
-    call(1, r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#);
+    call(1, INITIALIZE);
     // A notification has no answer: sent along with the next request.
     let created = call(2, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}
 {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"create_session","arguments":{"language":"python"}}}"#);

@@ -359,10 +359,8 @@ impl<'a> Place<'a> {
     }
 
     fn fill(self, id: Uuid, entry: Entry) {
-        let mut table = self.state.sessions.lock();
-        table.entries.insert(id, entry);
-        let (alive, memory) = (table.alive(), table.entries.values().map(|e| e.memory_bytes).sum());
-        drop(table);
+        self.state.sessions.lock().entries.insert(id, entry);
+        let (alive, memory) = self.state.sessions.gauges();
         self.state.metrics.set_sessions(alive, memory);
     }
 }
