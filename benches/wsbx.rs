@@ -127,9 +127,14 @@ struct Server(std::process::Child, String);
 
 impl Server {
     fn start() -> Server {
+        Server::with(&[])
+    }
+
+    fn with(args: &[&str]) -> Server {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_wsbx"))
             .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(args)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("wsbx serve starts");
@@ -225,6 +230,100 @@ fn http(runs: usize) -> Vec<Row> {
             note: format!("{per_minute:.0} runs/minute"),
         });
     }
+    rows
+}
+
+/// The cost of identity, admission and the audit log: Python hello round trips, interleaved,
+/// on a plain server and on one with a config file (an agent's token, quotas, the audit log
+/// written before each answer); and how long an admin kill takes to end a busy Python loop.
+fn http_agents(runs: usize) -> Vec<Row> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hash = |t: &str| hex::encode(wsbx::config::token_sha256(t));
+    let config = dir.path().join("wsbx.toml");
+    let text = format!(
+        "[admin]\ntoken_sha256 = \"{}\"\n[audit]\npath = \"{}\"\n[[agents]]\nid = \"bench\"\ntoken_sha256 = \"{}\"\nruns_per_minute = 1000000\nfuel_per_hour = 1000000000000000\n",
+        hash("admin"),
+        dir.path().join("audit.db").display(),
+        hash("agent")
+    );
+    std::fs::write(&config, text).expect("config");
+    let plain = Server::start();
+    let audited = Server::with(&["--config", config.to_str().expect("utf-8")]);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
+    let client = reqwest::Client::new();
+    let post = |base: &str, token: Option<&str>| {
+        let mut request = client.post(format!("{base}/v1/exec")).json(&serde_json::json!({"language": "python", "code": "print(\"hello\")"}));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        rt.block_on(async move {
+            let v: serde_json::Value = request.send().await.expect("answer").json().await.expect("json");
+            assert_eq!(v["status"], "ok", "{v}");
+        })
+    };
+    for _ in 0..50 {
+        post(&plain.1, None);
+        post(&audited.1, Some("agent"));
+    }
+    let (mut a, mut b) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for _ in 0..runs {
+        let started = Instant::now();
+        post(&plain.1, None);
+        a.push(started.elapsed());
+        let started = Instant::now();
+        post(&audited.1, Some("agent"));
+        b.push(started.elapsed());
+    }
+    a.sort();
+    b.sort();
+    let (pa, pb) = (percentile(&a, 0.5), percentile(&b, 0.5));
+    let delta = (pb.as_secs_f64() - pa.as_secs_f64()) * 1000.0;
+    let mut rows = vec![
+        Row { what: "python hello, HTTP round trip, no config (interleaved)".into(), runs, p50: pa, p99: percentile(&a, 0.99), note: String::new() },
+        Row {
+            what: "python hello, HTTP round trip, config + agent token + quotas + audit (interleaved)".into(),
+            runs,
+            p50: pb,
+            p99: percentile(&b, 0.99),
+            note: format!("p50 {delta:+.3} ms against no config (target: within +0.3 ms)"),
+        },
+    ];
+    let kills = 30.min(runs);
+    let mut took = Vec::with_capacity(kills);
+    for _ in 0..kills {
+        let url = format!("{}/v1/exec", audited.1);
+        let run = rt.spawn({
+            let client = client.clone();
+            async move {
+                let body = serde_json::json!({"language": "python", "code": "while True: pass", "limits": {"timeout_ms": 20000}});
+                let v: serde_json::Value = client.post(url).bearer_auth("agent").json(&body).send().await.expect("answer").json().await.expect("json");
+                (v, Instant::now())
+            }
+        });
+        let id = loop {
+            let list: serde_json::Value = rt.block_on(async {
+                client.get(format!("{}/v1/executions", audited.1)).bearer_auth("admin").send().await.expect("answer").json().await.expect("json")
+            });
+            if let Some(id) = list.as_array().and_then(|l| l.first()).and_then(|r| r["id"].as_str()) {
+                break id.to_owned();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let asked = Instant::now();
+        rt.block_on(async { client.delete(format!("{}/v1/executions/{id}", audited.1)).bearer_auth("admin").send().await.expect("answer") });
+        let (v, ended) = rt.block_on(run).expect("run");
+        assert_eq!(v["status"], "killed", "{v}");
+        took.push(ended.saturating_duration_since(asked));
+    }
+    took.sort();
+    rows.push(Row {
+        what: "admin kill of a busy python loop: DELETE sent to killed result received".into(),
+        runs: kills,
+        p50: percentile(&took, 0.5),
+        p99: percentile(&took, 0.99),
+        note: "target: within 100 ms".into(),
+    });
     rows
 }
 
@@ -448,6 +547,7 @@ fn main() {
         ("shell process", Box::new(|| vec![process(Language::Shell, "echo hi", 30)])),
         ("shell firejail", Box::new(|| vec![bare_firejail(30)])),
         ("python javascript HTTP", Box::new(|| http(runs.max(200)))),
+        ("python HTTP agents audit kill", Box::new(|| http_agents(runs.max(200)))),
         ("python session library", Box::new(|| session_turns(&warm, Language::Python, runs))),
         ("javascript session library", Box::new(|| session_turns(&warm, Language::Javascript, runs))),
         ("python javascript session HTTP", Box::new(|| http_sessions(runs))),

@@ -16,7 +16,11 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod agents;
+pub mod audit;
 pub mod backend;
+pub mod config;
+pub mod executions;
 pub mod metrics;
 pub mod request;
 pub mod result;

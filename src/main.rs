@@ -32,7 +32,7 @@ enum Command {
     Serve(ServeArgs),
     /// Serve the Model Context Protocol on stdin/stdout (tools run_python, run_javascript,
     /// run_shell, create_session, close_session), with `serve`'s default limits.
-    Mcp,
+    Mcp(McpArgs),
     /// A session from the terminal: each entered block runs as a turn, in the state earlier
     /// turns left (Python and JavaScript: variables and functions; every language: /scratch).
     Repl(ReplArgs),
@@ -41,6 +41,32 @@ enum Command {
         #[command(subcommand)]
         action: RuntimeAction,
     },
+    /// Print a new random token and the sha256 to put in the config file.
+    Token(operator::TokenArgs),
+    /// List the runs and sessions alive on a server.
+    Ps(operator::PsArgs),
+    /// Kill a run (or end a session) on a server.
+    Kill(operator::KillArgs),
+    /// List, approve, revoke or kill a server's agents.
+    Agents {
+        #[command(subcommand)]
+        action: operator::AgentsAction,
+    },
+    /// Read or verify the audit log.
+    Audit {
+        #[command(subcommand)]
+        action: operator::AuditAction,
+    },
+}
+
+#[derive(Args)]
+struct McpArgs {
+    /// The config file: limits, agents, audit (`$WSBX_CONFIG`).
+    #[arg(long, value_name = "FILE", env = "WSBX_CONFIG")]
+    config: Option<PathBuf>,
+    /// The agent the client runs as (default: `default`).
+    #[arg(long, value_name = "ID")]
+    agent: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -64,51 +90,57 @@ enum RuntimeAction {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    addr: String,
-    /// Bearer token required on /v1/ routes.
+    /// The config file (`$WSBX_CONFIG`): server settings under [server], limits, agents, admin
+    /// and audit. A flag given here wins over the file.
+    #[arg(long, value_name = "FILE", env = "WSBX_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    addr: Option<String>,
+    /// Bearer token of the agent `default` on /v1/ routes.
     #[arg(long, env = "WSBX_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Runs executing at once (default: the number of cores).
+    /// Runs executing at once [default: the number of cores].
     #[arg(long = "max-concurrency", value_name = "N")]
     max_concurrency: Option<usize>,
-    /// Requests that may wait for a slot before the server answers 429 (default: 4 × cores).
+    /// Requests that may wait for a slot before the server answers 429 [default: 4 × cores].
     #[arg(long = "max-queue", value_name = "N")]
     max_queue: Option<usize>,
-    /// Largest request body in bytes.
-    #[arg(long = "max-body-bytes", value_name = "BYTES", default_value_t = 16 << 20)]
-    max_body_bytes: usize,
-    /// Ceiling on a request's timeout, in seconds.
-    #[arg(long = "max-timeout", value_name = "SECONDS", default_value_t = 60.0)]
-    max_timeout: f64,
-    /// Ceiling on a request's fuel.
-    #[arg(long = "max-fuel", value_name = "N", default_value_t = Limits::CEILING.fuel)]
-    max_fuel: u64,
-    /// Ceiling on a request's memory, in MiB.
-    #[arg(long = "max-memory", value_name = "MIB", default_value_t = 1024)]
-    max_memory: u64,
-    /// Ceiling on a request's output per stream, in bytes.
-    #[arg(long = "max-output", value_name = "BYTES", default_value_t = 16 << 20)]
-    max_output: u64,
-    /// Ceiling on a request's scratch quota, in MiB.
-    #[arg(long = "max-disk", value_name = "MIB", default_value_t = 1024)]
-    max_disk: u64,
-    /// The most file content one result returns (`return_files`), in bytes.
-    #[arg(long = "max-return-bytes", value_name = "BYTES", default_value_t = wsbx::sandbox::DEFAULT_MAX_RETURN_BYTES)]
-    max_return_bytes: u64,
-    /// Connections open at once; more wait in the kernel's accept queue.
-    #[arg(long = "max-connections", value_name = "N", default_value_t = 1024)]
-    max_connections: usize,
-    /// Sessions alive at once; creating one more answers 429.
-    #[arg(long = "max-sessions", value_name = "N", default_value_t = 64)]
-    max_sessions: usize,
-    /// A session's idle timeout, in seconds: the default and the most a session may ask for.
-    #[arg(long = "session-idle-timeout", value_name = "SECONDS", default_value_t = 600.0)]
-    session_idle_timeout: f64,
-    /// A session's lifetime, in seconds: the default and the most a session may ask for.
-    #[arg(long = "session-lifetime", value_name = "SECONDS", default_value_t = 3600.0)]
-    session_lifetime: f64,
+    /// Largest request body in bytes [default: 16 MiB].
+    #[arg(long = "max-body-bytes", value_name = "BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Ceiling on a request's timeout, in seconds [default: 60].
+    #[arg(long = "max-timeout", value_name = "SECONDS")]
+    max_timeout: Option<f64>,
+    /// Ceiling on a request's fuel [default: 10^13].
+    #[arg(long = "max-fuel", value_name = "N")]
+    max_fuel: Option<u64>,
+    /// Ceiling on a request's memory, in MiB [default: 1024].
+    #[arg(long = "max-memory", value_name = "MIB")]
+    max_memory: Option<u64>,
+    /// Ceiling on a request's output per stream, in bytes [default: 16 MiB].
+    #[arg(long = "max-output", value_name = "BYTES")]
+    max_output: Option<u64>,
+    /// Ceiling on a request's scratch quota, in MiB [default: 1024].
+    #[arg(long = "max-disk", value_name = "MIB")]
+    max_disk: Option<u64>,
+    /// The most file content one result returns (`return_files`), in bytes [default: 32 MiB].
+    #[arg(long = "max-return-bytes", value_name = "BYTES")]
+    max_return_bytes: Option<u64>,
+    /// Connections open at once; more wait in the kernel's accept queue [default: 1024].
+    #[arg(long = "max-connections", value_name = "N")]
+    max_connections: Option<usize>,
+    /// Sessions alive at once; creating one more answers 429 [default: 64].
+    #[arg(long = "max-sessions", value_name = "N")]
+    max_sessions: Option<usize>,
+    /// A session's idle timeout, in seconds: the default and the most a session may ask for
+    /// [default: 600].
+    #[arg(long = "session-idle-timeout", value_name = "SECONDS")]
+    session_idle_timeout: Option<f64>,
+    /// A session's lifetime, in seconds: the default and the most a session may ask for
+    /// [default: 3600].
+    #[arg(long = "session-lifetime", value_name = "SECONDS")]
+    session_lifetime: Option<f64>,
 }
 
 /// The limit flags of `exec` and `repl`.
@@ -181,6 +213,13 @@ struct ExecArgs {
     /// Print the result object as JSON instead of the guest's streams.
     #[arg(long)]
     json: bool,
+    /// The config file (`$WSBX_CONFIG`): limit defaults and ceilings, agents, audit.
+    #[arg(long, value_name = "FILE", env = "WSBX_CONFIG")]
+    config: Option<PathBuf>,
+    /// The agent this run is for (needs --config): its approval, languages and ceilings
+    /// apply, and the audit row names it [default: default].
+    #[arg(long, value_name = "ID")]
+    agent: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -201,18 +240,27 @@ fn main() -> ExitCode {
         Command::Exec(args) => exec(args),
         Command::Serve(args) => serve(args),
         Command::Repl(args) => repl::run(args),
-        Command::Mcp => mcp(),
+        Command::Mcp(args) => mcp(args),
         Command::Runtime { action } => runtime(action),
+        Command::Token(args) => operator::token(args),
+        Command::Ps(args) => operator::ps(args),
+        Command::Kill(args) => operator::kill(args),
+        Command::Agents { action } => operator::agents(action),
+        Command::Audit { action } => operator::audit(action),
     }
 }
 
 /// The signal that asked `wsbx exec` to stop, 0 while none did.
 static STOPPED_BY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-/// Makes SIGTERM, SIGINT and SIGHUP end `wsbx exec` cleanly: a running shell job is killed at
-/// once (never orphaned past its deadline), the scratch directory is removed, and wsbx exits
-/// with 128 + the signal's number. A wasm guest cannot be interrupted from outside its run, so
-/// if the run has not returned within a second its scratch directory is removed and wsbx exits.
+/// The run of `wsbx exec`, for the signal watcher to kill.
+static RUN: std::sync::OnceLock<wsbx::request::RunHandle> = std::sync::OnceLock::new();
+
+/// Makes SIGTERM, SIGINT and SIGHUP end `wsbx exec` cleanly: the run is killed at once (a wasm
+/// guest at its next epoch tick, a shell job's process group; never orphaned past its
+/// deadline), the scratch directory is removed, and wsbx exits with 128 + the signal's number.
+/// If the run has not returned within a second its scratch directory is removed and wsbx exits
+/// anyway.
 ///
 /// Must run before any other thread exists: the signals are blocked in every thread (children
 /// get the default mask back at exec) and a watcher thread takes them with `sigwait`.
@@ -234,6 +282,9 @@ fn stop_cleanly_on_signals() {
             return;
         }
         STOPPED_BY.store(signal, std::sync::atomic::Ordering::SeqCst);
+        if let Some(run) = RUN.get() {
+            run.kill(format!("wsbx received signal {signal}"));
+        }
         wsbx::backend::firejail::stop_all();
         std::thread::sleep(std::time::Duration::from_secs(1));
         wsbx::scratch::remove_all_live();
@@ -244,6 +295,7 @@ fn stop_cleanly_on_signals() {
     }
 }
 
+mod operator;
 mod repl;
 
 fn exec(args: ExecArgs) -> ExitCode {
@@ -253,7 +305,11 @@ fn exec(args: ExecArgs) -> ExitCode {
         Ok(l) => l,
         Err(e) => return refuse(json, None, &e.to_string()),
     };
-    let request = match build_request(language, &args) {
+    let admitted = match ExecPolicy::load(&args, language) {
+        Ok(admitted) => admitted,
+        Err(message) => return refuse(json, Some(language), &message),
+    };
+    let request = match build_request(language, &args, &admitted.defaults) {
         Ok(request) => request,
         Err(message) => return refuse(json, Some(language), &message),
     };
@@ -264,13 +320,14 @@ fn exec(args: ExecArgs) -> ExitCode {
         ..SandboxConfig::default()
     });
     // Refuse bad requests before any install work.
-    if let Err(e) = request.validate(&sandbox.config().ceiling) {
+    if let Err(e) = request.validate(&admitted.ceiling) {
         return refuse(json, Some(language), &e.to_string());
     }
     if let Some(dir) = args.out_dir.as_deref().filter(|d| d.exists() && !d.is_dir()) {
         return refuse(json, Some(language), &format!("--out-dir {}: it exists and is not a directory", dir.display()));
     }
     let mut request = request;
+    request.handle = Some(RUN.get_or_init(wsbx::request::RunHandle::new).clone());
     if !json {
         // The guest's output reaches the terminal (or pipe) as it is written.
         request.on_output = Some(wsbx::request::OutputListener::new(|stream, bytes| {
@@ -281,6 +338,7 @@ fn exec(args: ExecArgs) -> ExitCode {
         }));
     }
     let (result, scratch) = sandbox.run_keeping_scratch(&request);
+    admitted.record(&request, &result);
     let mut code = exit_code(&result);
     if let (Some(dir), Some(scratch)) = (&args.out_dir, &scratch) {
         match scratch.copy_out(dir, args.max_return_bytes) {
@@ -311,7 +369,7 @@ fn exec(args: ExecArgs) -> ExitCode {
 }
 
 /// Turns the command line into a request; every error is the user's to fix (exit 126).
-fn build_request(language: Language, args: &ExecArgs) -> Result<ExecRequest, String> {
+fn build_request(language: Language, args: &ExecArgs, defaults: &Limits) -> Result<ExecRequest, String> {
     let code = match (&args.code, &args.source) {
         (Some(code), None) => code.clone(),
         (None, Some(path)) if path.as_os_str() == "-" => {
@@ -339,7 +397,7 @@ fn build_request(language: Language, args: &ExecArgs) -> Result<ExecRequest, Str
             std::fs::read(path).map_err(|e| format!("reading --stdin {}: {e}", path.display()))?
         };
     }
-    request.limits = limits(&args.limits)?;
+    request.limits = limits(&args.limits, defaults)?;
     for spec in &args.files {
         let (guest, host) = spec
             .split_once('=')
@@ -363,10 +421,10 @@ fn environment(specs: &[String]) -> Result<BTreeMap<String, String>, String> {
     Ok(env)
 }
 
-/// The request's limits: defaults, overridden by flags. Zero and negative values become 0 so
-/// that validation refuses them with the limit's name.
-fn limits(args: &LimitArgs) -> Result<Limits, String> {
-    let mut limits = Limits::default();
+/// The request's limits: `defaults`, overridden by flags. Zero and negative values become 0
+/// so that validation refuses them with the limit's name.
+fn limits(args: &LimitArgs, defaults: &Limits) -> Result<Limits, String> {
+    let mut limits = *defaults;
     if let Some(seconds) = args.timeout {
         limits.timeout_ms = if seconds.is_finite() && seconds > 0.0 {
             // Round up: a positive timeout never becomes zero.
@@ -394,6 +452,71 @@ fn limits(args: &LimitArgs) -> Result<Limits, String> {
         limits.max_files = clamp(max_files);
     }
     Ok(limits)
+}
+
+/// What `--config` and `--agent` make of one `wsbx exec`: its defaults and ceiling, whether
+/// its agent may run it, and where its audit row goes.
+struct ExecPolicy {
+    defaults: Limits,
+    ceiling: Limits,
+    agent: String,
+    audit: Option<wsbx::audit::Audit>,
+}
+
+impl ExecPolicy {
+    fn load(args: &ExecArgs, language: Language) -> Result<ExecPolicy, String> {
+        let Some(path) = &args.config else {
+            if args.agent.is_some() {
+                return Err("--agent names an agent of a config file: give --config FILE too".into());
+            }
+            return Ok(ExecPolicy { defaults: Limits::DEFAULT, ceiling: Limits::CEILING, agent: String::new(), audit: None });
+        };
+        let config = wsbx::config::Config::load(path).map_err(|e| e.to_string())?;
+        let table = wsbx::config::LimitTable::new(Limits::CEILING, &config.limits);
+        let agents = wsbx::agents::Agents::new(&config, None)?;
+        let id = args.agent.clone().unwrap_or_else(|| wsbx::agents::DEFAULT_AGENT.into());
+        let audit = match config.audit.enabled {
+            true => {
+                let home = SandboxConfig::default().home;
+                let settings = &config.audit;
+                Some(wsbx::audit::Audit::open(&config.audit_path(&home), settings.store_code, settings.retention_days)?)
+            }
+            false => None,
+        };
+        let agent = match agents.get(&id) {
+            Some(agent) => agent,
+            None if args.agent.is_none() => {
+                // No agent asked for and no `default` in the file: the file's limits apply.
+                let (defaults, ceiling) = (table.default(language), table.ceiling(language));
+                return Ok(ExecPolicy { defaults, ceiling, agent: id, audit });
+            }
+            None => return Err(format!("no agent {id:?} in {}", path.display())),
+        };
+        if let Some(audit) = &audit {
+            for (who, approved) in audit.approvals()? {
+                if who == agent.id {
+                    agent.set_approved(approved);
+                }
+            }
+            audit.check()?;
+        }
+        // Approval and languages; a CLI run is alone in its process, so the rate quotas of a
+        // server do not apply to it.
+        drop(agent.admit(language).map_err(|refusal| refusal.message)?);
+        let ceiling = agent.ceiling(&table.ceiling(language));
+        Ok(ExecPolicy { defaults: table.default(language).lowered_to(&ceiling), ceiling, agent: id, audit })
+    }
+
+    /// Writes the run's audit row, when there is an audit log, and waits for it.
+    fn record(&self, request: &ExecRequest, result: &ExecResult) {
+        if let Some(audit) = &self.audit {
+            let event = wsbx::audit::Event::of_run(wsbx::audit::Kind::Run, &self.agent, request, result, audit.store_code());
+            drop(audit.record(event));
+            if !audit.flush(std::time::Duration::from_secs(10)) {
+                eprintln!("wsbx: warning: the audit row of this run could not be written to {}", audit.path().display());
+            }
+        }
+    }
 }
 
 fn refuse(json: bool, language: Option<Language>, message: &str) -> ExitCode {
@@ -445,45 +568,12 @@ fn exit_code(result: &ExecResult) -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    if args.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
-        eprintln!("wsbx: rejected: --token (or $WSBX_TOKEN) is empty: give a real token, or unset it to serve without authentication");
-        return ExitCode::from(EXIT_REJECTED);
-    }
-    let mut config = wsbx::server::ServeConfig { token: args.token, ..Default::default() };
-    config.max_connections = args.max_connections.max(1);
-    config.sandbox.max_return_bytes = args.max_return_bytes;
-    if let Some(n) = args.max_concurrency {
-        config.max_concurrency = n.max(1);
-        config.max_queue = n.max(1) * 4;
-    }
-    if let Some(n) = args.max_queue {
-        config.max_queue = n;
-    }
-    config.max_body_bytes = args.max_body_bytes;
-    if !(args.max_timeout.is_finite() && args.max_timeout > 0.0) {
-        eprintln!("wsbx: rejected: --max-timeout must be a positive number of seconds");
-        return ExitCode::from(EXIT_REJECTED);
-    }
-    config.max_sessions = args.max_sessions;
-    for (name, seconds, into) in [
-        ("--session-idle-timeout", args.session_idle_timeout, &mut config.session_idle_timeout),
-        ("--session-lifetime", args.session_lifetime, &mut config.session_lifetime),
-    ] {
-        match std::time::Duration::try_from_secs_f64(seconds) {
-            Ok(d) if !d.is_zero() && d <= wsbx::SessionOptions::MAX_DURATION => *into = d,
-            _ => {
-                eprintln!("wsbx: rejected: {name} must be a positive number of seconds, at most a year");
-                return ExitCode::from(EXIT_REJECTED);
-            }
+    let (config, addr) = match serve_config(&args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("wsbx: rejected: {message}");
+            return ExitCode::from(EXIT_REJECTED);
         }
-    }
-    config.ceiling = Limits {
-        timeout_ms: (args.max_timeout * 1000.0).ceil() as u64,
-        fuel: args.max_fuel,
-        memory_mb: args.max_memory,
-        max_output_bytes: args.max_output,
-        disk_mb: args.max_disk,
-        max_files: Limits::CEILING.max_files,
     };
     warn_if_sessions_can_outgrow_memory(&config);
     let runtime = match server_runtime(&config) {
@@ -491,10 +581,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(code) => return code,
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(&args.addr).await {
+        let listener = match tokio::net::TcpListener::bind(&addr).await {
             Ok(listener) => listener,
             Err(e) => {
-                eprintln!("wsbx: error: cannot listen on {}: {e}", args.addr);
+                eprintln!("wsbx: error: cannot listen on {addr}: {e}");
                 return ExitCode::from(EXIT_INTERNAL);
             }
         };
@@ -510,7 +600,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let _ = warmed.await;
         match listener.local_addr() {
             Ok(addr) => eprintln!("wsbx: listening on http://{addr}"),
-            Err(_) => eprintln!("wsbx: listening on http://{}", args.addr),
+            Err(_) => eprintln!("wsbx: listening on http://{addr}"),
         }
         match wsbx::server::serve(listener, config).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -520,6 +610,60 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// The server's configuration and address: built-in defaults, then the config file, then the
+/// flags. Every error is the user's to fix.
+fn serve_config(args: &ServeArgs) -> Result<(wsbx::server::ServeConfig, String), String> {
+    if args.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        return Err("--token (or $WSBX_TOKEN) is empty: give a real token, or unset it to serve without authentication".into());
+    }
+    let file = match &args.config {
+        Some(path) => wsbx::config::Config::load(path).map_err(|e| e.to_string())?,
+        None => wsbx::config::Config::default(),
+    };
+    let server = &file.server;
+    let mut config = wsbx::server::ServeConfig { token: args.token.clone(), ..Default::default() };
+    let cores = config.max_concurrency;
+    config.max_concurrency = args.max_concurrency.or(server.max_concurrency).unwrap_or(cores).max(1);
+    config.max_queue = args.max_queue.or(server.max_queue).unwrap_or(config.max_concurrency * 4);
+    config.max_body_bytes = args.max_body_bytes.or(server.max_body_bytes).unwrap_or(config.max_body_bytes);
+    config.max_connections = args.max_connections.or(server.max_connections).unwrap_or(config.max_connections).max(1);
+    config.sandbox.max_return_bytes = args.max_return_bytes.or(server.max_return_bytes).unwrap_or(config.sandbox.max_return_bytes);
+    config.max_sessions = args.max_sessions.or(server.max_sessions).unwrap_or(config.max_sessions);
+    for (name, flag, key, into) in [
+        ("--session-idle-timeout", args.session_idle_timeout, server.session_idle_timeout, &mut config.session_idle_timeout),
+        ("--session-lifetime", args.session_lifetime, server.session_lifetime, &mut config.session_lifetime),
+    ] {
+        if let Some(seconds) = flag.or(key) {
+            match std::time::Duration::try_from_secs_f64(seconds) {
+                Ok(d) if !d.is_zero() && d <= wsbx::SessionOptions::MAX_DURATION => *into = d,
+                _ => return Err(format!("{name} must be a positive number of seconds, at most a year")),
+            }
+        }
+    }
+    // The ceiling: built in, then [limits.ceiling], then the --max-* flags.
+    let mut ceiling = file.limits.ceiling.over(&config.ceiling);
+    if let Some(seconds) = args.max_timeout {
+        if !(seconds.is_finite() && seconds > 0.0) {
+            return Err("--max-timeout must be a positive number of seconds".into());
+        }
+        ceiling.timeout_ms = (seconds * 1000.0).ceil().min(u64::MAX as f64) as u64;
+    }
+    ceiling.fuel = args.max_fuel.unwrap_or(ceiling.fuel);
+    ceiling.memory_mb = args.max_memory.unwrap_or(ceiling.memory_mb);
+    ceiling.max_output_bytes = args.max_output.unwrap_or(ceiling.max_output_bytes);
+    ceiling.disk_mb = args.max_disk.unwrap_or(ceiling.disk_mb);
+    config.ceiling = ceiling;
+    let addr = args.addr.clone().or(server.addr.clone()).unwrap_or_else(|| "127.0.0.1:8080".into());
+    if args.config.is_some() && file.audit.enabled {
+        config.audit = Some(file.audit_path(&config.sandbox.home));
+    }
+    let mut file = file;
+    // Folded into `ceiling` above, under the flags.
+    file.limits.ceiling = wsbx::config::PartialLimits::default();
+    config.file = file;
+    Ok((config, addr))
 }
 
 /// Sessions hold their memory and their scratch tmpfs while idle: say at start when the flags
@@ -561,8 +705,25 @@ fn server_runtime(config: &wsbx::server::ServeConfig) -> Result<tokio::runtime::
     })
 }
 
-fn mcp() -> ExitCode {
-    let config = wsbx::server::ServeConfig::default();
+fn mcp(args: McpArgs) -> ExitCode {
+    let mut config = wsbx::server::ServeConfig::default();
+    if let Some(path) = &args.config {
+        match wsbx::config::Config::load(path) {
+            Ok(file) => {
+                config.ceiling = file.limits.ceiling.over(&config.ceiling);
+                if file.audit.enabled {
+                    config.audit = Some(file.audit_path(&config.sandbox.home));
+                }
+                config.file = file;
+                config.file.limits.ceiling = wsbx::config::PartialLimits::default();
+            }
+            Err(e) => {
+                eprintln!("wsbx: rejected: {e}");
+                return ExitCode::from(EXIT_REJECTED);
+            }
+        }
+    }
+    config.stdio_agent = args.agent;
     let runtime = match server_runtime(&config) {
         Ok(runtime) => runtime,
         Err(code) => return code,

@@ -25,6 +25,9 @@ pub struct Metrics {
     sessions_active: IntGauge,
     sessions_memory: IntGauge,
     session_turns: IntCounterVec,
+    agent_runs: IntCounterVec,
+    agent_fuel: IntCounterVec,
+    agent_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -62,6 +65,19 @@ impl Metrics {
             Opts::new("wsbx_session_turns_total", "Session turns finished, by language and status."),
             &["language", "status"],
         )?;
+        // Agents come from the config file: the `agent` label's values are bounded.
+        let agent_runs = IntCounterVec::new(
+            Opts::new("wsbx_agent_runs_total", "Runs and session turns finished, by agent and status."),
+            &["agent", "status"],
+        )?;
+        let agent_fuel = IntCounterVec::new(Opts::new("wsbx_agent_fuel_consumed_total", "Fuel burnt, by agent."), &["agent"])?;
+        let agent_refused = IntCounterVec::new(
+            Opts::new("wsbx_agent_refused_total", "Requests refused by approval, languages or a quota, by agent and quota."),
+            &["agent", "quota"],
+        )?;
+        registry.register(Box::new(agent_runs.clone()))?;
+        registry.register(Box::new(agent_fuel.clone()))?;
+        registry.register(Box::new(agent_refused.clone()))?;
         registry.register(Box::new(sessions_active.clone()))?;
         registry.register(Box::new(sessions_memory.clone()))?;
         registry.register(Box::new(session_turns.clone()))?;
@@ -71,7 +87,21 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(runtime_info.clone()))?;
-        Ok(Metrics { registry, exec_total, exec_duration, fuel_total, in_flight, http_requests, runtime_info, sessions_active, sessions_memory, session_turns })
+        Ok(Metrics {
+            registry,
+            exec_total,
+            exec_duration,
+            fuel_total,
+            in_flight,
+            http_requests,
+            runtime_info,
+            sessions_active,
+            sessions_memory,
+            session_turns,
+            agent_runs,
+            agent_fuel,
+            agent_refused,
+        })
     }
 
     /// Records the pinned runtimes in `wsbx_runtime_info`.
@@ -103,6 +133,19 @@ impl Metrics {
         if let Some(fuel) = result.fuel_consumed {
             self.fuel_total.with_label_values(&[result.language.as_str()]).inc_by(fuel);
         }
+    }
+
+    /// Records a finished run or turn of `agent`.
+    pub fn record_agent_run(&self, agent: &str, result: &ExecResult) {
+        self.agent_runs.with_label_values(&[agent, result.status.as_str()]).inc();
+        if let Some(fuel) = result.fuel_consumed {
+            self.agent_fuel.with_label_values(&[agent]).inc_by(fuel);
+        }
+    }
+
+    /// Counts a request of `agent` refused for `quota` (`approval`, `language`, a quota's name).
+    pub fn record_refusal(&self, agent: &str, quota: &str) {
+        self.agent_refused.with_label_values(&[agent, quota]).inc();
     }
 
     /// Sets the sessions gauges: how many are alive and the memory their guests hold.

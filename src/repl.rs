@@ -10,7 +10,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use wsbx::{Language, Sandbox, SandboxConfig, SessionOptions, Status, TurnRequest};
+use wsbx::{Language, Limits, Sandbox, SandboxConfig, SessionOptions, Status, TurnRequest};
 
 use super::{environment, exit_code, limits, print_result, refuse, stop_cleanly_on_signals, ReplArgs};
 
@@ -24,7 +24,7 @@ pub(super) fn run(args: ReplArgs) -> ExitCode {
         Ok(l) => l,
         Err(e) => return refuse(json, None, &e.to_string()),
     };
-    let options = match (limits(&args.limits), environment(&args.env)) {
+    let options = match (limits(&args.limits, &Limits::DEFAULT), environment(&args.env)) {
         (Ok(limits), Ok(env)) => {
             SessionOptions { limits, env, idle_timeout: REPL_DURATION, max_lifetime: REPL_DURATION, ..SessionOptions::default() }
         }

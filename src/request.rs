@@ -240,6 +240,9 @@ pub struct ExecRequest {
     pub return_files: bool,
     /// Where the guest's output goes as it is written, besides the result (streaming).
     pub on_output: Option<OutputListener>,
+    /// The run's id and kill switch, for a caller that must find or stop the run while it
+    /// goes (a server's table of running runs). `None`: a fresh id, and no one can kill it.
+    pub handle: Option<RunHandle>,
 }
 
 /// One of the guest's output streams.
@@ -313,6 +316,105 @@ impl PartialEq for OutputListener {
 
 impl Eq for OutputListener {}
 
+/// A handle on one run while it goes: its id (the result's `id`), a switch that kills it, and
+/// the fuel it has burnt so far. Cloned handles are the same handle.
+///
+/// A kill goes through what each backend already does at its deadline: a wasm guest is
+/// interrupted at its next epoch tick (10 ms) or wakes from its sleep, a shell job's process
+/// group is killed. The run ends with status `killed` and the reason as its `detail`.
+///
+/// ```
+/// use wsbx::request::RunHandle;
+/// let handle = RunHandle::new();
+/// assert!(handle.killed().is_none());
+/// handle.kill("an operator asked");
+/// assert_eq!(handle.killed().as_deref(), Some("an operator asked"));
+/// ```
+#[derive(Clone)]
+pub struct RunHandle(std::sync::Arc<HandleState>);
+
+struct HandleState {
+    id: uuid::Uuid,
+    killed: std::sync::atomic::AtomicBool,
+    why: std::sync::Mutex<Option<String>>,
+    fuel: std::sync::atomic::AtomicU64,
+}
+
+impl RunHandle {
+    /// A handle with a fresh id.
+    pub fn new() -> RunHandle {
+        RunHandle::with_id(uuid::Uuid::new_v4())
+    }
+
+    /// A handle for the run that will have `id`.
+    pub fn with_id(id: uuid::Uuid) -> RunHandle {
+        RunHandle(std::sync::Arc::new(HandleState {
+            id,
+            killed: std::sync::atomic::AtomicBool::new(false),
+            why: std::sync::Mutex::new(None),
+            fuel: std::sync::atomic::AtomicU64::new(0),
+        }))
+    }
+
+    /// The run's id.
+    pub fn id(&self) -> uuid::Uuid {
+        self.0.id
+    }
+
+    /// Kills the run, saying `why` (the first reason given is kept). A run that has not
+    /// started yet ends as soon as it starts; one that has ended is not affected.
+    pub fn kill(&self, why: impl Into<String>) {
+        let mut kept = self.0.why.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.is_none() {
+            *kept = Some(why.into());
+        }
+        self.0.killed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the run was killed: cheap enough to ask on every epoch tick.
+    pub fn is_killed(&self) -> bool {
+        self.0.killed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Why the run was killed, if it was.
+    pub fn killed(&self) -> Option<String> {
+        if !self.is_killed() {
+            return None;
+        }
+        self.0.why.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Fuel the run's code has burnt so far, as of the guest's last epoch tick (0 for shell).
+    pub fn fuel_so_far(&self) -> u64 {
+        self.0.fuel.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn report_fuel(&self, fuel: u64) {
+        self.0.fuel.store(fuel, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Default for RunHandle {
+    fn default() -> Self {
+        RunHandle::new()
+    }
+}
+
+impl std::fmt::Debug for RunHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunHandle").field("id", &self.0.id).field("killed", &self.is_killed()).finish()
+    }
+}
+
+/// Two requests are equal when they carry the same handle.
+impl PartialEq for RunHandle {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for RunHandle {}
+
 impl ExecRequest {
     /// A request with no stdin, no files, no environment and default limits.
     pub fn new(language: Language, code: impl Into<String>) -> Self {
@@ -325,6 +427,7 @@ impl ExecRequest {
             limits: Limits::default(),
             return_files: false,
             on_output: None,
+            handle: None,
         }
     }
 

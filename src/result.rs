@@ -147,4 +147,13 @@ impl ExecResult {
             turn: None,
         }
     }
+
+    /// This result as `request`'s: with the id of its [`RunHandle`](crate::request::RunHandle),
+    /// when it has one.
+    pub(crate) fn of(mut self, request: &crate::ExecRequest) -> Self {
+        if let Some(handle) = &request.handle {
+            self.id = handle.id();
+        }
+        self
+    }
 }

@@ -14,7 +14,7 @@ use crate::backend::wasm::javascript::JavascriptBackend;
 use crate::backend::wasm::python::PythonBackend;
 use crate::backend::wasm::WasmEngine;
 use crate::backend::{Backend, Outcome};
-use crate::request::{ExecRequest, Language, Limits, RequestError};
+use crate::request::{ExecRequest, Language, Limits, RequestError, RunHandle};
 use crate::result::{ExecResult, Status};
 use crate::runtimes::{InstallOptions, RuntimeError, RuntimeInfo, Runtimes};
 use crate::scratch::{Quota, Scratch, ScratchSlot};
@@ -226,15 +226,18 @@ impl Sandbox {
         let validated = request.validate(&self.config.ceiling);
         split(&mut phases.validate);
         if let Err(e) = validated {
-            return (ExecResult::not_run(language, Status::Rejected, e.to_string()), None);
+            return (ExecResult::not_run(language, Status::Rejected, e.to_string()).of(request), None);
+        }
+        if let Some(why) = request.handle.as_ref().and_then(RunHandle::killed) {
+            return (ExecResult::not_run(language, Status::Killed, why).of(request), None);
         }
         let backend = match self.backend(language) {
             Ok(backend) => backend,
             Err(PrepareError::Unavailable(e)) => {
-                return (ExecResult::not_run(language, Status::Rejected, e.to_string()), None)
+                return (ExecResult::not_run(language, Status::Rejected, e.to_string()).of(request), None)
             }
             Err(PrepareError::Runtime(e)) => {
-                return (ExecResult::not_run(language, Status::InternalError, e), None)
+                return (ExecResult::not_run(language, Status::InternalError, e).of(request), None)
             }
         };
         let root = backend.scratch_root().unwrap_or(&self.config.scratch_root);
@@ -251,9 +254,9 @@ impl Sandbox {
         phases.guest = Duration::from_secs_f64(outcome.wall_ms.max(0.0) / 1000.0);
         let Some(scratch) = slot.into_scratch() else {
             // Refused before a directory existed (no room for it, say): nothing to collect.
-            return (assemble(language, outcome), None);
+            return (assemble(request, outcome), None);
         };
-        let result = finish(assemble(language, outcome), &scratch, request.return_files, self.config.max_return_bytes);
+        let result = finish(assemble(request, outcome), &scratch, request.return_files, self.config.max_return_bytes);
         split(&mut phases.collect);
         (result, Some(scratch))
     }
@@ -380,10 +383,11 @@ fn loaded<B: Backend + 'static>(
     }
 }
 
-pub(crate) fn assemble(language: Language, outcome: Outcome) -> ExecResult {
+/// The result of `request`'s run that ended with `outcome`.
+pub(crate) fn assemble(request: &ExecRequest, outcome: Outcome) -> ExecResult {
     ExecResult {
-        id: Uuid::new_v4(),
-        language,
+        id: request.handle.as_ref().map_or_else(Uuid::new_v4, RunHandle::id),
+        language: request.language,
         status: outcome.status,
         exit_code: outcome.exit_code,
         stdout: String::from_utf8_lossy(&outcome.stdout).into_owned(),

@@ -81,12 +81,15 @@ pub struct TurnRequest {
     pub return_files: bool,
     /// Where the turn's output goes as it is written (see [`crate::request::OutputListener`]).
     pub on_output: Option<crate::request::OutputListener>,
+    /// The turn's id and kill switch (see [`crate::request::RunHandle`]). Killing a turn
+    /// ends its session.
+    pub handle: Option<crate::request::RunHandle>,
 }
 
 impl TurnRequest {
     /// A turn running `code` with no stdin, no files and the session's limits.
     pub fn new(code: impl Into<String>) -> Self {
-        TurnRequest { code: code.into(), stdin: Vec::new(), files: Vec::new(), limits: None, return_files: false, on_output: None }
+        TurnRequest { code: code.into(), stdin: Vec::new(), files: Vec::new(), limits: None, return_files: false, on_output: None, handle: None }
     }
 }
 
@@ -196,7 +199,7 @@ impl Session {
     ///
     /// The turn's limits bound it alone (fuel, deadline, output, disk); memory is the
     /// session's. A turn that ends by `timeout`, `out_of_fuel` or `internal_error`, or that
-    /// traps or exits the interpreter, ends the session: its guest and scratch directory are released at once and
+    /// traps or exits the interpreter, or is killed, ends the session: its guest and scratch directory are released at once and
     /// later turns are refused. An exception (or a `MemoryError`) does not.
     pub fn run(&mut self, turn: &TurnRequest) -> ExecResult {
         match self.request(turn.clone()) {
@@ -226,6 +229,7 @@ impl Session {
             limits,
             return_files: turn.return_files,
             on_output: turn.on_output,
+            handle: turn.handle,
         };
         request.validate(&self.ceiling).map_err(|e| e.to_string())?;
         Ok(request)
@@ -236,14 +240,18 @@ impl Session {
         self.turns += 1;
         self.end_if_expired();
         if let Some(why) = &self.ended {
-            return self.refuse(format!("the session has ended: {why}"));
+            return self.refuse(format!("the session has ended: {why}")).of(request);
         }
         if request.language != self.language || request.limits.memory_mb != self.limits.memory_mb || request.env != self.env {
-            return self.refuse("a turn's language, memory and environment are the session's: make it with Session::request".into());
+            return self.refuse("a turn's language, memory and environment are the session's: make it with Session::request".into()).of(request);
+        }
+        if let Some(why) = request.handle.as_ref().and_then(crate::request::RunHandle::killed) {
+            self.end(format!("turn {} was killed: {why}", self.turns));
+            return self.tag(ExecResult::not_run(self.language, Status::Killed, why)).of(request);
         }
         self.last_used = Instant::now();
         let Some(kept) = self.scratch.take() else {
-            return self.refuse("the session has ended".into());
+            return self.refuse("the session has ended".into()).of(request);
         };
         let quota = quota_for(&*self.backend, &request.limits);
         let (mut slot, ready) = ScratchSlot::keep(&self.scratch_root, quota, &request.files, kept);
@@ -253,14 +261,14 @@ impl Session {
             (Ok(()), None) => self.backend.run(request, &mut slot),
         };
         self.scratch = slot.into_scratch();
-        let result = self.tag(assemble(self.language, outcome));
+        let result = self.tag(assemble(request, outcome));
         let result = match &self.scratch {
             Some(scratch) => finish(result, scratch, request.return_files, self.max_return_bytes),
             None => result,
         };
         self.last_used = Instant::now();
         let ended = self.live.as_ref().and_then(|live| live.ended()).map(str::to_owned).or_else(|| match result.status {
-            Status::Timeout | Status::OutOfFuel => Some(format!("turn {} ended by {}", self.turns, result.status)),
+            Status::Timeout | Status::OutOfFuel | Status::Killed => Some(format!("turn {} ended by {}", self.turns, result.status)),
             // A kept directory the sandbox can no longer start in (a shell guest made it
             // unusable) would fail every later turn the same way.
             Status::InternalError => Some(format!("turn {} failed: {}", self.turns, result.detail.as_deref().unwrap_or("internal error"))),

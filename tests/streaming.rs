@@ -124,21 +124,26 @@ async fn slow_and_vanishing_clients_cost_the_guest_nothing_and_leave_nothing() {
         .sum();
     assert_eq!(streamed, 1 << 20, "every byte under the cap is streamed once");
 
-    // Leave after the first event of a run that goes on writing.
+    // Leave after the first event of a run that would go on writing for 20 s: the run is
+    // killed, not left to its deadline.
     let mut response = client
         .post(server.url("/v1/exec"))
         .header("Accept", "text/event-stream")
-        .json(&json!({"language": "python", "code": "import time\nopen('/scratch/marker', 'w').write('x')\nfor i in range(20):\n    print(i, flush=True); time.sleep(0.05)"}))
+        .json(&json!({"language": "python", "limits": {"timeout_ms": 20000}, "code": "import time\nopen('/scratch/marker', 'w').write('x')\nfor i in range(400):\n    print(i, flush=True); time.sleep(0.05)"}))
         .send()
         .await
         .unwrap();
     let _first = response.chunk().await.unwrap();
     drop(response);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let left = std::fs::read_dir(root.path()).unwrap().flatten().filter(|e| e.path().join("marker").exists()).count();
-    assert_eq!(left, 0, "the run's scratch directory outlived it");
+    let left_at = std::time::Instant::now();
+    let gone = |root: &std::path::Path| std::fs::read_dir(root).unwrap().flatten().all(|e| !e.path().join("marker").exists());
+    while !gone(root.path()) && left_at.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone(root.path()), "the run's scratch directory outlived its client by 3 s: the run was not killed");
     let metrics = client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l == "wsbx_exec_in_flight 0"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == r#"wsbx_exec_total{language="python",status="killed"} 1"#), "{metrics}");
 }
 
 #[test]

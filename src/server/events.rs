@@ -106,14 +106,21 @@ fn output_event(stream: Stream, text: &str) -> Event {
 }
 
 /// The event stream of a run: its output as it comes from `feed`, then its result.
-pub(super) fn response(feed: Arc<Feed>, run: JoinHandle<Result<ExecResult, ApiError>>) -> Sse<impl FuturesStream<Item = Result<Event, Infallible>>> {
+///
+/// A client that goes away before the result kills the run (`cancel`): its stream is dropped.
+pub(super) fn response(
+    feed: Arc<Feed>,
+    run: JoinHandle<Result<ExecResult, ApiError>>,
+    cancel: super::KillOnDrop,
+) -> Sse<impl FuturesStream<Item = Result<Event, Infallible>>> {
     struct State {
         feed: Arc<Feed>,
         run: Option<JoinHandle<Result<ExecResult, ApiError>>>,
         events: VecDeque<Event>,
         partial: Partial,
+        cancel: super::KillOnDrop,
     }
-    let state = State { feed, run: Some(run), events: VecDeque::new(), partial: Partial::default() };
+    let state = State { feed, run: Some(run), events: VecDeque::new(), partial: Partial::default(), cancel };
     let stream = futures_util::stream::unfold(state, |mut state| async move {
         loop {
             if let Some(event) = state.events.pop_front() {
@@ -125,11 +132,12 @@ pub(super) fn response(feed: Arc<Feed>, run: JoinHandle<Result<ExecResult, ApiEr
                 () = state.feed.ready.notified() => state.feed.drain(&mut state.events, &mut state.partial),
                 ended = run => {
                     state.run = None;
+                    state.cancel.disarm();
                     state.feed.drain(&mut state.events, &mut state.partial);
                     state.partial.flush(&mut state.events);
                     let last = match ended {
                         Ok(Ok(result)) => Event::default().event("result").data(serde_json::to_string(&result).unwrap_or_default()),
-                        Ok(Err(ApiError(_, message))) => Event::default().event("error").data(serde_json::json!({ "error": message }).to_string()),
+                        Ok(Err(ApiError { message, .. })) => Event::default().event("error").data(serde_json::json!({ "error": message }).to_string()),
                         Err(e) => Event::default().event("error").data(serde_json::json!({ "error": format!("the run failed: {e}") }).to_string()),
                     };
                     state.events.push_back(last);

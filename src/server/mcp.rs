@@ -15,11 +15,13 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{schemars, tool, tool_handler, tool_router, ErrorData, ServerHandler};
+use rmcp::service::RequestContext;
+use rmcp::{schemars, tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
 use serde::Deserialize;
 
 use super::sessions::{self, Asked};
 use super::{ApiError, AppState, LimitsBody};
+use crate::agents::Caller;
 use crate::request::{ExecRequest, InputFile, Language};
 use crate::result::{ExecResult, Status};
 use crate::session::TurnRequest;
@@ -101,36 +103,65 @@ impl Tools {
         Tools { state, shown: Arc::default(), tool_router: Tools::tool_router() }
     }
 
-    async fn run(&self, language: Language, args: RunArgs) -> Result<CallToolResult, ErrorData> {
+    /// Who calls: over HTTP, the caller the bearer token named; on stdio, `wsbx mcp`'s agent.
+    fn caller(&self, context: &RequestContext<RoleServer>) -> Result<Caller, CallToolResult> {
+        let from_http = context.extensions.get::<axum::http::request::Parts>().and_then(|parts| parts.extensions.get::<Caller>());
+        from_http.or(self.state.stdio_caller.as_ref()).cloned().ok_or_else(|| refused("no agent: give wsbx mcp --agent ID"))
+    }
+
+    async fn run(&self, context: RequestContext<RoleServer>, language: Language, args: RunArgs) -> Result<CallToolResult, ErrorData> {
+        let caller = match self.caller(&context) {
+            Ok(caller) => caller,
+            Err(refusal) => return Ok(refusal),
+        };
+        let agent = match super::runner(&caller) {
+            Ok(agent) => agent,
+            Err(ApiError { message, .. }) => return Ok(refused(&message)),
+        };
         let files = match files(args.files) {
             Ok(files) => files,
             Err(message) => return Ok(refused(&message)),
         };
         let stdin = args.stdin.unwrap_or_default().into_bytes();
         let limits = LimitsBody { timeout_ms: args.timeout_ms, ..LimitsBody::default() };
-        let ran = match &args.session_id {
-            Some(id) => {
-                let code = args.code;
-                let make = |session: &crate::Limits| TurnRequest { code, stdin, files, limits: Some(limits.or(session)), return_files: true, on_output: None };
-                sessions::run_turn(&self.state, id, Some(language), make, None).await
+        // A call the client cancels (`notifications/cancelled`) drops its run, which kills it.
+        let work = async {
+            match &args.session_id {
+                Some(id) => {
+                    let code = args.code;
+                    let make = |session: &crate::Limits| TurnRequest {
+                        code,
+                        stdin,
+                        files,
+                        limits: Some(limits.or(session)),
+                        return_files: true,
+                        on_output: None,
+                        handle: None,
+                    };
+                    sessions::run_turn(&self.state, &caller, id, Some(language), make, None).await
+                }
+                None => {
+                    let request = ExecRequest {
+                        stdin,
+                        files,
+                        limits: limits.or(&self.state.defaults(agent, language)),
+                        return_files: true,
+                        ..ExecRequest::new(language, args.code)
+                    };
+                    super::run_once(&self.state, agent, request).await
+                }
             }
-            None => {
-                let request = ExecRequest {
-                    stdin,
-                    files,
-                    limits: limits.or(&self.state.defaults),
-                    return_files: true,
-                    ..ExecRequest::new(language, args.code)
-                };
-                super::run_once(&self.state, request).await
-            }
+        };
+        let ran = tokio::select! {
+            ran = work => ran,
+            () = context.ct.cancelled() => return Ok(refused("the call was cancelled; its run was killed")),
         };
         Ok(match ran {
             Ok(mut result) => {
                 self.drop_shown_images(&mut result);
                 tool_result(&result)
             }
-            Err(ApiError(_, message)) => refused(&message),
+            Err(ApiError { message, .. }) => refused(&message),
         })
     }
 
@@ -154,25 +185,33 @@ impl Tools {
 impl Tools {
     /// Runs Python.
     #[tool(description = "Run Python 3 code (CPython with numpy, pandas and matplotlib; plt.show() saves each figure as /scratch/figure-<n>.png, returned as an image). Print what you want to see. Runs in an isolated sandbox: no network, no host files, a private working directory /scratch, hard limits. With session_id, runs in that session with the variables and files earlier calls left.")]
-    async fn run_python(&self, Parameters(args): Parameters<RunArgs>) -> Result<CallToolResult, ErrorData> {
-        self.run(Language::Python, args).await
+    async fn run_python(&self, context: RequestContext<RoleServer>, Parameters(args): Parameters<RunArgs>) -> Result<CallToolResult, ErrorData> {
+        self.run(context, Language::Python, args).await
     }
 
     /// Runs JavaScript.
     #[tool(description = "Run JavaScript (QuickJS, ES2023; console.log prints; no Node APIs, no npm packages; files through the qjs:std and qjs:os modules). Runs in an isolated sandbox: no network, no host files, a private working directory /scratch, hard limits. With session_id, runs in that session with the globals and files earlier calls left.")]
-    async fn run_javascript(&self, Parameters(args): Parameters<RunArgs>) -> Result<CallToolResult, ErrorData> {
-        self.run(Language::Javascript, args).await
+    async fn run_javascript(&self, context: RequestContext<RoleServer>, Parameters(args): Parameters<RunArgs>) -> Result<CallToolResult, ErrorData> {
+        self.run(context, Language::Javascript, args).await
     }
 
     /// Runs a shell job.
     #[tool(description = "Run a bash script (coreutils and the usual command-line tools; no network, no sudo). Runs in an isolated sandbox in its private working directory /scratch, with hard limits. With session_id, runs in that session's /scratch, where earlier calls' files stay.")]
-    async fn run_shell(&self, Parameters(args): Parameters<RunArgs>) -> Result<CallToolResult, ErrorData> {
-        self.run(Language::Shell, args).await
+    async fn run_shell(&self, context: RequestContext<RoleServer>, Parameters(args): Parameters<RunArgs>) -> Result<CallToolResult, ErrorData> {
+        self.run(context, Language::Shell, args).await
     }
 
     /// Starts a session.
     #[tool(description = "Start a session: a sandbox that keeps its state between calls (Python and JavaScript: variables, imports, functions; every language: the files in /scratch). Returns its session_id; pass it to run_python/run_javascript/run_shell, and end it with close_session. A call that times out ends the session; an exception does not. Idle sessions end by themselves.")]
-    async fn create_session(&self, Parameters(args): Parameters<CreateArgs>) -> Result<CallToolResult, ErrorData> {
+    async fn create_session(&self, context: RequestContext<RoleServer>, Parameters(args): Parameters<CreateArgs>) -> Result<CallToolResult, ErrorData> {
+        let caller = match self.caller(&context) {
+            Ok(caller) => caller,
+            Err(refusal) => return Ok(refusal),
+        };
+        let agent = match super::runner(&caller) {
+            Ok(agent) => agent,
+            Err(ApiError { message, .. }) => return Ok(refused(&message)),
+        };
         let language: Language = match args.language.parse() {
             Ok(language) => language,
             Err(e) => return Ok(refused(&format!("{e}"))),
@@ -182,23 +221,27 @@ impl Tools {
             Err(message) => return Ok(refused(&message)),
         };
         let asked = Asked { files, idle_timeout_ms: args.idle_timeout_ms, ..Asked::default() };
-        Ok(match sessions::start(&self.state, language, asked).await {
+        Ok(match sessions::start(&self.state, agent, language, asked).await {
             Ok(view) => {
                 let text = format!("session_id: {}\n{language} session started.", view.id);
                 let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
                 result.structured_content = serde_json::to_value(&view).ok();
                 result
             }
-            Err(ApiError(_, message)) => refused(&message),
+            Err(ApiError { message, .. }) => refused(&message),
         })
     }
 
     /// Ends a session.
     #[tool(description = "End a session: its sandbox stops and its /scratch files are deleted.")]
-    async fn close_session(&self, Parameters(args): Parameters<CloseArgs>) -> Result<CallToolResult, ErrorData> {
-        Ok(match sessions::end(&self.state, &args.session_id).await {
+    async fn close_session(&self, context: RequestContext<RoleServer>, Parameters(args): Parameters<CloseArgs>) -> Result<CallToolResult, ErrorData> {
+        let caller = match self.caller(&context) {
+            Ok(caller) => caller,
+            Err(refusal) => return Ok(refusal),
+        };
+        Ok(match sessions::end(&self.state, &caller, &args.session_id, "closed by its client").await {
             Ok(()) => CallToolResult::success(vec![ContentBlock::text(format!("session {} closed", args.session_id))]),
-            Err(ApiError(_, message)) => refused(&message),
+            Err(ApiError { message, .. }) => refused(&message),
         })
     }
 }
@@ -224,7 +267,7 @@ pub(super) fn http_service(state: &Arc<AppState>) -> StreamableHttpService<Tools
         .with_legacy_session_mode(false)
         .with_json_response(true)
         .with_max_request_body_bytes(state.max_body_bytes);
-    if state.token.is_some() {
+    if state.agents.require_token() {
         config = config.disable_allowed_hosts();
     }
     let state = state.clone();

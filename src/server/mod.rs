@@ -1,9 +1,16 @@
 //! `wsbx serve`: the HTTP surface. Handlers are thin — parse, call [`Sandbox`], map the result
 //! to a status code; everything about running code lives in the library.
 //!
-//! Routes: `POST /v1/exec`, `GET /v1/runtimes`, the sessions' routes ([`sessions`]),
-//! `GET /healthz`, `GET /metrics`. Every failure answers `{"error": "..."}`.
+//! Routes: `POST /v1/exec`, `GET /v1/runtimes`, the sessions' routes ([`sessions`]), the
+//! operators' routes ([`admin`]: executions, agents), `/mcp`, `GET /healthz`, `GET /metrics`.
+//! Every failure answers `{"error": "..."}`.
+//!
+//! Every run goes the same way, whatever the surface (HTTP, SSE, MCP, a session's turn):
+//! identity (the bearer token names the agent) → admission (approval, the agent's quotas, a
+//! run slot) → run (entered in the table of running runs, killable) → record (metrics, the
+//! agent's usage, the audit row).
 
+mod admin;
 mod events;
 mod mcp;
 mod sessions;
@@ -22,11 +29,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
+use crate::agents::{Agent, Agents, Caller, Ticket};
+use crate::audit::{Audit, Kind};
+use crate::config::{Config, LimitTable};
+use crate::executions::Executions;
 use crate::metrics::Metrics;
-use crate::request::{ExecRequest, InputFile, Language, Limits};
+use crate::request::{ExecRequest, InputFile, Language, Limits, RunHandle};
 use crate::sandbox::{Sandbox, SandboxConfig};
 
 /// How the server runs.
@@ -57,6 +67,13 @@ pub struct ServeConfig {
     pub session_lifetime: Duration,
     /// The sandbox's own configuration.
     pub sandbox: SandboxConfig,
+    /// What the config file adds: limits per language, agents, the admin token, audit
+    /// settings (its `[server]` section is already in the fields above).
+    pub file: Config,
+    /// Where the audit log is written; `None`: runs are not audited.
+    pub audit: Option<std::path::PathBuf>,
+    /// The agent of `wsbx mcp` (stdio, where there is no token): `--agent`, else `default`.
+    pub stdio_agent: Option<String>,
 }
 
 impl ServeConfig {
@@ -88,6 +105,9 @@ impl Default for ServeConfig {
             session_idle_timeout: crate::SessionOptions::IDLE_TIMEOUT,
             session_lifetime: crate::SessionOptions::MAX_LIFETIME,
             sandbox: SandboxConfig::default(),
+            file: Config::default(),
+            audit: None,
+            stdio_agent: None,
         }
     }
 }
@@ -95,15 +115,18 @@ impl Default for ServeConfig {
 struct AppState {
     sandbox: Arc<Sandbox>,
     metrics: Metrics,
-    token: Option<String>,
+    agents: Agents,
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_queue: usize,
     max_body_bytes: usize,
     body_timeout: Duration,
-    ceiling: Limits,
-    defaults: Limits,
+    limits: LimitTable,
     sessions: sessions::Sessions,
+    executions: Arc<Executions>,
+    audit: Option<Audit>,
+    /// The caller of `wsbx mcp` on stdio.
+    stdio_caller: Option<Caller>,
     /// Cancelled when the server shuts down: ends the MCP transport's open streams, which would
     /// otherwise hold their connections past the graceful shutdown.
     stop: tokio_util::sync::CancellationToken,
@@ -156,22 +179,42 @@ struct LimitsBody {
     max_files: Option<u64>,
 }
 
-/// An error answer: a status code and `{"error": message}`.
-struct ApiError(StatusCode, String);
+/// An error answer: a status code and `{"error": message}`; a 429 also says when to come
+/// back (`Retry-After`).
+struct ApiError {
+    code: StatusCode,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(code: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { code, message: message.into(), retry_after: None }
+    }
+
+    /// The same answer, saying to come back in `seconds` when it is a 429.
+    fn retry_after(mut self, seconds: Option<u64>) -> ApiError {
+        self.retry_after = seconds;
+        self
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response();
-        if self.0 == StatusCode::TOO_MANY_REQUESTS {
-            // Busy, not refused: the client may come back in a second.
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let mut response = (self.code, Json(serde_json::json!({ "error": self.message }))).into_response();
+        if self.code == StatusCode::TOO_MANY_REQUESTS {
+            // Busy or over a quota, not refused for good: the client may come back then.
+            let seconds = self.retry_after.unwrap_or(1).max(1);
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
         }
         response
     }
 }
 
 fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, message.into())
+    ApiError::new(StatusCode::BAD_REQUEST, message.into())
 }
 
 /// Builds the router for `config`. An empty token is refused: it would look like
@@ -188,25 +231,45 @@ fn app(config: ServeConfig) -> Result<(Router, Arc<AppState>), String> {
     if config.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
         return Err("the token is empty: give a real token, or none to serve without authentication".into());
     }
-    let ceiling = config.ceiling.lowered_to(&Limits::CEILING);
-    let defaults = Limits::DEFAULT.lowered_to(&ceiling);
+    let limits = LimitTable::new(config.ceiling, &config.file.limits);
+    let agents = Agents::new(&config.file, config.token.as_deref())?;
+    let audit = match &config.audit {
+        Some(path) => {
+            let settings = &config.file.audit;
+            let audit = Audit::open(path, settings.store_code, settings.retention_days)?;
+            // Approvals changed through the API outlive restarts: they override the file's.
+            for (id, approved) in audit.approvals()? {
+                if let Some(agent) = agents.get(&id) {
+                    agent.set_approved(approved);
+                }
+            }
+            Some(audit)
+        }
+        None => None,
+    };
+    let stdio_caller = match config.stdio_agent.as_deref() {
+        Some(id) => Some(Caller::Agent(agents.get(id).ok_or_else(|| format!("no agent {id:?} in the config file"))?)),
+        None => agents.get(crate::agents::DEFAULT_AGENT).map(Caller::Agent),
+    };
     let metrics = Metrics::new().map_err(|e| format!("registering metrics: {e}"))?;
-    let sandbox = Arc::new(Sandbox::new(SandboxConfig { ceiling, ..config.sandbox }));
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig { ceiling: limits.highest(), ..config.sandbox }));
     if let Ok(runtimes) = sandbox.runtimes() {
         metrics.set_runtimes(&runtimes);
     }
     let state = Arc::new(AppState {
         sandbox,
         metrics,
-        token: config.token,
+        agents,
         slots: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
         waiting: AtomicUsize::new(0),
         max_queue: config.max_queue,
         max_body_bytes: config.max_body_bytes,
         body_timeout: config.body_timeout,
-        ceiling,
-        defaults,
+        limits,
         sessions: sessions::Sessions::new(config.max_sessions, config.session_idle_timeout, config.session_lifetime),
+        executions: Arc::default(),
+        audit,
+        stdio_caller,
         stop: tokio_util::sync::CancellationToken::new(),
     });
     sessions::start_reaper(&state);
@@ -214,15 +277,16 @@ fn app(config: ServeConfig) -> Result<(Router, Arc<AppState>), String> {
         .route("/v1/exec", post(exec))
         .route("/v1/runtimes", get(runtimes))
         .merge(sessions::routes())
+        .merge(admin::routes())
         .nest_service("/mcp", mcp::http_service(&state))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(state.clone(), identify));
     let router = Router::new()
         .merge(api)
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such route".into()) })
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route".into())
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
         })
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state.clone());
@@ -284,7 +348,16 @@ pub async fn serve(listener: tokio::net::TcpListener, config: ServeConfig) -> st
         () = tokio::time::sleep(grace) => tracing::warn!("in-flight runs did not finish within {grace:?}; exiting"),
     }
     // Sessions end with the server: their guests stop and their scratch directories go.
-    let closed = tokio::task::spawn_blocking(move || state.sessions.close_all()).await.unwrap_or(0);
+    // Then every queued audit row is written.
+    let closed = tokio::task::spawn_blocking(move || {
+        let closed = sessions::close_all(&state);
+        if let Some(audit) = &state.audit {
+            audit.close();
+        }
+        closed
+    })
+    .await
+    .unwrap_or(0);
     if closed > 0 {
         tracing::info!(closed, "closed the sessions");
     }
@@ -304,7 +377,10 @@ pub async fn serve_mcp_stdio(config: ServeConfig) -> std::io::Result<()> {
     };
     state.stop.cancel();
     let _ = tokio::task::spawn_blocking(move || {
-        state.sessions.close_all();
+        sessions::close_all(&state);
+        if let Some(audit) = &state.audit {
+            audit.close();
+        }
         // A run still going (its client left, or the signal came mid-call) loses its
         // directory now rather than leaving it behind when the process exits.
         crate::scratch::remove_all_live();
@@ -351,7 +427,7 @@ async fn count_requests(State(state): State<Arc<AppState>>, request: Request, ne
 /// plain cross-site POST needs no preflight) or, through DNS rebinding, read their results.
 /// With a token, the token is the defence.
 fn from_a_foreign_page(state: &AppState, headers: &HeaderMap) -> Option<&'static str> {
-    if state.token.is_some() {
+    if state.agents.require_token() {
         return None;
     }
     let loopback = |authority: &str| {
@@ -374,24 +450,31 @@ fn from_a_foreign_page(state: &AppState, headers: &HeaderMap) -> Option<&'static
     None
 }
 
-/// Checks `Authorization: Bearer <token>` in constant time when a token is configured.
-async fn require_token(State(state): State<Arc<AppState>>, headers: HeaderMap, request: Request, next: Next) -> Response {
+/// Names the caller from `Authorization: Bearer <token>` (the admin or an agent; without any
+/// configured token, the agent `default`) for the handlers, or answers 401.
+async fn identify(State(state): State<Arc<AppState>>, headers: HeaderMap, mut request: Request, next: Next) -> Response {
     if let Some(why) = from_a_foreign_page(&state, &headers) {
-        return ApiError(StatusCode::FORBIDDEN, why.into()).into_response();
+        return ApiError::new(StatusCode::FORBIDDEN, why).into_response();
     }
-    if let Some(token) = &state.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-            let mut response = ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match state.agents.identify(bearer) {
+        Some(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        None => {
+            let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
+            response
         }
     }
-    next.run(request).await
+}
+
+/// The agent a caller runs code as: the admin token manages, it runs nothing.
+fn runner(caller: &Caller) -> Result<&Arc<Agent>, ApiError> {
+    caller.agent().ok_or_else(|| {
+        ApiError::new(StatusCode::FORBIDDEN, "the admin token manages the server; code runs with an agent's token")
+    })
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> impl IntoResponse {
@@ -402,24 +485,32 @@ async fn runtimes(State(state): State<Arc<AppState>>) -> Result<Response, ApiErr
     let sandbox = state.sandbox.clone();
     let list = tokio::task::spawn_blocking(move || sandbox.runtimes())
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     Ok(Json(list).into_response())
 }
 
-async fn exec(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn exec(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let agent = runner(&caller)?;
     let body: ExecBody = read_json(&state, body).await?;
-    let mut request = to_request(body, &state.defaults)?;
+    let mut request = to_request(body, &state, agent)?;
     if !wants_events(&headers) {
-        return Ok(Json(run_once(&state, request).await?).into_response());
+        return Ok(Json(run_once(&state, agent, request).await?).into_response());
     }
     let (feed, listener) = events::Feed::new();
     request.on_output = Some(listener);
-    // Refusals (400, 429) are answered as such, before the event stream starts.
-    let slot = admit(&state, &request).await?;
+    // Refusals (400, 403, 429, 503) are answered as such, before the event stream starts.
+    let admitted = admit(&state, agent, &request).await?;
+    let handle = RunHandle::new();
+    request.handle = Some(handle.clone());
     let worker = state.clone();
-    let run = tokio::spawn(async move { execute(&worker, slot, request).await });
-    Ok(events::response(feed, run).into_response())
+    let run = tokio::spawn(async move { execute(&worker, admitted, request).await });
+    Ok(events::response(feed, run, KillOnDrop::new(handle)).into_response())
 }
 
 /// Whether the client asked for Server-Sent Events (`Accept: text/event-stream`).
@@ -427,35 +518,128 @@ fn wants_events(headers: &HeaderMap) -> bool {
     headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("text/event-stream"))
 }
 
-/// Runs one request: checked against the ceilings, in a run slot, on the blocking pool. The one
-/// way a one-shot run goes, for HTTP and MCP alike.
-async fn run_once(state: &Arc<AppState>, request: ExecRequest) -> Result<crate::ExecResult, ApiError> {
-    let slot = admit(state, &request).await?;
-    execute(state, slot, request).await
+/// Runs one request of `agent`: admitted, run, recorded. The one way a one-shot run goes,
+/// for HTTP and MCP alike.
+async fn run_once(state: &Arc<AppState>, agent: &Arc<Agent>, request: ExecRequest) -> Result<crate::ExecResult, ApiError> {
+    let admitted = admit(state, agent, &request).await?;
+    execute(state, admitted, request).await
 }
 
-/// Checks `request` against the ceilings and takes a run slot for it.
-async fn admit(state: &AppState, request: &ExecRequest) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    request.validate(&state.ceiling).map_err(|e| bad_request(e.to_string()))?;
-    run_slot(state).await
+/// A run let in: its place in its agent's quotas and its run slot.
+struct Admitted {
+    ticket: Ticket,
+    slot: tokio::sync::OwnedSemaphorePermit,
 }
 
-/// Runs an admitted request on the blocking pool.
-async fn execute(state: &Arc<AppState>, slot: tokio::sync::OwnedSemaphorePermit, request: ExecRequest) -> Result<crate::ExecResult, ApiError> {
+impl AppState {
+    /// The ceiling of `agent`'s runs of `language`.
+    fn ceiling(&self, agent: &Agent, language: Language) -> Limits {
+        agent.ceiling(&self.limits.ceiling(language))
+    }
+
+    /// The limits `agent`'s runs of `language` take when they give none.
+    fn defaults(&self, agent: &Agent, language: Language) -> Limits {
+        self.limits.default(language).lowered_to(&self.ceiling(agent, language))
+    }
+
+    /// Refuses work while the audit log cannot be written (503).
+    fn audit_ready(&self) -> Result<(), ApiError> {
+        match &self.audit {
+            Some(audit) => audit.check().map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes `event` to the audit log, if there is one; the receipt resolves once written.
+    fn audit(&self, event: crate::audit::Event) -> Option<crate::audit::Receipt> {
+        self.audit.as_ref().map(|audit| audit.record(event))
+    }
+
+    /// Records a finished run or turn of `ticket`'s agent: its fuel against the agent's quota,
+    /// the agent's metrics, its audit row.
+    fn account(&self, kind: Kind, ticket: &Ticket, request: &ExecRequest, result: &crate::ExecResult) -> Option<crate::audit::Receipt> {
+        let agent = ticket.agent();
+        ticket.charge(result.fuel_consumed.unwrap_or(0));
+        self.metrics.record_agent_run(&agent.id, result);
+        let store_code = self.audit.as_ref().is_some_and(Audit::store_code);
+        self.audit(crate::audit::Event::of_run(kind, &agent.id, request, result, store_code))
+    }
+}
+
+/// Waits (a little) for an audit row to be committed before answering: a client that saw a
+/// result finds its row, even after the server is killed. A log that cannot be written does
+/// not hold the answer back for long; its rows are retried.
+async fn written(receipt: Option<crate::audit::Receipt>) {
+    if let Some(receipt) = receipt {
+        let _ = tokio::time::timeout(Duration::from_secs(2), receipt).await;
+    }
+}
+
+/// Lets `agent`'s `request` in: checked against its ceilings (400), refused while the audit
+/// log cannot be written (503), counted against its approval and quotas (403, 429), given a
+/// run slot (429 when the queue is full).
+async fn admit(state: &AppState, agent: &Arc<Agent>, request: &ExecRequest) -> Result<Admitted, ApiError> {
+    request.validate(&state.ceiling(agent, request.language)).map_err(|e| bad_request(e.to_string()))?;
+    state.audit_ready()?;
+    let ticket = agent.admit(request.language).map_err(|refusal| refused(state, &agent.id, refusal))?;
+    let slot = run_slot(state).await?;
+    Ok(Admitted { ticket, slot })
+}
+
+/// The answer to a refusal by approval or quota, counted in the agent's metrics.
+fn refused(state: &AppState, agent: &str, refusal: crate::agents::Refusal) -> ApiError {
+    state.metrics.record_refusal(agent, refusal.reason);
+    let code = StatusCode::from_u16(refusal.code).unwrap_or(StatusCode::FORBIDDEN);
+    ApiError::new(code, refusal.message).retry_after(refusal.retry_after)
+}
+
+/// Runs an admitted request on the blocking pool, entered in the table of running runs.
+async fn execute(state: &Arc<AppState>, admitted: Admitted, mut request: ExecRequest) -> Result<crate::ExecResult, ApiError> {
+    let handle = request.handle.get_or_insert_with(RunHandle::new).clone();
+    let registration = state.executions.register(&handle, &admitted.ticket.agent().id, request.language, None);
+    // A client that goes away (its connection closed, its MCP call cancelled) drops this
+    // future: the run is killed rather than left to run to its deadline.
+    let mut cancel = KillOnDrop::new(handle);
     let worker = state.clone();
-    // Runs are CPU-bound and synchronous: keep them off the async workers. The slot and the
-    // in-flight gauge go with the run, not with this handler: a client that disconnects does
-    // not free a slot while its run goes on. The run itself is not stopped; it ends by its own
-    // limits (its deadline at the latest).
-    tokio::task::spawn_blocking(move || {
+    // Runs are CPU-bound and synchronous: keep them off the async workers. The slot, the
+    // ticket and the in-flight gauge go with the run, not with this handler.
+    let (result, receipt) = tokio::task::spawn_blocking(move || {
+        let Admitted { ticket, slot } = admitted;
         let _slot = slot;
+        let _registration = registration;
         let _in_flight = worker.metrics.start_run();
         let result = worker.sandbox.run(&request);
         worker.metrics.record_run(&result);
-        result
+        let receipt = worker.account(Kind::Run, &ticket, &request, &result);
+        (result, receipt)
     })
     .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the run failed: {e}")))
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the run failed: {e}")))?;
+    cancel.disarm();
+    written(receipt).await;
+    Ok(result)
+}
+
+/// Kills a run when dropped, unless disarmed first: what ends a run whose client left.
+pub(super) struct KillOnDrop(Option<RunHandle>);
+
+impl KillOnDrop {
+    pub(super) fn new(handle: RunHandle) -> KillOnDrop {
+        KillOnDrop(Some(handle))
+    }
+
+    /// The run ended: nothing to kill.
+    pub(super) fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.kill("its client went away");
+        }
+    }
 }
 
 /// Reads a JSON request body within the body timeout and size cap.
@@ -463,9 +647,9 @@ async fn read_json<T: serde::de::DeserializeOwned>(state: &AppState, body: Body)
     let read = tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, state.max_body_bytes));
     let bytes = read
         .await
-        .map_err(|_| ApiError(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {:?}", state.body_timeout)))?
+        .map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {:?}", state.body_timeout)))?
         .map_err(|_| {
-            ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {} bytes", state.max_body_bytes))
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {} bytes", state.max_body_bytes))
         })?;
     serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("bad request body: {e}")))
 }
@@ -486,12 +670,12 @@ async fn run_slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit,
         .clone()
         .acquire_owned()
         .await
-        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))
 }
 
 /// A 429 answer (with `Retry-After: 1`).
 fn too_many(message: &str) -> ApiError {
-    ApiError(StatusCode::TOO_MANY_REQUESTS, message.into())
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
 }
 
 /// A place in the queue for a run slot, given back when dropped.
@@ -511,13 +695,13 @@ impl Drop for QueueTicket<'_> {
     }
 }
 
-fn to_request(body: ExecBody, defaults: &Limits) -> Result<ExecRequest, ApiError> {
+fn to_request(body: ExecBody, state: &AppState, agent: &Agent) -> Result<ExecRequest, ApiError> {
     let language: Language = body.language.parse().map_err(|e: crate::RequestError| bad_request(e.to_string()))?;
     let mut request = ExecRequest::new(language, body.code);
     request.stdin = body.stdin.into_bytes();
     request.env = body.env;
     request.return_files = body.return_files;
-    request.limits = body.limits.or(defaults);
+    request.limits = body.limits.or(&state.defaults(agent, language));
     request.files = to_files(body.files)?;
     Ok(request)
 }

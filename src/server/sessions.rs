@@ -20,8 +20,11 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{bad_request, read_json, run_slot, to_files, too_many, ApiError, AppState, FileBody, LimitsBody};
-use crate::request::{Language, Limits};
+use super::{bad_request, read_json, refused, run_slot, runner, to_files, too_many, ApiError, AppState, FileBody, KillOnDrop, LimitsBody};
+use crate::agents::{Agent, Caller, SessionTicket, Ticket};
+use crate::audit::{Event, Kind};
+use crate::executions::Running;
+use crate::request::{Language, Limits, RunHandle};
 use crate::session::{Session, SessionOptions, TurnRequest};
 
 /// The routes, to merge behind the token check.
@@ -66,6 +69,8 @@ struct TurnBody {
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct View {
     pub(super) id: Uuid,
+    /// The agent it belongs to.
+    agent: String,
     language: Language,
     /// RFC 3339, UTC.
     created_at: String,
@@ -88,6 +93,9 @@ pub(super) struct View {
 /// What the table knows of a session without taking its lock (a turn may hold it).
 struct Entry {
     session: Arc<tokio::sync::Mutex<Option<Session>>>,
+    agent: String,
+    /// Its place in its agent's `max_sessions`, given back when it ends.
+    ticket: Option<SessionTicket>,
     language: Language,
     limits: Limits,
     created: Instant,
@@ -118,6 +126,7 @@ impl Entry {
         let busy = self.session.try_lock().is_err();
         View {
             id,
+            agent: self.agent.clone(),
             language: self.language,
             created_at: rfc3339(self.created_at),
             expires_at: rfc3339(self.created_at + self.max_lifetime),
@@ -166,31 +175,19 @@ impl Sessions {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Forgets every session and ends them all; how many there were. For shutdown.
-    pub(super) fn close_all(&self) -> usize {
-        let entries: Vec<Entry> = self.lock().entries.drain().map(|(_, e)| e).collect();
-        let count = entries.len();
-        for entry in entries {
-            // A turn still running (past the shutdown grace) holds its session; it is dropped
-            // when that turn ends. Otherwise the session ends here.
-            if let Ok(mut session) = entry.session.try_lock() {
-                session.take();
-            }
-        }
-        count
-    }
-
-    /// Removes the expired entries, except those a turn holds, and returns their sessions for
-    /// the caller to drop off the async workers.
-    fn reap(&self, now: Instant) -> Vec<Option<Session>> {
+    /// Removes the expired entries, except those a turn holds, and returns them with their
+    /// sessions for the caller to drop off the async workers.
+    fn reap(&self, now: Instant) -> Vec<(Uuid, Entry, Option<Session>)> {
         let mut table = self.lock();
         let expired: Vec<Uuid> = table.entries.iter().filter(|(_, e)| e.expired(now)).map(|(id, _)| *id).collect();
         let mut ended = Vec::new();
         for id in expired {
             let held = table.entries.get(&id).and_then(|e| e.session.clone().try_lock_owned().ok());
             if let Some(mut guard) = held {
-                ended.push(guard.take());
-                table.entries.remove(&id);
+                let session = guard.take();
+                if let Some(entry) = table.entries.remove(&id) {
+                    ended.push((id, entry, session));
+                }
             }
         }
         ended
@@ -222,12 +219,45 @@ pub(super) fn start_reaper(state: &Arc<AppState>) {
             let ended = state.sessions.reap(Instant::now());
             if !ended.is_empty() {
                 tracing::info!(count = ended.len(), "ended idle or expired sessions");
+                for (id, entry, session) in &ended {
+                    if entry.ended.is_none() {
+                        let why = session.as_ref().and_then(|s| s.expired(Instant::now())).unwrap_or_else(|| "expired".into());
+                        audit_end(&state, *id, entry, &why);
+                    }
+                }
                 // Dropping a session removes its scratch directory: file system work.
                 let _ = tokio::task::spawn_blocking(move || drop(ended)).await;
             }
             let (alive, memory) = state.sessions.gauges();
             state.metrics.set_sessions(alive, memory);
         }
+    });
+}
+
+/// Forgets every session and ends them all; how many there were. For shutdown.
+pub(super) fn close_all(state: &AppState) -> usize {
+    let entries: Vec<(Uuid, Entry)> = state.sessions.lock().entries.drain().collect();
+    let count = entries.len();
+    for (id, entry) in entries {
+        if entry.ended.is_none() {
+            audit_end(state, id, &entry, "the server stopped");
+        }
+        // A turn still running (past the shutdown grace) holds its session; it is dropped
+        // when that turn ends. Otherwise the session ends here.
+        if let Ok(mut session) = entry.session.try_lock() {
+            session.take();
+        }
+    }
+    count
+}
+
+/// The audit row of a session's end.
+fn audit_end(state: &AppState, id: Uuid, entry: &Entry, why: &str) {
+    state.audit(Event {
+        session_id: Some(id.to_string()),
+        language: Some(entry.language.to_string()),
+        detail: Some(why.to_owned()),
+        ..Event::new(Kind::SessionEnd, &entry.agent)
     });
 }
 
@@ -242,7 +272,7 @@ fn millis(d: Duration) -> u64 {
 fn not_found(id: &str) -> ApiError {
     // An id is 36 characters; never echo more than that of what a client sent.
     let shown: String = id.chars().take(36).collect();
-    ApiError(StatusCode::NOT_FOUND, format!("no session {shown} (never made, closed, or ended by its idle timeout or lifetime)"))
+    ApiError::new(StatusCode::NOT_FOUND, format!("no session {shown} (never made, closed, or ended by its idle timeout or lifetime)"))
 }
 
 /// An id exactly as the server writes it (lowercase, hyphenated): one spelling per session, so
@@ -266,7 +296,8 @@ fn duration(asked: Option<u64>, ceiling: Duration, name: &str) -> Result<Duratio
     }
 }
 
-async fn create(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
+async fn create(State(state): State<Arc<AppState>>, axum::Extension(caller): axum::Extension<Caller>, body: Body) -> Result<Response, ApiError> {
+    let agent = runner(&caller)?;
     let body: CreateBody = read_json(&state, body).await?;
     let language: Language = body.language.parse().map_err(|e: crate::RequestError| bad_request(e.to_string()))?;
     let asked = Asked {
@@ -276,7 +307,7 @@ async fn create(State(state): State<Arc<AppState>>, body: Body) -> Result<Respon
         idle_timeout_ms: body.idle_timeout_ms,
         max_lifetime_ms: body.max_lifetime_ms,
     };
-    let view = start(&state, language, asked).await?;
+    let view = start(&state, agent, language, asked).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -290,19 +321,22 @@ pub(super) struct Asked {
     pub(super) max_lifetime_ms: Option<u64>,
 }
 
-/// Starts a session and enters it in the table: the one way a session starts, for HTTP and MCP.
-pub(super) async fn start(state: &Arc<AppState>, language: Language, asked: Asked) -> Result<View, ApiError> {
+/// Starts a session of `agent` and enters it in the table: the one way a session starts, for
+/// HTTP and MCP.
+pub(super) async fn start(state: &Arc<AppState>, agent: &Arc<Agent>, language: Language, asked: Asked) -> Result<View, ApiError> {
     let sessions = &state.sessions;
     let options = SessionOptions {
         files: asked.files,
         env: asked.env,
-        limits: asked.limits.or(&state.defaults),
+        limits: asked.limits.or(&state.defaults(agent, language)),
         idle_timeout: duration(asked.idle_timeout_ms, sessions.idle_timeout, "idle_timeout_ms")?,
         max_lifetime: duration(asked.max_lifetime_ms, sessions.lifetime, "max_lifetime_ms")?,
     };
     // Checked here for a 400; `Sandbox::session` checks again.
     let check = crate::ExecRequest { env: options.env.clone(), limits: options.limits, ..crate::ExecRequest::new(language, "") };
-    check.validate(&state.ceiling).map_err(|e| bad_request(e.to_string()))?;
+    check.validate(&state.ceiling(agent, language)).map_err(|e| bad_request(e.to_string()))?;
+    state.audit_ready()?;
+    let ticket = agent.admit_session(language).map_err(|refusal| refused(state, &agent.id, refusal))?;
     let Some(place) = Place::take(state) else {
         return Err(too_many(&format!("the server holds its maximum of {} sessions; close one or retry later", sessions.max)));
     };
@@ -313,7 +347,7 @@ pub(super) async fn start(state: &Arc<AppState>, language: Language, asked: Aske
         worker.sandbox.session(language, &options)
     })
     .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("starting the session failed: {e}")))?;
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("starting the session failed: {e}")))?;
     let session = started.map_err(|e| {
         let code = match e.status {
             crate::Status::Rejected => StatusCode::BAD_REQUEST,
@@ -321,11 +355,13 @@ pub(super) async fn start(state: &Arc<AppState>, language: Language, asked: Aske
             // The interpreter hit a limit while starting (a memory cap below its footprint).
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
-        ApiError(code, format!("the session could not start: {e}"))
+        ApiError::new(code, format!("the session could not start: {e}"))
     })?;
     let id = session.id();
     let now = Instant::now();
     let entry = Entry {
+        agent: agent.id.clone(),
+        ticket: Some(ticket),
         language,
         limits: *session.limits(),
         created: now,
@@ -340,6 +376,12 @@ pub(super) async fn start(state: &Arc<AppState>, language: Language, asked: Aske
     };
     let view = entry.view(id, now);
     place.fill(id, entry);
+    let receipt = state.audit(Event {
+        session_id: Some(id.to_string()),
+        language: Some(language.to_string()),
+        ..Event::new(Kind::SessionStart, &agent.id)
+    });
+    super::written(receipt).await;
     Ok(view)
 }
 
@@ -372,34 +414,92 @@ impl Drop for Place<'_> {
     }
 }
 
-async fn list(State(state): State<Arc<AppState>>) -> Json<Vec<View>> {
-    let now = Instant::now();
-    let table = state.sessions.lock();
-    let mut views: Vec<View> = table.entries.iter().filter(|(_, e)| !e.expired(now)).map(|(id, e)| e.view(*id, now)).collect();
-    views.sort_by(|a, b| a.created_at.cmp(&b.created_at));
-    Json(views)
+async fn list(State(state): State<Arc<AppState>>, axum::Extension(caller): axum::Extension<Caller>) -> Json<Vec<View>> {
+    Json(views(&state, &caller))
 }
 
-async fn show(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<View>, ApiError> {
-    let key = parse_id(&id)?;
+/// The sessions `caller` may see (an agent its own, the admin all), oldest first.
+pub(super) fn views(state: &AppState, caller: &Caller) -> Vec<View> {
+    let now = Instant::now();
+    let table = state.sessions.lock();
+    let mut views: Vec<View> = table
+        .entries
+        .iter()
+        .filter(|(_, e)| !e.expired(now) && caller.may_manage(&e.agent))
+        .map(|(id, e)| e.view(*id, now))
+        .collect();
+    views.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+    views
+}
+
+/// Session `id` as `caller` may see it.
+pub(super) fn view(state: &AppState, caller: &Caller, id: &str) -> Result<View, ApiError> {
+    let key = parse_id(id)?;
     let now = Instant::now();
     let table = state.sessions.lock();
     match table.entries.get(&key) {
-        Some(entry) if !entry.expired(now) => Ok(Json(entry.view(key, now))),
-        _ => Err(not_found(&id)),
+        Some(entry) if !entry.expired(now) && caller.may_manage(&entry.agent) => Ok(entry.view(key, now)),
+        _ => Err(not_found(id)),
     }
 }
 
-async fn close(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    end(&state, &id).await?;
+async fn show(State(state): State<Arc<AppState>>, axum::Extension(caller): axum::Extension<Caller>, Path(id): Path<String>) -> Result<Json<View>, ApiError> {
+    view(&state, &caller, &id).map(Json)
+}
+
+async fn close(State(state): State<Arc<AppState>>, axum::Extension(caller): axum::Extension<Caller>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    end(&state, &caller, &id, "closed by its client").await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Forgets session `id` and ends it: its guest stops and its directory is removed before this
-/// returns, unless a turn is running (it ends by its own limits; the session ends with it).
-pub(super) async fn end(state: &Arc<AppState>, id: &str) -> Result<(), ApiError> {
+/// Kills session `id`: its running turn (if any) ends as `killed`, then the session ends.
+/// The session as it was.
+pub(super) async fn kill(state: &Arc<AppState>, caller: &Caller, id: &str, why: &str) -> Result<Running, ApiError> {
     let key = parse_id(id)?;
-    let entry = state.sessions.lock().entries.remove(&key).ok_or_else(|| not_found(id))?;
+    let shown = running(state, |owner| caller.may_manage(owner)).into_iter().find(|s| s.id == key).ok_or_else(|| not_found(id))?;
+    state.executions.kill_where(None, Some(key), why);
+    end(state, caller, id, why).await?;
+    Ok(shown)
+}
+
+/// The sessions alive now whose agent `visible` lets through, as the table of running
+/// executions shows them.
+pub(super) fn running(state: &AppState, visible: impl Fn(&str) -> bool) -> Vec<Running> {
+    let now = Instant::now();
+    let table = state.sessions.lock();
+    table
+        .entries
+        .iter()
+        .filter(|(_, e)| e.ended.is_none() && !e.expired(now) && visible(&e.agent))
+        .map(|(id, e)| Running {
+            id: *id,
+            agent: e.agent.clone(),
+            kind: "session".into(),
+            language: e.language,
+            session_id: None,
+            started_at: rfc3339(e.created_at),
+            age_ms: millis(now.saturating_duration_since(e.created)),
+            fuel_so_far: None,
+            killed: false,
+        })
+        .collect()
+}
+
+/// Forgets session `id` and ends it for `why`: its guest stops and its directory is removed
+/// before this returns, unless a turn is running (it ends by its own limits, or is killed;
+/// the session ends with it). Another agent's session is not found.
+pub(super) async fn end(state: &Arc<AppState>, caller: &Caller, id: &str, why: &str) -> Result<(), ApiError> {
+    let key = parse_id(id)?;
+    let entry = {
+        let mut table = state.sessions.lock();
+        if !table.entries.get(&key).is_some_and(|e| caller.may_manage(&e.agent)) {
+            return Err(not_found(id));
+        }
+        table.entries.remove(&key).ok_or_else(|| not_found(id))?
+    };
+    if entry.ended.is_none() {
+        audit_end(state, key, &entry, why);
+    }
     let session = entry.session.clone();
     let _ = tokio::task::spawn_blocking(move || {
         if let Ok(mut held) = session.try_lock() {
@@ -421,7 +521,13 @@ async fn close_when_idle(entry: Entry) {
     }
 }
 
-async fn turn(State(state): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn turn(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let body: TurnBody = read_json(&state, body).await?;
     let files = to_files(body.files)?;
     let (feed, on_output) = match super::wants_events(&headers) {
@@ -438,15 +544,18 @@ async fn turn(State(state): State<Arc<AppState>>, Path(id): Path<String>, header
         limits: Some(body.limits.or(limits)),
         return_files: body.return_files,
         on_output,
+        handle: Some(RunHandle::new()),
     };
-    // Refusals (404, 409, 410, 400, 429) are answered as such, before any event stream.
-    let claimed = claim(&state, &id, None, make, body.limits.memory_mb).await?;
+    // Refusals (404, 409, 410, 400, 403, 429, 503) are answered as such, before any event
+    // stream.
+    let claimed = claim(&state, &caller, &id, None, make, body.limits.memory_mb).await?;
     match feed {
         None => Ok(Json(claimed.run(&state).await?).into_response()),
         Some(feed) => {
+            let cancel = KillOnDrop::new(claimed.handle());
             let worker = state.clone();
             let run = tokio::spawn(async move { claimed.run(&worker).await });
-            Ok(super::events::response(feed, run).into_response())
+            Ok(super::events::response(feed, run, cancel).into_response())
         }
     }
 }
@@ -456,12 +565,13 @@ async fn turn(State(state): State<Arc<AppState>>, Path(id): Path<String>, header
 /// must be the session's); `language`, when given, must be the session's.
 pub(super) async fn run_turn(
     state: &Arc<AppState>,
+    caller: &Caller,
     id: &str,
     language: Option<Language>,
     make: impl FnOnce(&Limits) -> TurnRequest,
     memory_mb: Option<u64>,
 ) -> Result<crate::ExecResult, ApiError> {
-    claim(state, id, language, make, memory_mb).await?.run(state).await
+    claim(state, caller, id, language, make, memory_mb).await?.run(state).await
 }
 
 /// A turn allowed to run: its session held (no other turn can start), its request checked, a
@@ -470,27 +580,31 @@ pub(super) struct Claimed {
     key: Uuid,
     held: tokio::sync::OwnedMutexGuard<Option<Session>>,
     request: crate::ExecRequest,
+    ticket: Ticket,
     slot: tokio::sync::OwnedSemaphorePermit,
 }
 
-/// Checks that session `id` can run the turn `make` builds now, and holds it for that turn.
+/// Checks that `caller` may run the turn `make` builds in session `id` now (its own session,
+/// within its quotas), and holds the session for that turn.
 async fn claim(
     state: &Arc<AppState>,
+    caller: &Caller,
     id: &str,
     language: Option<Language>,
     make: impl FnOnce(&Limits) -> TurnRequest,
     memory_mb: Option<u64>,
 ) -> Result<Claimed, ApiError> {
+    let agent = runner(caller)?;
     let key = parse_id(id)?;
     let session = {
         let mut table = state.sessions.lock();
-        let entry = table.entries.get(&key).ok_or_else(|| not_found(id))?;
+        let entry = table.entries.get(&key).filter(|e| e.agent == agent.id).ok_or_else(|| not_found(id))?;
         if entry.expired(Instant::now()) && entry.session.try_lock().is_ok() {
             table.entries.remove(&key);
             return Err(not_found(id));
         }
         if let Some((why, _)) = &entry.ended {
-            return Err(ApiError(StatusCode::GONE, format!("the session has ended: {why}")));
+            return Err(ApiError::new(StatusCode::GONE, format!("the session has ended: {why}")));
         }
         if language.is_some_and(|l| l != entry.language) {
             return Err(bad_request(format!("session {id} runs {}, not {}", entry.language, language.map_or("", |l| l.as_str()))));
@@ -501,31 +615,45 @@ async fn claim(
         entry.session.clone()
     };
     let Ok(held) = session.try_lock_owned() else {
-        return Err(ApiError(StatusCode::CONFLICT, "a turn of this session is running; one turn at a time".into()));
+        return Err(ApiError::new(StatusCode::CONFLICT, "a turn of this session is running; one turn at a time"));
     };
     let Some(live) = held.as_ref() else {
-        return Err(ApiError(StatusCode::GONE, "the session has ended".into()));
+        return Err(ApiError::new(StatusCode::GONE, "the session has ended"));
     };
-    let request = live.request(make(live.limits())).map_err(bad_request)?;
+    let mut request = live.request(make(live.limits())).map_err(bad_request)?;
+    request.handle.get_or_insert_with(RunHandle::new);
+    state.audit_ready()?;
+    let ticket = agent.admit(request.language).map_err(|refusal| refused(state, &agent.id, refusal))?;
     let slot = run_slot(state).await?;
-    Ok(Claimed { key, held, request, slot })
+    Ok(Claimed { key, held, request, ticket, slot })
 }
 
 impl Claimed {
-    /// Runs the turn on the blocking pool and records it in the table.
+    /// The turn's handle.
+    fn handle(&self) -> RunHandle {
+        self.request.handle.clone().unwrap_or_default()
+    }
+
+    /// Runs the turn on the blocking pool, entered in the table of running runs, and records
+    /// it in the sessions' table and the audit log.
     async fn run(self, state: &Arc<AppState>) -> Result<crate::ExecResult, ApiError> {
-        let Claimed { key, mut held, request, slot } = self;
+        let Claimed { key, mut held, request, ticket, slot } = self;
+        let handle = request.handle.clone().unwrap_or_default();
+        let registration = state.executions.register(&handle, &ticket.agent().id, request.language, Some(key));
+        let mut cancel = KillOnDrop::new(handle);
         let worker = state.clone();
-        tokio::task::spawn_blocking(move || {
+        let (result, receipt) = tokio::task::spawn_blocking(move || {
             let _slot = slot;
+            let _registration = registration;
             let Some(session) = held.as_mut() else {
-                return Err(ApiError(StatusCode::GONE, "the session has ended".into()));
+                return Err(ApiError::new(StatusCode::GONE, "the session has ended"));
             };
             let result = {
                 let _in_flight = worker.metrics.start_run();
                 session.run_request(&request)
             };
             worker.metrics.record_turn(&result);
+            let receipt = worker.account(Kind::Turn, &ticket, &request, &result);
             let ended = session.ended().map(str::to_owned);
             let (turns, memory_bytes) = (session.turns(), session.memory_bytes());
             if ended.is_some() {
@@ -538,12 +666,19 @@ impl Claimed {
                 entry.last_used = Instant::now();
                 entry.memory_bytes = memory_bytes;
                 if let Some(why) = ended {
+                    if entry.ended.is_none() {
+                        audit_end(&worker, key, entry, &why);
+                    }
+                    entry.ticket = None;
                     entry.ended = Some((why, Instant::now()));
                 }
             }
-            Ok(result)
+            Ok((result, receipt))
         })
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the turn failed: {e}")))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the turn failed: {e}")))??;
+        cancel.disarm();
+        super::written(receipt).await;
+        Ok(result)
     }
 }

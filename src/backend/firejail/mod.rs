@@ -20,7 +20,7 @@ mod prepared;
 use crate::backend::cgroup::{Cgroups, JobCgroup};
 use crate::backend::pool::WarmPool;
 use crate::backend::{Backend, Outcome};
-use crate::request::{ExecRequest, OutputListener, Stream};
+use crate::request::{ExecRequest, OutputListener, RunHandle, Stream};
 use crate::result::Status;
 use crate::scratch::{guarded, ScratchSlot};
 use std::os::fd::AsFd;
@@ -477,7 +477,7 @@ impl FirejailBackend {
             });
         }
 
-        let (wait_status, usage, timed_out) = wait_until(jail.pid, deadline);
+        let (wait_status, usage, cut) = wait_until(jail.pid, deadline, request.handle.as_ref());
         jail.reaped = true;
         // Nothing of the job outlives its run, whatever Firejail did.
         if let Some(group) = &jail.cgroup {
@@ -495,7 +495,9 @@ impl FirejailBackend {
         drop_untouched_skel(scratch);
 
         let oom = measured.is_some_and(|(oom, _)| oom);
-        let (status, exit_code, detail) = if timed_out {
+        let (status, exit_code, detail) = if let Some(Cut::Killed(why)) = cut {
+            (Status::Killed, None, Some(why))
+        } else if cut == Some(Cut::Deadline) {
             (Status::Timeout, None, Some(format!("the deadline of {} ms passed", request.limits.timeout_ms)))
         } else if oom {
             let detail = format!("a process of the job was killed on reaching the memory cap of {} MiB", request.limits.memory_mb);
@@ -530,10 +532,22 @@ impl FirejailBackend {
     }
 }
 
-/// Waits for the job's Firejail process until `deadline`; then kills its whole process group
-/// (Firejail, the sandbox's init, and through the PID namespace everything the job started) and
-/// reaps it. Returns the wait status, the resource usage and whether the deadline passed.
-fn wait_until(pid: libc::pid_t, deadline: Instant) -> (libc::c_int, libc::rusage, bool) {
+/// Why the host cut a job short.
+#[derive(Debug, PartialEq, Eq)]
+enum Cut {
+    /// Its deadline passed.
+    Deadline,
+    /// Its run was killed ([`RunHandle::kill`]), for this reason.
+    Killed(String),
+    /// wsbx is stopping.
+    Stopping,
+}
+
+/// Waits for the job's Firejail process until `deadline`, a kill of `handle` or wsbx stopping;
+/// then kills its whole process group (Firejail, the sandbox's init, and through the PID
+/// namespace everything the job started) and reaps it. Returns the wait status, the resource
+/// usage and why the job was cut short, if it was.
+fn wait_until(pid: libc::pid_t, deadline: Instant, handle: Option<&RunHandle>) -> (libc::c_int, libc::rusage, Option<Cut>) {
     // SAFETY: rusage is plain data; zeroed is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let mut status: libc::c_int = 0;
@@ -550,23 +564,30 @@ fn wait_until(pid: libc::pid_t, deadline: Instant) -> (libc::c_int, libc::rusage
         // SAFETY: pid is our child; status and usage point to live locals.
         let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
         if r == pid || (r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)) {
-            return (status, usage, false);
+            return (status, usage, None);
         }
         let now = Instant::now();
-        if now >= deadline || stopped() {
-            let timed_out = now >= deadline;
+        let cut = if let Some(why) = handle.and_then(RunHandle::killed) {
+            Some(Cut::Killed(why))
+        } else if now >= deadline {
+            Some(Cut::Deadline)
+        } else {
+            stopped().then_some(Cut::Stopping)
+        };
+        if cut.is_some() {
             // SAFETY: killing our own child's process group; the group was made at spawn.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
             // SAFETY: as above; blocking wait to reap it.
             unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-            return (status, usage, timed_out);
+            return (status, usage, cut);
         }
-        // Wake at exit, at the deadline, or every 50 ms to see whether wsbx is stopping.
-        let wait = (deadline - now).min(Duration::from_millis(50));
+        // Wake at exit, at the deadline, or every 10 ms to see whether the run was killed or
+        // wsbx is stopping.
+        let wait = (deadline - now).min(Duration::from_millis(10));
         match &pidfd {
             Some(fd) => {
                 let mut poll = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(fd), events: libc::POLLIN, revents: 0 };
-                let ms = i32::try_from(wait.as_millis().max(1)).unwrap_or(50);
+                let ms = i32::try_from(wait.as_millis().max(1)).unwrap_or(10);
                 // SAFETY: one pollfd on a live local, for at most `ms` milliseconds.
                 unsafe { libc::poll(&mut poll, 1, ms) };
             }

@@ -1,11 +1,7 @@
 //! How a run's [`Limits`](crate::Limits) become wasmtime store settings: fuel, the epoch
-//! deadline, and a memory limiter that also records the peak.
-
-use std::time::Duration;
+//! tick that checks the deadline, and a memory limiter that also records the peak.
 
 use wasmtime::{ResourceLimiter, Store};
-
-use super::engine::EPOCH_TICK;
 
 /// Table elements a guest may grow to. Tables hold function references; CPython starts with
 /// 47,157 and the engine's pool has room for 65,536.
@@ -68,33 +64,18 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// Epoch ticks that cover `timeout`: the guest is interrupted at the first tick at or after its
-/// deadline, never before.
-pub fn deadline_ticks(timeout: Duration) -> u64 {
-    let tick = EPOCH_TICK.as_nanos().max(1);
-    let ticks = timeout.as_nanos().div_ceil(tick);
-    u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
-}
-
-/// Arms a store with its fuel budget and epoch deadline. Call before instantiating: a store
-/// that meters fuel and has none traps at once.
-pub fn arm<T>(store: &mut Store<T>, fuel: u64, timeout: Duration) -> wasmtime::Result<()> {
+/// Arms a store with its fuel budget, and its epoch deadline at the next tick: each tick
+/// calls the store's epoch callback, which checks the run's deadline and kill switch. Call
+/// before instantiating: a store that meters fuel and has none traps at once.
+pub fn arm<T>(store: &mut Store<T>, fuel: u64) -> wasmtime::Result<()> {
     store.set_fuel(fuel)?;
-    store.set_epoch_deadline(deadline_ticks(timeout));
-    store.epoch_deadline_trap();
+    store.set_epoch_deadline(1);
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn deadline_never_falls_short() {
-        assert!(deadline_ticks(Duration::from_millis(1)) as u128 * EPOCH_TICK.as_millis() >= 1);
-        assert_eq!(deadline_ticks(Duration::from_millis(1000)), 101);
-        assert_eq!(deadline_ticks(Duration::MAX), u64::MAX);
-    }
 
     #[test]
     fn growth_past_the_cap_is_refused_and_recorded() {

@@ -26,7 +26,7 @@ pub use engine::WasmEngine;
 
 use crate::backend::pool::WarmPool;
 use crate::backend::Outcome;
-use crate::request::{ExecRequest, Limits};
+use crate::request::{ExecRequest, Limits, RunHandle};
 use crate::result::Status;
 use crate::scratch::{Quota, Scratch, ScratchSlot};
 use limits::MemoryCap;
@@ -42,6 +42,46 @@ pub struct GuestState {
     clock: wasi::RunClock,
     /// When its wall-clock deadline passes.
     deadline: Instant,
+    /// The current run's kill switch, and where its fuel so far is published.
+    handle: Option<RunHandle>,
+    /// The current run's fuel budget: what the fuel left is counted down from.
+    fuel: u64,
+}
+
+impl GuestState {
+    /// The state of a store that runs `wasi` under `memory` until `deadline`, with no run yet.
+    pub(crate) fn new(wasi: WasiP1Ctx, memory: MemoryCap, clock: wasi::RunClock, deadline: Instant) -> GuestState {
+        GuestState { wasi, memory, started: Instant::now(), clock, deadline, handle: None, fuel: 0 }
+    }
+}
+
+/// The trap of a guest whose run was killed ([`RunHandle::kill`]): it ends as `killed`.
+#[derive(Debug, thiserror::Error)]
+#[error("killed: {0}")]
+pub struct Killed(pub String);
+
+/// Whether the current run of `state` was killed: the trap to end it with, if so.
+pub(crate) fn kill_trap(state: &GuestState) -> Option<wasmtime::Error> {
+    let handle = state.handle.as_ref().filter(|h| h.is_killed())?;
+    Some(wasmtime::Error::new(Killed(handle.killed().unwrap_or_default())))
+}
+
+/// What a store does at each epoch tick while its guest runs wasm code: end the run when it is
+/// killed or past its deadline, and otherwise publish its fuel so far and go on to the next
+/// tick. One tick is 10 ms: a kill or a deadline takes effect within one.
+fn on_tick(mut store: wasmtime::StoreContextMut<'_, GuestState>) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+    if let Some(trap) = kill_trap(store.data()) {
+        return Err(trap);
+    }
+    if Instant::now() >= store.data().deadline {
+        return Err(wasmtime::Error::new(DeadlinePassed));
+    }
+    let left = store.get_fuel().unwrap_or(0);
+    let state = store.data_mut();
+    if let Some(handle) = &state.handle {
+        handle.report_fuel(state.fuel.saturating_sub(left));
+    }
+    Ok(wasmtime::UpdateDeadline::Continue(1))
 }
 
 /// A guest ready to run: its store, its instance, the host's ends of its streams, and the
@@ -55,23 +95,26 @@ pub(crate) struct Guest {
 /// Makes a store for a guest with `grants`, armed with `limits`.
 fn store(engine: &WasmEngine, grants: &Grants, io: &GuestIo, limits: &Limits) -> Result<Store<GuestState>, String> {
     let clock = wasi::RunClock::starting_now();
-    let started = Instant::now();
     let wasi = wasi::context(grants, io, &clock)?;
-    let state = GuestState { wasi, memory: MemoryCap::new(limits.memory_bytes()), started, clock, deadline: started };
+    let state = GuestState::new(wasi, MemoryCap::new(limits.memory_bytes()), clock, Instant::now());
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|state| &mut state.memory);
-    arm(&mut store, limits).map_err(|e| format!("arming the store: {e}"))?;
+    store.epoch_deadline_callback(on_tick);
+    arm(&mut store, limits, None).map_err(|e| format!("arming the store: {e}"))?;
     Ok(store)
 }
 
-/// Sets a store's limits for the run about to start: memory cap, fuel, deadline.
-fn arm(store: &mut Store<GuestState>, limits: &Limits) -> wasmtime::Result<()> {
+/// Sets a store's limits for the run about to start: memory cap, fuel, deadline, and the
+/// run's kill switch.
+fn arm(store: &mut Store<GuestState>, limits: &Limits, handle: Option<&RunHandle>) -> wasmtime::Result<()> {
     let held = store.data().memory.peak();
     let state = store.data_mut();
     state.memory = MemoryCap::new(limits.memory_bytes()).holding(held);
     state.started = state.clock.restart();
     state.deadline = state.started + limits.timeout();
-    limits::arm(store, limits.fuel, limits.timeout())
+    state.handle = handle.cloned();
+    state.fuel = limits.fuel;
+    limits::arm(store, limits.fuel)
 }
 
 /// Runs `f` on a thread whose native stack is big enough for the wasm stack (one kept between
@@ -177,7 +220,7 @@ impl Guest {
         self.io.stdin.set(request.stdin.clone());
         self.io.stdout.reset(request.limits.max_output_bytes, request.on_output.clone());
         self.io.stderr.reset(request.limits.max_output_bytes, request.on_output.clone());
-        if let Err(e) = arm(&mut self.store, &request.limits) {
+        if let Err(e) = arm(&mut self.store, &request.limits, request.handle.as_ref()) {
             return (internal_error(format!("arming the store: {e}")), false);
         }
         let started = Instant::now();
@@ -411,6 +454,9 @@ fn classify(
     };
     if error.downcast_ref::<DeadlinePassed>().is_some() {
         return timeout();
+    }
+    if let Some(Killed(why)) = error.downcast_ref::<Killed>() {
+        return (Status::Killed, None, Some(why.clone()));
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => timeout(),

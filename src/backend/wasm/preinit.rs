@@ -98,9 +98,8 @@ pub fn build(base: &Path, grants: &Grants, prelude: &str, out: &Path, progress: 
         .map_err(|e| format!("linking host.call: {e}"))?;
     let io = GuestIo::new(1 << 20);
     let clock = wasi::RunClock::starting_now();
-    let now = Instant::now();
     let ctx = wasi::context(grants, &io, &clock)?;
-    let state = GuestState { wasi: ctx, memory: MemoryCap::new(u64::MAX), started: now, clock, deadline: now + std::time::Duration::from_secs(3600) };
+    let state = GuestState::new(ctx, MemoryCap::new(u64::MAX), clock, Instant::now() + std::time::Duration::from_secs(3600));
     let mut store = Store::new(&engine, state);
     store.limiter(|s| &mut s.memory);
 

@@ -355,7 +355,8 @@ pub fn replace_proc_exit(linker: &mut Linker<GuestState>) -> wasmtime::Result<()
 /// The guest's file descriptors are all in memory (stdin, capped pipes) or regular files, so
 /// they are always ready: a subscription on one is reported at once. A guest that only waits on
 /// clocks sleeps until the earliest of them, but never past the run's deadline: at the deadline
-/// the call traps with [`DeadlinePassed`] and the run ends as `timeout`. wasmtime-wasi's own
+/// the call traps with [`DeadlinePassed`] and the run ends as `timeout`. A kill wakes it within
+/// a tick and ends the run as `killed`. wasmtime-wasi's own
 /// version would sleep the full time, since epochs only interrupt running wasm code.
 pub fn replace_poll_oneoff(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
@@ -433,7 +434,18 @@ fn poll_oneoff(
     let deadline = caller.data().deadline.saturating_duration_since(origin);
     if earliest > now {
         let wake = earliest.min(deadline);
-        std::thread::sleep(wake.saturating_sub(origin.elapsed()));
+        // In slices of one epoch tick, so that a kill wakes the guest as promptly as it
+        // interrupts a running one.
+        loop {
+            if let Some(trap) = super::kill_trap(caller.data()) {
+                return Err(trap);
+            }
+            let left = wake.saturating_sub(origin.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(super::engine::EPOCH_TICK));
+        }
         if earliest > deadline {
             return Err(wasmtime::Error::new(DeadlinePassed));
         }
@@ -467,14 +479,12 @@ mod tests {
     fn poll_guest(deadline: Duration) -> (wasmtime::Store<GuestState>, wasmtime::Instance) {
         let engine = wasmtime::Engine::default();
         let module = wasmtime::Module::new(&engine, include_str!("../../../guests/wat/poll_oneoff.wat")).unwrap();
-        let started = Instant::now();
-        let state = GuestState {
-            wasi: WasiCtxBuilder::new().build_p1(),
-            memory: super::super::limits::MemoryCap::new(1 << 20),
-            started,
-            clock: RunClock::starting_now(),
-            deadline: started + deadline,
-        };
+        let state = GuestState::new(
+            WasiCtxBuilder::new().build_p1(),
+            super::super::limits::MemoryCap::new(1 << 20),
+            RunClock::starting_now(),
+            Instant::now() + deadline,
+        );
         let mut store = wasmtime::Store::new(&engine, state);
         let mut linker = Linker::new(&engine);
         replace_poll_oneoff(&mut linker).unwrap();

@@ -1,0 +1,514 @@
+//! Who is calling, and whether they may run now: identity from the bearer token, approval,
+//! per-agent languages, ceilings and quotas, and each agent's usage.
+//!
+//! Quotas are sliding windows counted in buckets of a sixtieth of the window (one second for
+//! `runs_per_minute`, one minute for `fuel_per_hour`): a run is counted when it is admitted,
+//! its fuel when it ends. `fuel_per_hour` is checked at admission, so one run may take its
+//! agent over by at most its own fuel limit; the next is refused until enough of the window
+//! has passed.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::{parse_sha256, token_sha256, AgentConfig, Config};
+use crate::request::{Language, Limits};
+
+/// The agent a server's callers are when it has no tokens at all, and the agent the single
+/// `--token` names.
+pub const DEFAULT_AGENT: &str = "default";
+
+/// Who sent a request.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The operator: sees and kills every run, manages agents; runs nothing.
+    Admin,
+    /// An agent: runs code, sees and kills its own runs and sessions.
+    Agent(Arc<Agent>),
+}
+
+impl Caller {
+    /// The agent, unless the caller is the admin.
+    pub fn agent(&self) -> Option<&Arc<Agent>> {
+        match self {
+            Caller::Admin => None,
+            Caller::Agent(agent) => Some(agent),
+        }
+    }
+
+    /// Whether the caller may see or kill what `agent` runs.
+    pub fn may_manage(&self, agent: &str) -> bool {
+        match self {
+            Caller::Admin => true,
+            Caller::Agent(own) => own.id == agent,
+        }
+    }
+}
+
+/// The agents of a server.
+#[derive(Debug)]
+pub struct Agents {
+    agents: BTreeMap<String, Arc<Agent>>,
+    tokens: HashMap<[u8; 32], String>,
+    admin: Option<[u8; 32]>,
+}
+
+impl Agents {
+    /// The agents of `config`; `token` (the `--token` flag) is the agent `default`'s token,
+    /// as is `[server] token_sha256`. Without any token, every caller is `default`.
+    pub fn new(config: &Config, token: Option<&str>) -> Result<Agents, String> {
+        let mut agents = BTreeMap::new();
+        let mut tokens = HashMap::new();
+        for entry in &config.agents {
+            if let Some(hash) = &entry.token_sha256 {
+                let hash = parse_sha256(hash).map_err(|e| format!("agent {}: {e}", entry.id))?;
+                if tokens.insert(hash, entry.id.clone()).is_some() {
+                    return Err(format!("agent {} has the same token as another agent", entry.id));
+                }
+            }
+            agents.insert(entry.id.clone(), Arc::new(Agent::new(entry.clone())));
+        }
+        let default_token = match (token, &config.server.token_sha256) {
+            (Some(token), _) => Some(token_sha256(token)),
+            (None, Some(hash)) => Some(parse_sha256(hash)?),
+            (None, None) => None,
+        };
+        if let Some(hash) = default_token {
+            if tokens.get(&hash).is_some_and(|id| id != DEFAULT_AGENT) {
+                return Err("the server's token is also an agent's token".into());
+            }
+            tokens.insert(hash, DEFAULT_AGENT.into());
+        }
+        let admin = config.admin.token_sha256.as_deref().map(parse_sha256).transpose()?;
+        if admin.is_some_and(|a| tokens.contains_key(&a)) {
+            return Err("the admin token is also an agent's token".into());
+        }
+        let open = tokens.is_empty() && admin.is_none();
+        if open || default_token.is_some() {
+            agents
+                .entry(DEFAULT_AGENT.to_owned())
+                .or_insert_with(|| Arc::new(Agent::new(AgentConfig { id: DEFAULT_AGENT.into(), approved: true, ..AgentConfig::default() })));
+        }
+        Ok(Agents { agents, tokens, admin })
+    }
+
+    /// Whether requests need a token (some token is configured).
+    pub fn require_token(&self) -> bool {
+        !self.tokens.is_empty() || self.admin.is_some()
+    }
+
+    /// The caller a bearer token names; `None` when it names no one. Without any configured
+    /// token every caller is the agent `default`.
+    ///
+    /// Tokens are compared by their sha256: the lookup's timing says nothing useful about a
+    /// token.
+    pub fn identify(&self, bearer: Option<&str>) -> Option<Caller> {
+        if !self.require_token() {
+            return self.get(DEFAULT_AGENT).map(Caller::Agent);
+        }
+        let hash = token_sha256(bearer?);
+        if self.admin.is_some_and(|admin| bool::from(subtle::ConstantTimeEq::ct_eq(&admin[..], &hash[..]))) {
+            return Some(Caller::Admin);
+        }
+        self.tokens.get(&hash).and_then(|id| self.get(id)).map(Caller::Agent)
+    }
+
+    /// The agent `id`.
+    pub fn get(&self, id: &str) -> Option<Arc<Agent>> {
+        self.agents.get(id).cloned()
+    }
+
+    /// Every agent, by id.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Agent>> {
+        self.agents.values()
+    }
+
+    /// Whether an admin token is configured.
+    pub fn has_admin(&self) -> bool {
+        self.admin.is_some()
+    }
+}
+
+/// One agent: its configuration, approval and usage.
+#[derive(Debug)]
+pub struct Agent {
+    /// Its id.
+    pub id: String,
+    config: AgentConfig,
+    approved: AtomicBool,
+    usage: Mutex<Usage>,
+}
+
+#[derive(Debug)]
+struct Usage {
+    running: u32,
+    sessions: u32,
+    runs: Window,
+    fuel: Window,
+    runs_total: u64,
+    fuel_total: u64,
+    refused_total: u64,
+}
+
+/// Why an agent may not do what it asked, as the HTTP status and message to answer with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// 403 (not approved, a language it may not use) or 429 (a quota).
+    pub code: u16,
+    /// Names the agent and the quota.
+    pub message: String,
+    /// For 429: seconds until it may try again.
+    pub retry_after: Option<u64>,
+    /// The metric label of the reason: `approval`, `language`, `max_concurrent`,
+    /// `runs_per_minute`, `fuel_per_hour`, `max_sessions`.
+    pub reason: &'static str,
+}
+
+impl Agent {
+    fn new(config: AgentConfig) -> Agent {
+        Agent {
+            id: config.id.clone(),
+            approved: AtomicBool::new(config.approved),
+            usage: Mutex::new(Usage {
+                running: 0,
+                sessions: 0,
+                runs: Window::new(Duration::from_secs(60)),
+                fuel: Window::new(Duration::from_secs(3600)),
+                runs_total: 0,
+                fuel_total: 0,
+                refused_total: 0,
+            }),
+            config,
+        }
+    }
+
+    fn usage(&self) -> MutexGuard<'_, Usage> {
+        self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether it may run code now.
+    pub fn approved(&self) -> bool {
+        self.approved.load(Ordering::SeqCst)
+    }
+
+    /// Approves or revokes it.
+    pub fn set_approved(&self, approved: bool) {
+        self.approved.store(approved, Ordering::SeqCst);
+    }
+
+    /// Its ceilings: `server`'s, lowered to its own.
+    pub fn ceiling(&self, server: &Limits) -> Limits {
+        self.config.ceiling.over(server).lowered_to(server)
+    }
+
+    /// Whether it may use `language` at all (approval and its languages).
+    fn may_use(&self, language: Language) -> Result<(), Refusal> {
+        if !self.approved() {
+            return Err(self.refuse(403, "approval", format!("agent {} is not approved (an admin may approve it)", self.id), None));
+        }
+        if self.config.languages.as_ref().is_some_and(|l| !l.contains(&language)) {
+            return Err(self.refuse(403, "language", format!("agent {} may not run {language}", self.id), None));
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, code: u16, reason: &'static str, message: String, retry_after: Option<u64>) -> Refusal {
+        Refusal { code, message, retry_after, reason }
+    }
+
+    /// Admits one run (or turn) of `language`, counting it against the agent's quotas; the
+    /// ticket gives its place back when dropped.
+    pub fn admit(self: &Arc<Self>, language: Language) -> Result<Ticket, Refusal> {
+        let refused = |r: Refusal| {
+            self.usage().refused_total += 1;
+            r
+        };
+        self.may_use(language).map_err(refused)?;
+        let now = Instant::now();
+        let mut usage = self.usage();
+        if let Some(max) = self.config.max_concurrent {
+            if usage.running >= max {
+                usage.refused_total += 1;
+                let message = format!("agent {} is over its quota max_concurrent = {max}: that many runs are executing", self.id);
+                return Err(self.refuse(429, "max_concurrent", message, Some(1)));
+            }
+        }
+        if let Some(max) = self.config.runs_per_minute {
+            if usage.runs.sum(now) >= u64::from(max) {
+                usage.refused_total += 1;
+                let wait = usage.runs.until_below(now, u64::from(max));
+                let message = format!("agent {} is over its quota runs_per_minute = {max}", self.id);
+                return Err(self.refuse(429, "runs_per_minute", message, Some(wait)));
+            }
+        }
+        if let Some(max) = self.config.fuel_per_hour {
+            if usage.fuel.sum(now) >= max {
+                usage.refused_total += 1;
+                let wait = usage.fuel.until_below(now, max);
+                let message = format!("agent {} is over its quota fuel_per_hour = {max}", self.id);
+                return Err(self.refuse(429, "fuel_per_hour", message, Some(wait)));
+            }
+        }
+        usage.running += 1;
+        usage.runs.add(now, 1);
+        usage.runs_total += 1;
+        Ok(Ticket { agent: self.clone() })
+    }
+
+    /// Admits one session of `language` (approval, languages, `max_sessions`); the ticket
+    /// gives its place back when dropped.
+    pub fn admit_session(self: &Arc<Self>, language: Language) -> Result<SessionTicket, Refusal> {
+        if let Err(refusal) = self.may_use(language) {
+            self.usage().refused_total += 1;
+            return Err(refusal);
+        }
+        let mut usage = self.usage();
+        if let Some(max) = self.config.max_sessions {
+            if usage.sessions >= max {
+                usage.refused_total += 1;
+                let message = format!("agent {} is over its quota max_sessions = {max}: close one of its sessions first", self.id);
+                return Err(self.refuse(429, "max_sessions", message, Some(1)));
+            }
+        }
+        usage.sessions += 1;
+        Ok(SessionTicket { agent: self.clone() })
+    }
+
+    /// What it has used, against its quotas.
+    pub fn view(&self) -> AgentView {
+        let now = Instant::now();
+        let mut usage = self.usage();
+        let (runs_last_minute, fuel_last_hour) = (usage.runs.sum(now), usage.fuel.sum(now));
+        let usage = &mut *usage;
+        AgentView {
+            id: self.id.clone(),
+            approved: self.approved(),
+            languages: self.config.languages.clone().unwrap_or_else(|| Language::ALL.to_vec()),
+            running: usage.running,
+            sessions: usage.sessions,
+            runs_last_minute,
+            fuel_last_hour,
+            runs_total: usage.runs_total,
+            fuel_total: usage.fuel_total,
+            refused_total: usage.refused_total,
+            quotas: Quotas {
+                max_concurrent: self.config.max_concurrent,
+                runs_per_minute: self.config.runs_per_minute,
+                fuel_per_hour: self.config.fuel_per_hour,
+                max_sessions: self.config.max_sessions,
+            },
+        }
+    }
+}
+
+/// An agent as `GET /v1/agents` shows it: approval, usage and quotas.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct AgentView {
+    /// Its id.
+    pub id: String,
+    /// Whether it may run code.
+    pub approved: bool,
+    /// The languages it may run.
+    pub languages: Vec<Language>,
+    /// Runs and turns executing now.
+    pub running: u32,
+    /// Sessions it holds.
+    pub sessions: u32,
+    /// Runs and turns started in the last 60 seconds.
+    pub runs_last_minute: u64,
+    /// Fuel burnt in the last hour.
+    pub fuel_last_hour: u64,
+    /// Runs and turns since the server started.
+    pub runs_total: u64,
+    /// Fuel burnt since the server started.
+    pub fuel_total: u64,
+    /// Requests refused by approval, languages or quotas since the server started.
+    pub refused_total: u64,
+    /// Its quotas (`null`: none).
+    pub quotas: Quotas,
+}
+
+/// An agent's quotas.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Quotas {
+    /// `max_concurrent`.
+    pub max_concurrent: Option<u32>,
+    /// `runs_per_minute`.
+    pub runs_per_minute: Option<u32>,
+    /// `fuel_per_hour`.
+    pub fuel_per_hour: Option<u64>,
+    /// `max_sessions`.
+    pub max_sessions: Option<u32>,
+}
+
+/// A run's place in its agent's quotas, held while it runs.
+#[derive(Debug)]
+pub struct Ticket {
+    agent: Arc<Agent>,
+}
+
+impl Ticket {
+    /// The agent.
+    pub fn agent(&self) -> &Arc<Agent> {
+        &self.agent
+    }
+
+    /// Charges the fuel the run burnt to its agent.
+    pub fn charge(&self, fuel: u64) {
+        let mut usage = self.agent.usage();
+        usage.fuel.add(Instant::now(), fuel);
+        usage.fuel_total = usage.fuel_total.saturating_add(fuel);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut usage = self.agent.usage();
+        usage.running = usage.running.saturating_sub(1);
+    }
+}
+
+/// A session's place in its agent's `max_sessions`, held while it lives.
+#[derive(Debug)]
+pub struct SessionTicket {
+    agent: Arc<Agent>,
+}
+
+impl Drop for SessionTicket {
+    fn drop(&mut self) {
+        let mut usage = self.agent.usage();
+        usage.sessions = usage.sessions.saturating_sub(1);
+    }
+}
+
+/// A sliding window of amounts, in 60 buckets.
+#[derive(Debug)]
+struct Window {
+    bucket: Duration,
+    origin: Instant,
+    /// (bucket number since `origin`, amount), oldest first.
+    buckets: VecDeque<(u64, u64)>,
+}
+
+impl Window {
+    const BUCKETS: u32 = 60;
+
+    fn new(span: Duration) -> Window {
+        Window { bucket: span / Self::BUCKETS, origin: Instant::now(), buckets: VecDeque::new() }
+    }
+
+    fn number(&self, at: Instant) -> u64 {
+        let elapsed = at.saturating_duration_since(self.origin).as_nanos() / self.bucket.as_nanos().max(1);
+        u64::try_from(elapsed).unwrap_or(u64::MAX)
+    }
+
+    /// Drops the buckets that have left the window at `now`.
+    fn slide(&mut self, now: Instant) {
+        let current = self.number(now);
+        while self.buckets.front().is_some_and(|(n, _)| n + u64::from(Self::BUCKETS) <= current) {
+            self.buckets.pop_front();
+        }
+    }
+
+    fn add(&mut self, now: Instant, amount: u64) {
+        self.slide(now);
+        let current = self.number(now);
+        match self.buckets.back_mut() {
+            Some((n, sum)) if *n == current => *sum = sum.saturating_add(amount),
+            _ => self.buckets.push_back((current, amount)),
+        }
+    }
+
+    fn sum(&mut self, now: Instant) -> u64 {
+        self.slide(now);
+        self.buckets.iter().fold(0u64, |a, (_, s)| a.saturating_add(*s))
+    }
+
+    /// Whole seconds from `now` until the window's sum falls below `max` (at least 1).
+    fn until_below(&mut self, now: Instant, max: u64) -> u64 {
+        self.slide(now);
+        let mut sum = self.sum(now);
+        let current = self.number(now);
+        for (n, amount) in &self.buckets {
+            sum = sum.saturating_sub(*amount);
+            if sum < max {
+                let leaves = (n + u64::from(Self::BUCKETS)).saturating_sub(current);
+                let wait = self.bucket.saturating_mul(u32::try_from(leaves).unwrap_or(u32::MAX));
+                return wait.as_secs().max(1);
+            }
+        }
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agents(text: &str) -> Agents {
+        Agents::new(&Config::parse(text).unwrap(), None).unwrap()
+    }
+
+    #[test]
+    fn tokens_name_agents_and_nothing_else() {
+        let agents = agents(&format!(
+            "[admin]\ntoken_sha256 = \"{}\"\n[[agents]]\nid = \"a\"\ntoken_sha256 = \"{}\"\n",
+            hex::encode(token_sha256("root")),
+            hex::encode(token_sha256("ta"))
+        ));
+        assert!(matches!(agents.identify(Some("root")), Some(Caller::Admin)));
+        assert_eq!(agents.identify(Some("ta")).and_then(|c| c.agent().map(|a| a.id.clone())).as_deref(), Some("a"));
+        assert!(agents.identify(Some("tb")).is_none());
+        assert!(agents.identify(None).is_none());
+        assert!(agents.get(DEFAULT_AGENT).is_none(), "with tokens, no one is `default` by omission");
+    }
+
+    #[test]
+    fn without_tokens_everyone_is_default() {
+        let agents = agents("");
+        assert_eq!(agents.identify(None).and_then(|c| c.agent().map(|a| a.id.clone())).as_deref(), Some(DEFAULT_AGENT));
+    }
+
+    #[test]
+    fn quotas_trip_with_their_names() {
+        let agents = agents("[[agents]]\nid = \"a\"\nmax_concurrent = 1\nruns_per_minute = 2\nlanguages = [\"python\"]\n");
+        let a = agents.get("a").unwrap();
+        let first = a.admit(Language::Python).unwrap();
+        let busy = a.admit(Language::Python).unwrap_err();
+        assert_eq!((busy.code, busy.reason), (429, "max_concurrent"));
+        drop(first);
+        drop(a.admit(Language::Python).unwrap());
+        let over = a.admit(Language::Python).unwrap_err();
+        assert_eq!((over.code, over.reason), (429, "runs_per_minute"));
+        assert!(over.message.contains("runs_per_minute = 2"), "{}", over.message);
+        assert!((1..=60).contains(&over.retry_after.unwrap()));
+        assert_eq!(a.admit(Language::Shell).unwrap_err().reason, "language");
+        a.set_approved(false);
+        assert_eq!(a.admit(Language::Python).unwrap_err().code, 403);
+        assert_eq!(a.view().refused_total, 4);
+    }
+
+    #[test]
+    fn fuel_per_hour_counts_what_runs_burnt() {
+        let agents = agents("[[agents]]\nid = \"a\"\nfuel_per_hour = 1000\n");
+        let a = agents.get("a").unwrap();
+        a.admit(Language::Python).unwrap().charge(999);
+        a.admit(Language::Python).unwrap().charge(5);
+        let over = a.admit(Language::Python).unwrap_err();
+        assert_eq!(over.reason, "fuel_per_hour");
+        assert!(over.retry_after.unwrap() >= 60, "the oldest fuel leaves the window in about an hour");
+        assert_eq!(a.view().fuel_last_hour, 1004);
+    }
+
+    #[test]
+    fn a_window_forgets_what_left_it() {
+        let mut window = Window::new(Duration::from_millis(600));
+        let start = Instant::now();
+        window.add(start, 3);
+        assert_eq!(window.sum(start), 3);
+        assert_eq!(window.sum(start + Duration::from_millis(700)), 0);
+    }
+}

@@ -1,0 +1,485 @@
+//! The configuration file (`wsbx serve --config FILE`, or `$WSBX_CONFIG`): server settings,
+//! limit defaults and ceilings (also per language), agents, the admin token and the audit log,
+//! in one TOML file. `examples/wsbx.toml` documents every key.
+//!
+//! Every section and key is checked: an unknown key or a bad value is an error naming the key
+//! and its line. A flag given on the command line wins over the file.
+//!
+//! ```
+//! let config = wsbx::config::Config::parse(r#"
+//!     [server]
+//!     max_concurrency = 4
+//!
+//!     [limits.python]
+//!     timeout_ms = 20000
+//!
+//!     [[agents]]
+//!     id = "dev-1"
+//!     token_sha256 = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"
+//!     runs_per_minute = 60
+//! "#).unwrap();
+//! assert_eq!(config.server.max_concurrency, Some(4));
+//! assert_eq!(config.agents[0].id, "dev-1");
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::request::{Language, Limits};
+
+/// The whole file. Every section may be left out.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: what `wsbx serve`'s flags set.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// `[limits.*]`: defaults and ceilings.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// `[[agents]]`: who may run code, with what quotas.
+    #[serde(default)]
+    pub agents: Vec<AgentConfig>,
+    /// `[admin]`: the operator's token.
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// `[audit]`: the SQLite audit log.
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// `[server]`: each key is the `wsbx serve` flag of the same name in snake_case.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// `--addr`.
+    pub addr: Option<String>,
+    /// The sha256 (hex) of `--token`: the token of the agent `default`.
+    pub token_sha256: Option<String>,
+    /// `--max-concurrency`.
+    pub max_concurrency: Option<usize>,
+    /// `--max-queue`.
+    pub max_queue: Option<usize>,
+    /// `--max-body-bytes`.
+    pub max_body_bytes: Option<usize>,
+    /// `--max-return-bytes`.
+    pub max_return_bytes: Option<u64>,
+    /// `--max-connections`.
+    pub max_connections: Option<usize>,
+    /// `--max-sessions`.
+    pub max_sessions: Option<usize>,
+    /// `--session-idle-timeout`, in seconds.
+    pub session_idle_timeout: Option<f64>,
+    /// `--session-lifetime`, in seconds.
+    pub session_lifetime: Option<f64>,
+}
+
+/// Limits as a config section gives them: each key optional, JSON names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialLimits {
+    /// `timeout_ms`.
+    pub timeout_ms: Option<u64>,
+    /// `fuel`.
+    pub fuel: Option<u64>,
+    /// `memory_mb`.
+    pub memory_mb: Option<u64>,
+    /// `max_output_bytes`.
+    pub max_output_bytes: Option<u64>,
+    /// `disk_mb`.
+    pub disk_mb: Option<u64>,
+    /// `max_files`.
+    pub max_files: Option<u64>,
+}
+
+impl PartialLimits {
+    /// `base` with every limit given here in place of its own.
+    pub fn over(&self, base: &Limits) -> Limits {
+        Limits {
+            timeout_ms: self.timeout_ms.unwrap_or(base.timeout_ms),
+            fuel: self.fuel.unwrap_or(base.fuel),
+            memory_mb: self.memory_mb.unwrap_or(base.memory_mb),
+            max_output_bytes: self.max_output_bytes.unwrap_or(base.max_output_bytes),
+            disk_mb: self.disk_mb.unwrap_or(base.disk_mb),
+            max_files: self.max_files.unwrap_or(base.max_files),
+        }
+    }
+}
+
+/// `[limits.python]` (and javascript, shell): the defaults of one language, and under
+/// `[limits.python.ceiling]` its ceilings.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanguageLimits {
+    /// `timeout_ms`.
+    pub timeout_ms: Option<u64>,
+    /// `fuel`.
+    pub fuel: Option<u64>,
+    /// `memory_mb`.
+    pub memory_mb: Option<u64>,
+    /// `max_output_bytes`.
+    pub max_output_bytes: Option<u64>,
+    /// `disk_mb`.
+    pub disk_mb: Option<u64>,
+    /// `max_files`.
+    pub max_files: Option<u64>,
+    /// The language's ceilings.
+    #[serde(default)]
+    pub ceiling: PartialLimits,
+}
+
+impl LanguageLimits {
+    fn defaults(&self) -> PartialLimits {
+        PartialLimits {
+            timeout_ms: self.timeout_ms,
+            fuel: self.fuel,
+            memory_mb: self.memory_mb,
+            max_output_bytes: self.max_output_bytes,
+            disk_mb: self.disk_mb,
+            max_files: self.max_files,
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// `[limits.default]`: the limits a request leaves out, every language.
+    #[serde(default)]
+    pub default: PartialLimits,
+    /// `[limits.ceiling]`: the most any request may ask for (the `--max-*` flags).
+    #[serde(default)]
+    pub ceiling: PartialLimits,
+    /// `[limits.python]`.
+    #[serde(default)]
+    pub python: LanguageLimits,
+    /// `[limits.javascript]`.
+    #[serde(default)]
+    pub javascript: LanguageLimits,
+    /// `[limits.shell]`.
+    #[serde(default)]
+    pub shell: LanguageLimits,
+}
+
+impl LimitsSection {
+    /// The section of `language`.
+    pub fn language(&self, language: Language) -> &LanguageLimits {
+        match language {
+            Language::Python => &self.python,
+            Language::Javascript => &self.javascript,
+            Language::Shell => &self.shell,
+        }
+    }
+}
+
+/// The limits a server applies, per language: what a request leaves out takes `default`, and
+/// nothing may go above `ceiling`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitTable {
+    defaults: [Limits; 3],
+    ceilings: [Limits; 3],
+}
+
+impl LimitTable {
+    /// One ceiling for every language, and the built-in defaults lowered to it.
+    pub fn uniform(ceiling: Limits) -> LimitTable {
+        let ceiling = ceiling.lowered_to(&Limits::CEILING);
+        let default = Limits::DEFAULT.lowered_to(&ceiling);
+        LimitTable { defaults: [default; 3], ceilings: [ceiling; 3] }
+    }
+
+    /// The table `section` makes over the server-wide `ceiling`: `[limits.ceiling]` replaces
+    /// what it gives of `ceiling` (never above [`Limits::CEILING`]), and a language's
+    /// `[limits.<language>.ceiling]` may lower that for the language, never raise it; a
+    /// language's defaults are the built-in ones, then `[limits.default]`, then
+    /// `[limits.<language>]`, lowered to its ceiling.
+    pub fn new(ceiling: Limits, section: &LimitsSection) -> LimitTable {
+        let mut table = LimitTable::uniform(ceiling);
+        for language in Language::ALL {
+            let own = section.language(language);
+            let server = section.ceiling.over(&ceiling).lowered_to(&Limits::CEILING);
+            let ceiling = own.ceiling.over(&server).lowered_to(&server);
+            let default = own.defaults().over(&section.default.over(&Limits::DEFAULT)).lowered_to(&ceiling);
+            table.ceilings[index(language)] = ceiling;
+            table.defaults[index(language)] = default;
+        }
+        table
+    }
+
+    /// The defaults of `language`.
+    pub fn default(&self, language: Language) -> Limits {
+        self.defaults[index(language)]
+    }
+
+    /// The ceiling of `language`.
+    pub fn ceiling(&self, language: Language) -> Limits {
+        self.ceilings[index(language)]
+    }
+
+    /// The highest ceiling of any language, limit by limit: what the sandbox itself enforces.
+    pub fn highest(&self) -> Limits {
+        let [a, b, c] = self.ceilings;
+        let max = |f: fn(&Limits) -> u64| f(&a).max(f(&b)).max(f(&c));
+        Limits {
+            timeout_ms: max(|l| l.timeout_ms),
+            fuel: max(|l| l.fuel),
+            memory_mb: max(|l| l.memory_mb),
+            max_output_bytes: max(|l| l.max_output_bytes),
+            disk_mb: max(|l| l.disk_mb),
+            max_files: max(|l| l.max_files),
+        }
+    }
+}
+
+fn index(language: Language) -> usize {
+    match language {
+        Language::Python => 0,
+        Language::Javascript => 1,
+        Language::Shell => 2,
+    }
+}
+
+/// `[[agents]]`: one agent, named by its token.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Its name: in results' audit rows, metrics' `agent` label, `wsbx agents`.
+    pub id: String,
+    /// The sha256 (hex) of its bearer token (`wsbx token` makes one).
+    pub token_sha256: Option<String>,
+    /// Whether it may run code (default true). `POST /v1/agents/{id}/approve|revoke` changes
+    /// this, and the change outlives restarts.
+    #[serde(default = "yes")]
+    pub approved: bool,
+    /// The languages it may run (default: all).
+    pub languages: Option<Vec<Language>>,
+    /// Runs (and turns) it may have executing at once.
+    pub max_concurrent: Option<u32>,
+    /// Runs (and turns) it may start in any 60 seconds.
+    pub runs_per_minute: Option<u32>,
+    /// Fuel its runs may burn in any hour.
+    pub fuel_per_hour: Option<u64>,
+    /// Sessions it may hold at once.
+    pub max_sessions: Option<u32>,
+    /// Its own ceilings, below the server's.
+    #[serde(default)]
+    pub ceiling: PartialLimits,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// The sha256 (hex) of the admin token, which sees and kills every run and manages agents.
+    pub token_sha256: Option<String>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Whether runs are audited (default true when a config file is given).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The SQLite file (default `$WSBX_HOME/audit.db`).
+    pub path: Option<PathBuf>,
+    /// Whether rows keep the code itself, not only its sha256 (default false).
+    #[serde(default)]
+    pub store_code: bool,
+    /// Rows older than this many days are pruned (default: kept for ever).
+    pub retention_days: Option<u32>,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection { enabled: true, path: None, store_code: false, retention_days: None }
+    }
+}
+
+/// A configuration that cannot be used, saying where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {error}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The TOML is malformed, a key unknown or a value of the wrong type: the message names the
+    /// key, its line and column.
+    #[error("{0}")]
+    Parse(String),
+    /// The values are well-formed but do not fit together.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
+            ConfigError::Invalid(m) => ConfigError::Invalid(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses and checks `text`.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string().trim_end().to_owned()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The checks serde cannot make: hashes are hashes, ids are unique and sane, limits and
+    /// quotas are above zero.
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let hashes = [("server.token_sha256", &self.server.token_sha256), ("admin.token_sha256", &self.admin.token_sha256)];
+        for (key, hash) in hashes {
+            if let Some(hash) = hash {
+                parse_sha256(hash).map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))?;
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (n, agent) in self.agents.iter().enumerate() {
+            let key = format!("agents[{n}] (id {:?})", agent.id);
+            if !valid_agent_id(&agent.id) {
+                return invalid(format!("{key}: an agent id is 1 to 64 letters, digits, '-', '_' or '.'"));
+            }
+            if !seen.insert(agent.id.as_str()) {
+                return invalid(format!("{key}: the id is given twice"));
+            }
+            if let Some(hash) = &agent.token_sha256 {
+                parse_sha256(hash).map_err(|e| ConfigError::Invalid(format!("{key}.token_sha256: {e}")))?;
+            }
+            let zero = [
+                ("max_concurrent", agent.max_concurrent.map(u64::from)),
+                ("runs_per_minute", agent.runs_per_minute.map(u64::from)),
+                ("fuel_per_hour", agent.fuel_per_hour),
+                ("max_sessions", agent.max_sessions.map(u64::from)),
+            ];
+            if let Some((name, _)) = zero.iter().find(|(_, v)| *v == Some(0)) {
+                return invalid(format!("{key}.{name} must be above zero (revoke the agent to stop it)"));
+            }
+            check_limits(&format!("{key}.ceiling"), &agent.ceiling)?;
+        }
+        check_limits("limits.default", &self.limits.default)?;
+        check_limits("limits.ceiling", &self.limits.ceiling)?;
+        for language in Language::ALL {
+            let own = self.limits.language(language);
+            check_limits(&format!("limits.{language}"), &own.defaults())?;
+            check_limits(&format!("limits.{language}.ceiling"), &own.ceiling)?;
+        }
+        for (key, seconds) in [("server.session_idle_timeout", self.server.session_idle_timeout), ("server.session_lifetime", self.server.session_lifetime)] {
+            if seconds.is_some_and(|s| !(s.is_finite() && s > 0.0 && s <= crate::SessionOptions::MAX_DURATION.as_secs_f64())) {
+                return invalid(format!("{key} must be a positive number of seconds, at most a year"));
+            }
+        }
+        if self.audit.retention_days == Some(0) {
+            return invalid("audit.retention_days must be above zero (leave it out to keep every row)".into());
+        }
+        Ok(())
+    }
+
+    /// The audit log's file: `[audit] path`, or `audit.db` in `home`.
+    pub fn audit_path(&self, home: &Path) -> PathBuf {
+        self.audit.path.clone().unwrap_or_else(|| home.join("audit.db"))
+    }
+}
+
+fn check_limits(key: &str, limits: &PartialLimits) -> Result<(), ConfigError> {
+    let all = Limits::CEILING;
+    let fields = [
+        ("timeout_ms", limits.timeout_ms, all.timeout_ms),
+        ("fuel", limits.fuel, all.fuel),
+        ("memory_mb", limits.memory_mb, all.memory_mb),
+        ("max_output_bytes", limits.max_output_bytes, all.max_output_bytes),
+        ("disk_mb", limits.disk_mb, all.disk_mb),
+        ("max_files", limits.max_files, all.max_files),
+    ];
+    for (name, value, max) in fields {
+        match value {
+            Some(0) => return Err(ConfigError::Invalid(format!("{key}.{name} must be above zero"))),
+            Some(v) if v > max => return Err(ConfigError::Invalid(format!("{key}.{name} = {v} is above wsbx's ceiling of {max}"))),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether `id` is a usable agent id: it appears in URLs, metric labels and audit rows.
+pub fn valid_agent_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The 32 bytes of a sha256 written as 64 hex digits.
+pub fn parse_sha256(hex_digest: &str) -> Result<[u8; 32], String> {
+    let bytes = hex::decode(hex_digest.trim()).map_err(|_| "not a sha256 in hex (64 hex digits)".to_owned())?;
+    bytes.try_into().map_err(|_| "not a sha256 in hex (64 hex digits)".to_owned())
+}
+
+/// The sha256 of `token`, as stored in the config.
+pub fn token_sha256(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let error = Config::parse("[server]\nmax_concurrency = 2\nmax_concurrenzy = 3\n").unwrap_err().to_string();
+        assert!(error.contains("max_concurrenzy") && error.contains("line 3"), "{error}");
+        let error = Config::parse("[[agents]]\nid = \"a\"\nrunz_per_minute = 1\n").unwrap_err().to_string();
+        assert!(error.contains("runz_per_minute") && error.contains("line 3"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let error = Config::parse("[limits.python]\ntimeout_ms = \"soon\"\n").unwrap_err().to_string();
+        assert!(error.contains("timeout_ms") && error.contains("line 2"), "{error}");
+        let error = Config::parse("[[agents]]\nid = \"a\"\ntoken_sha256 = \"abc\"\n").unwrap_err().to_string();
+        assert!(error.contains("token_sha256"), "{error}");
+        let error = Config::parse("[[agents]]\nid = \"a b\"\n").unwrap_err().to_string();
+        assert!(error.contains("agent id"), "{error}");
+        let error = Config::parse("[[agents]]\nid = \"a\"\n[[agents]]\nid = \"a\"\n").unwrap_err().to_string();
+        assert!(error.contains("twice"), "{error}");
+        let error = Config::parse("[limits.ceiling]\nmemory_mb = 0\n").unwrap_err().to_string();
+        assert!(error.contains("limits.ceiling.memory_mb"), "{error}");
+        let error = Config::parse("[[agents]]\nid = \"a\"\nlanguages = [\"cobol\"]\n").unwrap_err().to_string();
+        assert!(error.contains("cobol") && error.contains("line 3"), "{error}");
+    }
+
+    #[test]
+    fn language_limits_layer_over_the_defaults_and_stay_under_the_ceilings() {
+        let config = Config::parse(
+            "[limits.default]\ntimeout_ms = 4000\n[limits.ceiling]\ntimeout_ms = 30000\n\
+             [limits.python]\ntimeout_ms = 20000\n[limits.shell.ceiling]\ntimeout_ms = 2000\n",
+        )
+        .unwrap();
+        let table = LimitTable::new(Limits::CEILING, &config.limits);
+        assert_eq!(table.default(Language::Python).timeout_ms, 20_000);
+        assert_eq!(table.default(Language::Javascript).timeout_ms, 4_000);
+        assert_eq!(table.ceiling(Language::Javascript).timeout_ms, 30_000);
+        assert_eq!(table.default(Language::Shell).timeout_ms, 2_000, "a default is lowered to its ceiling");
+        assert_eq!(table.highest().timeout_ms, 30_000);
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../examples/wsbx.toml");
+        Config::parse(text).unwrap();
+    }
+}
