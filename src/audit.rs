@@ -4,8 +4,9 @@
 //!
 //! Rows are written by one thread, in batches (one transaction each), off the run's path: a
 //! caller queues its row and may wait for it to be committed ([`Audit::record`] hands back a
-//! receipt), which the server does before it answers, so a client that saw a result can find
-//! its row even after a `SIGKILL`. When a write fails (the disk is full, another process holds
+//! receipt). With `commit_before_answer` the server waits for it before it answers, so a
+//! client that saw a result finds its row even after a `SIGKILL`; by default it does not, and
+//! a `SIGKILL` may lose the rows of the last moment's runs. When a write fails (the disk is full, another process holds
 //! the database locked) the rows stay queued and are retried every quarter second; meanwhile
 //! [`Audit::check`] fails, and the server refuses new runs (503) rather than run them
 //! unaudited. Nothing queued is lost on a graceful shutdown: [`Audit::close`] writes it all.
@@ -261,6 +262,7 @@ enum Message {
 pub struct Audit {
     path: PathBuf,
     store_code: bool,
+    commit_before_answer: bool,
     sender: Mutex<Option<mpsc::Sender<Message>>>,
     health: Arc<Health>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -290,6 +292,7 @@ impl Audit {
         Ok(Audit {
             path: path.to_owned(),
             store_code,
+            commit_before_answer: false,
             sender: Mutex::new(Some(sender)),
             health,
             writer: Mutex::new(Some(writer)),
@@ -304,6 +307,18 @@ impl Audit {
     /// Whether rows keep the code itself.
     pub fn store_code(&self) -> bool {
         self.store_code
+    }
+
+    /// The same log, whose users wait for a run's row to be committed before they answer
+    /// (`[audit] commit_before_answer`).
+    pub fn committing_before_answer(mut self, wait: bool) -> Audit {
+        self.commit_before_answer = wait;
+        self
+    }
+
+    /// Whether answers wait for their rows.
+    pub fn commit_before_answer(&self) -> bool {
+        self.commit_before_answer
     }
 
     /// Whether rows can be written now: `Err` says why not (writes fail, or too many rows

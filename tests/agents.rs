@@ -60,6 +60,15 @@ fn wsbx(args: &[&str]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// Waits (at most 5 s) until the log at `db` holds `rows` rows: a row is committed a moment
+/// after its run is answered.
+async fn audited(db: &Path, rows: usize) {
+    let start = Instant::now();
+    while wsbx::audit::list(db, &Default::default()).map_or(0, |r| r.len()) < rows && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until `agent` has a run alive on `server`; its id.
 async fn running(client: &reqwest::Client, server: &Server, agent: &str) -> String {
     let start = Instant::now();
@@ -284,6 +293,7 @@ async fn admin_kill_ends_python_javascript_and_shell_promptly_and_cleans_up() {
     }
     let (code, out, _) = wsbx(&["ps", "--server", &server.base, "--token", ADMIN, "--json"]);
     assert_eq!((code, serde_json::from_str::<Value>(&out).unwrap()), (0, json!([])));
+    audited(&dir.path().join("audit.db"), 6).await;
     let rows = send(client.get(server.url("/v1/executions?state=finished&status=killed")), ADMIN).await.body;
     assert_eq!(rows.as_array().map(Vec::len), Some(3), "{rows}");
 }
@@ -303,6 +313,7 @@ async fn audit_rows_match_the_runs_and_verify_names_a_tampered_row() {
         ids.push(answer.body["id"].as_str().unwrap().to_owned());
     }
     let db = dir.path().join("audit.db");
+    audited(&db, 3).await;
     let (code, out, err) = wsbx(&["audit", "list", "--db", db.to_str().unwrap(), "--kind", "run", "--json"]);
     assert_eq!(code, 0, "{err}");
     let rows: Value = serde_json::from_str(&out).unwrap();
@@ -348,6 +359,7 @@ async fn retention_prunes_old_rows_and_the_chain_still_verifies() {
     let server = serve(&path, dir.path());
     let client = reqwest::Client::new();
     assert_eq!(run(&client, &server, "a-token", python("print(1)")).await.status, 200);
+    audited(&db, 2).await;
     let (code, out, err) = wsbx(&["audit", "verify", "--db", db.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("2 rows"), "the 5 old rows are pruned, the recent one and the run's stay: {out}");
@@ -389,9 +401,11 @@ async fn eight_agents_twenty_concurrent_runs_each_are_all_audited() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_row_is_written_before_its_answer_so_sigkill_loses_none() {
+async fn with_commit_before_answer_sigkill_loses_no_answered_runs_row() {
     let dir = tempfile::tempdir().unwrap();
     let path = config(dir.path(), "", &[("a", "")]);
+    let text = std::fs::read_to_string(&path).unwrap().replace("[audit]\n", "[audit]\ncommit_before_answer = true\n");
+    std::fs::write(&path, text).unwrap();
     let mut server = serve(&path, dir.path());
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
@@ -426,11 +440,18 @@ async fn a_locked_audit_log_refuses_runs_and_catches_up_when_freed() {
         stdin.flush().unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // The run in flight when writes start failing is answered (its row waits in memory) ...
+    // The run whose row meets the lock is answered (its row waits in memory) ...
     let during = run(&client, &server, "a-token", hello()).await;
     assert_eq!(during.status, 200, "{}", during.body);
-    // ... and new runs are refused until the log can be written.
-    let refused = run(&client, &server, "a-token", hello()).await;
+    // ... and once the write has failed, new runs are refused until the log can be written.
+    let start = Instant::now();
+    let refused = loop {
+        let answer = run(&client, &server, "a-token", hello()).await;
+        if answer.status != 200 || start.elapsed() > Duration::from_secs(10) {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert!(refused.body["error"].as_str().unwrap().contains("audit log"), "{}", refused.body);
     assert_eq!(client.get(server.url("/healthz")).send().await.unwrap().status(), 200, "the server stays up");

@@ -236,7 +236,7 @@ fn app(config: ServeConfig) -> Result<(Router, Arc<AppState>), String> {
     let audit = match &config.audit {
         Some(path) => {
             let settings = &config.file.audit;
-            let audit = Audit::open(path, settings.store_code, settings.retention_days)?;
+            let audit = Audit::open(path, settings.store_code, settings.retention_days)?.committing_before_answer(settings.commit_before_answer);
             // Approvals changed through the API outlive restarts: they override the file's.
             for (id, approved) in audit.approvals()? {
                 if let Some(agent) = agents.get(&id) {
@@ -550,9 +550,12 @@ impl AppState {
         }
     }
 
-    /// Writes `event` to the audit log, if there is one; the receipt resolves once written.
+    /// Writes `event` to the audit log, if there is one; the receipt resolves once written,
+    /// and is given only when the answer is to wait for it (`commit_before_answer`).
     fn audit(&self, event: crate::audit::Event) -> Option<crate::audit::Receipt> {
-        self.audit.as_ref().map(|audit| audit.record(event))
+        let audit = self.audit.as_ref()?;
+        let receipt = audit.record(event);
+        audit.commit_before_answer().then_some(receipt)
     }
 
     /// Records a finished run or turn of `ticket`'s agent: its fuel against the agent's quota,
@@ -566,9 +569,11 @@ impl AppState {
     }
 }
 
-/// Waits (a little) for an audit row to be committed before answering: a client that saw a
-/// result finds its row, even after the server is killed. A log that cannot be written does
-/// not hold the answer back for long; its rows are retried.
+/// With `[audit] commit_before_answer`, waits (a little) for a row to be committed before
+/// answering: a client that saw a result then finds its row even after the server is killed
+/// with SIGKILL. A log that cannot be written does not hold the answer back for long; its
+/// rows are retried. Without it (the default) the answer does not wait: the row is committed
+/// a moment later (measured: +0.55 ms p50 on the round trip when waiting).
 async fn written(receipt: Option<crate::audit::Receipt>) {
     if let Some(receipt) = receipt {
         let _ = tokio::time::timeout(Duration::from_secs(2), receipt).await;

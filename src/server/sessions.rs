@@ -500,6 +500,10 @@ pub(super) async fn end(state: &Arc<AppState>, caller: &Caller, id: &str, why: &
     if entry.ended.is_none() {
         audit_end(state, key, &entry, why);
     }
+    // Its place in its agent's max_sessions is free from now, even while a running turn
+    // still holds the guest.
+    let mut entry = entry;
+    entry.ticket = None;
     let session = entry.session.clone();
     let _ = tokio::task::spawn_blocking(move || {
         if let Ok(mut held) = session.try_lock() {
