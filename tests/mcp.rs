@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -191,4 +192,36 @@ fn wsbx_mcp_stopped_by_sigterm_leaves_nothing_behind() {
     assert!(status.success(), "{status:?}");
     let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// A call the client cancels (`notifications/cancelled`, which the Rust SDK sends when a call's
+/// future is dropped) kills its run: the guest stops and its scratch directory goes, long
+/// before the run's own deadline; the server serves on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_call_kills_its_run() {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::TokioChildProcess;
+    use rmcp::ServiceExt;
+
+    let root = tempfile::tempdir().unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsbx"));
+    command.arg("mcp").env("TMPDIR", root.path());
+    let client = ().serve(TokioChildProcess::new(command).expect("wsbx mcp starts")).await.expect("initialized");
+    let marked = |root: &std::path::Path| std::fs::read_dir(root).unwrap().flatten().any(|e| e.path().join("busy").exists());
+    let args = serde_json::json!({"code": "open('/scratch/busy', 'w').write('x')\nwhile True: pass", "timeout_ms": 60000});
+    let call = client.call_tool(CallToolRequestParams::new("run_python").with_arguments(args.as_object().unwrap().clone()));
+    tokio::select! {
+        ended = call => panic!("the endless run ended by itself: {ended:?}"),
+        () = async { while !marked(root.path()) { tokio::time::sleep(Duration::from_millis(20)).await } } => {}
+    }
+    // The call's future is dropped here: the SDK tells the server it is cancelled.
+    let cancelled = std::time::Instant::now();
+    while marked(root.path()) && cancelled.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!marked(root.path()), "the cancelled run still holds its scratch directory after 5 s");
+    let args = serde_json::json!({"code": "console.log(6 * 7)"});
+    let result = client.call_tool(CallToolRequestParams::new("run_javascript").with_arguments(args.as_object().unwrap().clone())).await.expect("called");
+    assert!(serde_json::to_string(&result.content).unwrap().contains("42"));
+    client.cancel().await.expect("closed");
 }
