@@ -3,9 +3,9 @@
 //!
 //! Quotas are sliding windows counted in buckets of a sixtieth of the window (one second for
 //! `runs_per_minute`, one minute for `fuel_per_hour`): a run is counted when it is admitted,
-//! its fuel when it ends. `fuel_per_hour` is checked at admission, so one run may take its
-//! agent over by at most its own fuel limit; the next is refused until enough of the window
-//! has passed.
+//! its fuel when it ends. `fuel_per_hour` is a hard budget: an admitted run reserves its fuel
+//! limit, lowered to what the window has left after what was burnt and what runs in flight
+//! reserved; when nothing is left, runs are refused until enough of the window has passed.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,6 +145,8 @@ pub struct Agent {
 #[derive(Debug)]
 struct Usage {
     running: u32,
+    /// Fuel reserved by the runs admitted and not yet ended.
+    reserved: u64,
     sessions: u32,
     runs: Window,
     fuel: Window,
@@ -174,6 +176,7 @@ impl Agent {
             approved: AtomicBool::new(config.approved),
             usage: Mutex::new(Usage {
                 running: 0,
+                reserved: 0,
                 sessions: 0,
                 runs: Window::new(Duration::from_secs(60)),
                 fuel: Window::new(Duration::from_secs(3600)),
@@ -219,9 +222,10 @@ impl Agent {
         Refusal { code, message, retry_after, reason }
     }
 
-    /// Admits one run (or turn) of `language`, counting it against the agent's quotas; the
-    /// ticket gives its place back when dropped.
-    pub fn admit(self: &Arc<Self>, language: Language) -> Result<Ticket, Refusal> {
+    /// Admits one run (or turn) of `language` that may burn `fuel`, counting it against the
+    /// agent's quotas; the ticket says how much fuel it may burn ([`Ticket::fuel`]: `fuel`, or
+    /// less when `fuel_per_hour` has less left) and gives its place back when dropped.
+    pub fn admit(self: &Arc<Self>, language: Language, fuel: u64) -> Result<Ticket, Refusal> {
         let refused = |r: Refusal| {
             self.usage().refused_total += 1;
             r
@@ -244,18 +248,23 @@ impl Agent {
                 return Err(self.refuse(429, "runs_per_minute", message, Some(wait)));
             }
         }
+        let mut granted = fuel;
         if let Some(max) = self.config.fuel_per_hour {
-            if usage.fuel.sum(now) >= max {
+            let used = usage.fuel.sum(now).saturating_add(usage.reserved);
+            if used >= max {
                 usage.refused_total += 1;
-                let wait = usage.fuel.until_below(now, max);
+                // What runs in flight reserved comes back when they end: a second at least.
+                let wait = if usage.fuel.sum(now) >= max { usage.fuel.until_below(now, max) } else { 1 };
                 let message = format!("agent {} is over its quota fuel_per_hour = {max}", self.id);
                 return Err(self.refuse(429, "fuel_per_hour", message, Some(wait)));
             }
+            granted = granted.min(max - used);
         }
         usage.running += 1;
+        usage.reserved = usage.reserved.saturating_add(granted);
         usage.runs.add(now, 1);
         usage.runs_total += 1;
-        Ok(Ticket { agent: self.clone() })
+        Ok(Ticket { agent: self.clone(), fuel: granted })
     }
 
     /// Admits one session of `language` (approval, languages, `max_sessions`); the ticket
@@ -348,6 +357,7 @@ pub struct Quotas {
 #[derive(Debug)]
 pub struct Ticket {
     agent: Arc<Agent>,
+    fuel: u64,
 }
 
 impl Ticket {
@@ -356,8 +366,14 @@ impl Ticket {
         &self.agent
     }
 
-    /// Charges the fuel the run burnt to its agent.
-    pub fn charge(&self, fuel: u64) {
+    /// The fuel the run may burn: its own limit, lowered to what `fuel_per_hour` had left.
+    pub fn fuel(&self) -> u64 {
+        self.fuel
+    }
+
+    /// Charges what `result`'s run burnt to its agent (see [`fuel_burnt`]).
+    pub fn charge(&self, result: &crate::ExecResult) {
+        let fuel = fuel_burnt(result, self.fuel);
         let mut usage = self.agent.usage();
         usage.fuel.add(Instant::now(), fuel);
         usage.fuel_total = usage.fuel_total.saturating_add(fuel);
@@ -368,6 +384,26 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let mut usage = self.agent.usage();
         usage.running = usage.running.saturating_sub(1);
+        usage.reserved = usage.reserved.saturating_sub(self.fuel);
+    }
+}
+
+/// Fuel a wasm guest burns per millisecond on the reference machine (about 8 billion a second).
+const FUEL_PER_MS: f64 = 8_000_000.0;
+
+/// The fuel a quota charges for `result`'s run, whose limit was `limit`: what it reports,
+/// except for a wasm run that a timeout or a kill interrupted. Then the reported count can be
+/// stale (wasmtime keeps it in a register in a tight loop and does not write it back before
+/// the interrupt), so the run is charged at least its wall time at the reference rate, at most
+/// its limit: an agent cannot burn CPU for free by ending its runs with timeouts.
+pub fn fuel_burnt(result: &crate::ExecResult, limit: u64) -> u64 {
+    let Some(reported) = result.fuel_consumed else { return 0 };
+    match result.status {
+        crate::Status::Timeout | crate::Status::Killed => {
+            let by_time = (result.wall_ms.max(0.0) * FUEL_PER_MS).min(u64::MAX as f64) as u64;
+            reported.max(by_time.min(limit))
+        }
+        _ => reported,
     }
 }
 
@@ -476,31 +512,51 @@ mod tests {
     fn quotas_trip_with_their_names() {
         let agents = agents("[[agents]]\nid = \"a\"\nmax_concurrent = 1\nruns_per_minute = 2\nlanguages = [\"python\"]\n");
         let a = agents.get("a").unwrap();
-        let first = a.admit(Language::Python).unwrap();
-        let busy = a.admit(Language::Python).unwrap_err();
+        let first = a.admit(Language::Python, 10).unwrap();
+        let busy = a.admit(Language::Python, 10).unwrap_err();
         assert_eq!((busy.code, busy.reason), (429, "max_concurrent"));
         drop(first);
-        drop(a.admit(Language::Python).unwrap());
-        let over = a.admit(Language::Python).unwrap_err();
+        drop(a.admit(Language::Python, 10).unwrap());
+        let over = a.admit(Language::Python, 10).unwrap_err();
         assert_eq!((over.code, over.reason), (429, "runs_per_minute"));
         assert!(over.message.contains("runs_per_minute = 2"), "{}", over.message);
         assert!((1..=60).contains(&over.retry_after.unwrap()));
-        assert_eq!(a.admit(Language::Shell).unwrap_err().reason, "language");
+        assert_eq!(a.admit(Language::Shell, 10).unwrap_err().reason, "language");
         a.set_approved(false);
-        assert_eq!(a.admit(Language::Python).unwrap_err().code, 403);
+        assert_eq!(a.admit(Language::Python, 10).unwrap_err().code, 403);
         assert_eq!(a.view().refused_total, 4);
     }
 
+    fn ran(fuel: u64, status: crate::Status, wall_ms: f64) -> crate::ExecResult {
+        crate::ExecResult { fuel_consumed: Some(fuel), wall_ms, status, ..crate::ExecResult::not_run(Language::Python, status, String::new()) }
+    }
+
     #[test]
-    fn fuel_per_hour_counts_what_runs_burnt() {
+    fn fuel_per_hour_is_a_hard_budget_shared_by_runs_in_flight() {
         let agents = agents("[[agents]]\nid = \"a\"\nfuel_per_hour = 1000\n");
         let a = agents.get("a").unwrap();
-        a.admit(Language::Python).unwrap().charge(999);
-        a.admit(Language::Python).unwrap().charge(5);
-        let over = a.admit(Language::Python).unwrap_err();
-        assert_eq!(over.reason, "fuel_per_hour");
+        let first = a.admit(Language::Python, 600).unwrap();
+        let second = a.admit(Language::Python, 600).unwrap();
+        assert_eq!((first.fuel(), second.fuel()), (600, 400), "the second run gets what is left");
+        assert_eq!(a.admit(Language::Python, 600).unwrap_err().reason, "fuel_per_hour", "all of it is reserved");
+        first.charge(&ran(100, crate::Status::Ok, 1.0));
+        drop(first);
+        let third = a.admit(Language::Python, 600).unwrap();
+        assert_eq!(third.fuel(), 500, "what the first run did not burn came back");
+        second.charge(&ran(400, crate::Status::OutOfFuel, 1.0));
+        drop(second);
+        third.charge(&ran(500, crate::Status::OutOfFuel, 1.0));
+        drop(third);
+        let over = a.admit(Language::Python, 1).unwrap_err();
         assert!(over.retry_after.unwrap() >= 60, "the oldest fuel leaves the window in about an hour");
-        assert_eq!(a.view().fuel_last_hour, 1004);
+        assert_eq!(a.view().fuel_last_hour, 1000);
+    }
+
+    #[test]
+    fn an_interrupted_run_is_charged_at_least_its_time() {
+        assert_eq!(fuel_burnt(&ran(198_300, crate::Status::Timeout, 2000.0), u64::MAX), 16_000_000_000);
+        assert_eq!(fuel_burnt(&ran(198_300, crate::Status::Killed, 2000.0), 1_000_000), 1_000_000, "never past its limit");
+        assert_eq!(fuel_burnt(&ran(198_300, crate::Status::Ok, 2000.0), u64::MAX), 198_300);
     }
 
     #[test]

@@ -203,8 +203,8 @@ const SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS events_time ON events(time);
     CREATE INDEX IF NOT EXISTS events_agent ON events(agent, time);
     CREATE INDEX IF NOT EXISTS events_execution ON events(execution_id);
+    CREATE INDEX IF NOT EXISTS events_kind ON events(kind);
     CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE IF NOT EXISTS approvals (agent TEXT PRIMARY KEY, approved INTEGER NOT NULL, time TEXT NOT NULL);
 ";
 
 /// Opens (and creates) the log at `path` for writing.
@@ -367,12 +367,21 @@ impl Audit {
         }
     }
 
-    /// The approvals changed through the API, by agent: they override the config's.
+    /// The approvals changed through the API, by agent (the latest `approve` or `revoke` row
+    /// of each): they override the config's. They are read from the chained rows themselves,
+    /// so changing one means forging the chain, which `verify` checks.
     pub fn approvals(&self) -> Result<Vec<(String, bool)>, String> {
         let conn = open_ro(&self.path)?;
-        let mut statement = conn.prepare("SELECT agent, approved FROM approvals ORDER BY agent").map_err(|e| e.to_string())?;
-        let rows = statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? != 0))).map_err(|e| e.to_string())?;
-        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+        let mut statement = conn
+            .prepare("SELECT agent, kind FROM events WHERE kind IN ('approve', 'revoke') ORDER BY id")
+            .map_err(|e| e.to_string())?;
+        let rows = statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)? == "approve"))).map_err(|e| e.to_string())?;
+        let mut latest = std::collections::BTreeMap::new();
+        for row in rows {
+            let (agent, approved) = row.map_err(|e| e.to_string())?;
+            latest.insert(agent, approved);
+        }
+        Ok(latest.into_iter().collect())
     }
 }
 
@@ -462,8 +471,7 @@ fn take(message: Message, pending: &mut Vec<(Event, Option<tokio::sync::oneshot:
     }
 }
 
-/// Appends `events` in one transaction, each chained to the last row in the file; an
-/// approval change also updates `approvals`.
+/// Appends `events` in one transaction, each chained to the last row in the file.
 fn append<'a>(conn: &mut Connection, events: impl Iterator<Item = &'a Event>) -> Result<(), String> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
     let (mut id, mut prev) = last(&tx).map_err(|e| e.to_string())?;
@@ -500,18 +508,6 @@ fn append<'a>(conn: &mut Connection, events: impl Iterator<Item = &'a Event>) ->
                     hash,
                 ])
                 .map_err(|e| e.to_string())?;
-            if let Some(approved) = match event.kind {
-                Some(Kind::Approve) => Some(true),
-                Some(Kind::Revoke) => Some(false),
-                _ => None,
-            } {
-                tx.execute(
-                    "INSERT INTO approvals (agent, approved, time) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(agent) DO UPDATE SET approved = excluded.approved, time = excluded.time",
-                    params![event.agent, approved, event.time],
-                )
-                .map_err(|e| e.to_string())?;
-            }
             prev = hash;
         }
     }
@@ -528,10 +524,14 @@ fn last(conn: &Connection) -> rusqlite::Result<(i64, String)> {
     }
 }
 
-/// The id and hash of the last pruned row, or `(0, "")`.
+/// The id and hash of the last pruned row, or `(0, "")`. An anchor that is not a row id
+/// reads as id -1, which no row follows: `verify` then reports the first row broken.
 fn anchor(conn: &Connection) -> rusqlite::Result<(i64, String)> {
     let get = |key: &str| conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get::<_, String>(0)).optional();
-    let id = get("anchor_id")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let id = match get("anchor_id")? {
+        Some(v) => v.parse().unwrap_or(-1),
+        None => 0,
+    };
     let hash = get("anchor_hash")?.unwrap_or_default();
     Ok((id, hash))
 }
@@ -646,9 +646,28 @@ pub struct Broken {
     pub why: String,
 }
 
-/// Checks the whole chain of the log at `path`; the number of rows checked, or the first
-/// broken row (`Ok(Err(..))`); `Err` when the file cannot be read.
-pub fn verify(path: &Path) -> Result<Result<u64, Broken>, String> {
+/// What [`verify`] found intact: how many rows, and the last one's id and hash. Keep the
+/// last hash somewhere else (another system, a ticket, a log shipper) to detect later that
+/// rows after it were removed or the whole file rewritten: the chain alone cannot, since
+/// anyone who can write the file can also recompute every hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verified {
+    /// Rows checked.
+    pub rows: u64,
+    /// The last row's id (the anchor's when there are none).
+    pub last_id: i64,
+    /// The last row's hash.
+    pub last_hash: String,
+}
+
+/// Checks the whole chain of the log at `path`: what is intact, or the first broken row
+/// (`Ok(Err(..))`); `Err` when the file cannot be read.
+///
+/// It finds a row changed, removed or reordered anywhere but at the very end, and rows
+/// removed from the start without the anchor that pruning writes. It cannot find rows cut
+/// off the end, or a file rewritten with recomputed hashes: compare [`Verified::last_hash`]
+/// with one kept elsewhere for that.
+pub fn verify(path: &Path) -> Result<Result<Verified, Broken>, String> {
     let conn = open_ro(path)?;
     let (mut last_id, mut prev) = anchor(&conn).map_err(|e| e.to_string())?;
     let mut statement = conn.prepare("SELECT * FROM events ORDER BY id").map_err(|e| e.to_string())?;
@@ -679,7 +698,7 @@ pub fn verify(path: &Path) -> Result<Result<u64, Broken>, String> {
         prev = row.hash;
         checked += 1;
     }
-    Ok(Ok(checked))
+    Ok(Ok(Verified { rows: checked, last_id, last_hash: prev }))
 }
 
 #[cfg(test)]
@@ -699,13 +718,15 @@ mod tests {
             drop(audit.record(event(n)));
         }
         assert!(audit.flush(Duration::from_secs(10)));
-        assert_eq!(verify(&path).unwrap(), Ok(10));
+        assert_eq!(verify(&path).unwrap().map(|v| v.rows), Ok(10));
         let conn = Connection::open(&path).unwrap();
         conn.execute("UPDATE events SET status = 'error' WHERE id = 4", []).unwrap();
         assert_eq!(verify(&path).unwrap().unwrap_err().id, 4);
         conn.execute("UPDATE events SET status = 'ok' WHERE id = 4", []).unwrap();
         conn.execute("DELETE FROM events WHERE id = 6", []).unwrap();
         assert_eq!(verify(&path).unwrap().unwrap_err().id, 7);
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('anchor_id', 'abc')", []).unwrap();
+        assert_eq!(verify(&path).unwrap().unwrap_err().id, 1, "a garbage anchor breaks the chain");
     }
 
     #[test]
@@ -722,10 +743,10 @@ mod tests {
         }
         assert!(audit.flush(Duration::from_secs(10)));
         assert_eq!(prune_file(&path, Duration::from_secs(86_400)).unwrap(), 5);
-        assert_eq!(verify(&path).unwrap(), Ok(3));
+        assert_eq!(verify(&path).unwrap().map(|v| v.rows), Ok(3));
         drop(audit.record(event(9)));
         assert!(audit.flush(Duration::from_secs(10)));
-        assert_eq!(verify(&path).unwrap(), Ok(4));
+        assert_eq!(verify(&path).unwrap().map(|v| v.rows), Ok(4));
         let rows = list(&path, &Filter::default()).unwrap();
         assert_eq!(rows.first().map(|r| r.id), Some(9), "ids are never reused");
     }
@@ -737,7 +758,9 @@ mod tests {
         let audit = Audit::open(&path, false, None).unwrap();
         drop(audit.record(Event::new(Kind::Revoke, "a")));
         drop(audit.record(Event::new(Kind::Approve, "b")));
+        drop(audit.record(Event::new(Kind::Revoke, "b")));
+        drop(audit.record(Event::new(Kind::Approve, "b")));
         assert!(audit.flush(Duration::from_secs(10)));
-        assert_eq!(audit.approvals().unwrap(), vec![("a".into(), false), ("b".into(), true)]);
+        assert_eq!(audit.approvals().unwrap(), vec![("a".into(), false), ("b".into(), true)], "the latest change wins");
     }
 }

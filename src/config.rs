@@ -56,6 +56,7 @@ pub struct ServerSection {
     /// `--addr`.
     pub addr: Option<String>,
     /// The sha256 (hex) of `--token`: the token of the agent `default`.
+    #[serde(default, deserialize_with = "sha256_hex")]
     pub token_sha256: Option<String>,
     /// `--max-concurrency`.
     pub max_concurrency: Option<usize>,
@@ -80,16 +81,22 @@ pub struct ServerSection {
 #[serde(deny_unknown_fields)]
 pub struct PartialLimits {
     /// `timeout_ms`.
+    #[serde(default, deserialize_with = "positive")]
     pub timeout_ms: Option<u64>,
     /// `fuel`.
+    #[serde(default, deserialize_with = "positive")]
     pub fuel: Option<u64>,
     /// `memory_mb`.
+    #[serde(default, deserialize_with = "positive")]
     pub memory_mb: Option<u64>,
     /// `max_output_bytes`.
+    #[serde(default, deserialize_with = "positive")]
     pub max_output_bytes: Option<u64>,
     /// `disk_mb`.
+    #[serde(default, deserialize_with = "positive")]
     pub disk_mb: Option<u64>,
     /// `max_files`.
+    #[serde(default, deserialize_with = "positive")]
     pub max_files: Option<u64>,
 }
 
@@ -113,16 +120,22 @@ impl PartialLimits {
 #[serde(deny_unknown_fields)]
 pub struct LanguageLimits {
     /// `timeout_ms`.
+    #[serde(default, deserialize_with = "positive")]
     pub timeout_ms: Option<u64>,
     /// `fuel`.
+    #[serde(default, deserialize_with = "positive")]
     pub fuel: Option<u64>,
     /// `memory_mb`.
+    #[serde(default, deserialize_with = "positive")]
     pub memory_mb: Option<u64>,
     /// `max_output_bytes`.
+    #[serde(default, deserialize_with = "positive")]
     pub max_output_bytes: Option<u64>,
     /// `disk_mb`.
+    #[serde(default, deserialize_with = "positive")]
     pub disk_mb: Option<u64>,
     /// `max_files`.
+    #[serde(default, deserialize_with = "positive")]
     pub max_files: Option<u64>,
     /// The language's ceilings.
     #[serde(default)]
@@ -246,8 +259,10 @@ fn index(language: Language) -> usize {
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// Its name: in results' audit rows, metrics' `agent` label, `wsbx agents`.
+    #[serde(deserialize_with = "agent_id")]
     pub id: String,
     /// The sha256 (hex) of its bearer token (`wsbx token` makes one).
+    #[serde(default, deserialize_with = "sha256_hex")]
     pub token_sha256: Option<String>,
     /// Whether it may run code (default true). `POST /v1/agents/{id}/approve|revoke` changes
     /// this, and the change outlives restarts.
@@ -256,12 +271,16 @@ pub struct AgentConfig {
     /// The languages it may run (default: all).
     pub languages: Option<Vec<Language>>,
     /// Runs (and turns) it may have executing at once.
+    #[serde(default, deserialize_with = "positive")]
     pub max_concurrent: Option<u32>,
     /// Runs (and turns) it may start in any 60 seconds.
+    #[serde(default, deserialize_with = "positive")]
     pub runs_per_minute: Option<u32>,
     /// Fuel its runs may burn in any hour.
+    #[serde(default, deserialize_with = "positive")]
     pub fuel_per_hour: Option<u64>,
     /// Sessions it may hold at once.
+    #[serde(default, deserialize_with = "positive")]
     pub max_sessions: Option<u32>,
     /// Its own ceilings, below the server's.
     #[serde(default)]
@@ -272,11 +291,43 @@ fn yes() -> bool {
     true
 }
 
+/// A limit or quota: given, it is above zero (an error naming the key and line otherwise).
+fn positive<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + PartialEq + From<u8>,
+{
+    let value = Option::<T>::deserialize(deserializer)?;
+    if value.as_ref().is_some_and(|v| *v == T::from(0)) {
+        return Err(serde::de::Error::custom("must be above zero (leave the key out for no limit)"));
+    }
+    Ok(value)
+}
+
+/// An agent id, checked where it is read (so the error names its line).
+fn agent_id<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let id = String::deserialize(deserializer)?;
+    if !valid_agent_id(&id) {
+        return Err(serde::de::Error::custom("an agent id is 1 to 64 letters, digits, '-', '_' or '.'"));
+    }
+    Ok(id)
+}
+
+/// A token's sha256 in hex, checked where it is read.
+fn sha256_hex<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let hash = Option::<String>::deserialize(deserializer)?;
+    if let Some(hash) = &hash {
+        parse_sha256(hash).map_err(serde::de::Error::custom)?;
+    }
+    Ok(hash)
+}
+
 /// `[admin]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     /// The sha256 (hex) of the admin token, which sees and kills every run and manages agents.
+    #[serde(default, deserialize_with = "sha256_hex")]
     pub token_sha256: Option<String>,
 }
 
@@ -293,6 +344,7 @@ pub struct AuditSection {
     #[serde(default)]
     pub store_code: bool,
     /// Rows older than this many days are pruned (default: kept for ever).
+    #[serde(default, deserialize_with = "positive")]
     pub retention_days: Option<u32>,
     /// Whether the server answers a run only once its row is committed, so that a client that
     /// saw a result finds its row even after a SIGKILL (default false: +0.5 ms per run).
@@ -305,6 +357,16 @@ impl Default for AuditSection {
         AuditSection { enabled: true, path: None, store_code: false, retention_days: None, commit_before_answer: false }
     }
 }
+
+/// The most `max_concurrency` may be (each run holds a thread and a guest's address space).
+pub const MAX_CONCURRENCY: usize = 4096;
+/// The most `max_queue` may be.
+pub const MAX_QUEUE: usize = 1 << 20;
+/// The most `max_connections` may be.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+/// The most `max_sessions` may be: each live session holds a slot of the wasm engine's pool,
+/// which reserves address space for it.
+pub const MAX_SESSIONS: usize = 10_000;
 
 /// A configuration that cannot be used, saying where and why.
 #[derive(Debug, thiserror::Error)]
@@ -389,8 +451,20 @@ impl Config {
                 return invalid(format!("{key} must be a positive number of seconds, at most a year"));
             }
         }
-        if self.audit.retention_days == Some(0) {
-            return invalid("audit.retention_days must be above zero (leave it out to keep every row)".into());
+        if self.audit.retention_days.is_some_and(|d| d > 36_500) {
+            return invalid("audit.retention_days must be at most 36500 (a hundred years; leave it out to keep every row)".into());
+        }
+        let server = &self.server;
+        let bounded = [
+            ("server.max_concurrency", server.max_concurrency, MAX_CONCURRENCY),
+            ("server.max_queue", server.max_queue, MAX_QUEUE),
+            ("server.max_connections", server.max_connections, MAX_CONNECTIONS),
+            ("server.max_sessions", server.max_sessions, MAX_SESSIONS),
+        ];
+        for (key, value, max) in bounded {
+            if value.is_some_and(|v| v > max) {
+                return invalid(format!("{key} must be at most {max}"));
+            }
         }
         Ok(())
     }
@@ -455,13 +529,17 @@ mod tests {
         let error = Config::parse("[limits.python]\ntimeout_ms = \"soon\"\n").unwrap_err().to_string();
         assert!(error.contains("timeout_ms") && error.contains("line 2"), "{error}");
         let error = Config::parse("[[agents]]\nid = \"a\"\ntoken_sha256 = \"abc\"\n").unwrap_err().to_string();
-        assert!(error.contains("token_sha256"), "{error}");
+        assert!(error.contains("token_sha256") && error.contains("line 3"), "{error}");
         let error = Config::parse("[[agents]]\nid = \"a b\"\n").unwrap_err().to_string();
-        assert!(error.contains("agent id"), "{error}");
+        assert!(error.contains("agent id") && error.contains("line 2"), "{error}");
         let error = Config::parse("[[agents]]\nid = \"a\"\n[[agents]]\nid = \"a\"\n").unwrap_err().to_string();
         assert!(error.contains("twice"), "{error}");
         let error = Config::parse("[limits.ceiling]\nmemory_mb = 0\n").unwrap_err().to_string();
-        assert!(error.contains("limits.ceiling.memory_mb"), "{error}");
+        assert!(error.contains("memory_mb") && error.contains("line 2") && error.contains("above zero"), "{error}");
+        let error = Config::parse("[[agents]]\nid = \"a\"\nmax_concurrent = 0\n").unwrap_err().to_string();
+        assert!(error.contains("max_concurrent") && error.contains("line 3"), "{error}");
+        let error = Config::parse("[limits.python]\nmemory_mb = 999999\n").unwrap_err().to_string();
+        assert!(error.contains("limits.python.memory_mb") && error.contains("ceiling"), "{error}");
         let error = Config::parse("[[agents]]\nid = \"a\"\nlanguages = [\"cobol\"]\n").unwrap_err().to_string();
         assert!(error.contains("cobol") && error.contains("line 3"), "{error}");
     }

@@ -502,7 +502,7 @@ impl ExecPolicy {
         }
         // Approval and languages; a CLI run is alone in its process, so the rate quotas of a
         // server do not apply to it.
-        drop(agent.admit(language).map_err(|refusal| refusal.message)?);
+        drop(agent.admit(language, 0).map_err(|refusal| refusal.message)?);
         let ceiling = agent.ceiling(&table.ceiling(language));
         Ok(ExecPolicy { defaults: table.default(language).lowered_to(&ceiling), ceiling, agent: id, audit })
     }
@@ -656,8 +656,36 @@ fn serve_config(args: &ServeArgs) -> Result<(wsbx::server::ServeConfig, String),
     ceiling.disk_mb = args.max_disk.unwrap_or(ceiling.disk_mb);
     config.ceiling = ceiling;
     let addr = args.addr.clone().or(server.addr.clone()).unwrap_or_else(|| "127.0.0.1:8080".into());
+    // The flags get the file's bounds.
+    for (flag, value, max) in [
+        ("--max-concurrency", config.max_concurrency, wsbx::config::MAX_CONCURRENCY),
+        ("--max-queue", config.max_queue, wsbx::config::MAX_QUEUE),
+        ("--max-connections", config.max_connections, wsbx::config::MAX_CONNECTIONS),
+        ("--max-sessions", config.max_sessions, wsbx::config::MAX_SESSIONS),
+    ] {
+        if value > max {
+            return Err(format!("{flag} must be at most {max}"));
+        }
+    }
+    // The wasm pool reserves address space for every guest it may hold (two memories each, at
+    // the memory ceiling): refuse what the address space cannot hold rather than fail every run.
+    let reserved = u64::from(config.pool_instances()).saturating_mul(2).saturating_mul(config.ceiling.memory_mb.min(Limits::CEILING.memory_mb) << 20);
+    if reserved > 64 << 40 {
+        return Err(format!(
+            "--max-sessions {} and --max-concurrency {} at --max-memory {} MiB would reserve {} TiB of address space (at most 64): lower one of them",
+            config.max_sessions,
+            config.max_concurrency,
+            config.ceiling.memory_mb,
+            reserved >> 40
+        ));
+    }
+    // Problems that would stop the server once it listens are reported before: tokens that
+    // name two callers, an audit log that cannot be opened.
+    wsbx::agents::Agents::new(&file, args.token.as_deref())?;
     if args.config.is_some() && file.audit.enabled {
-        config.audit = Some(file.audit_path(&config.sandbox.home));
+        let path = file.audit_path(&config.sandbox.home);
+        wsbx::audit::Audit::open(&path, false, None)?.close();
+        config.audit = Some(path);
     }
     let mut file = file;
     // Folded into `ceiling` above, under the flags.

@@ -369,11 +369,13 @@ pub fn audit(action: AuditAction) -> ExitCode {
             let path = log_path(&log)?;
             let verdict = wsbx::audit::verify(&path).map_err(|e| Failed(format!("error: {e}"), EXIT_INTERNAL))?;
             match verdict {
-                Ok(rows) => {
+                Ok(verified) => {
                     if json {
-                        println!("{}", serde_json::json!({ "intact": true, "rows": rows }));
+                        let answer = serde_json::json!({ "intact": true, "rows": verified.rows, "last_id": verified.last_id, "last_hash": verified.last_hash });
+                        println!("{answer}");
                     } else {
-                        println!("the audit log {} is intact: {rows} rows chain", path.display());
+                        println!("the audit log {} is intact: {} rows chain", path.display(), verified.rows);
+                        println!("last row {}: {}  (keep it elsewhere to detect truncation later)", verified.last_id, verified.last_hash);
                     }
                     Ok(())
                 }

@@ -90,7 +90,7 @@ async fn each_quota_trips_with_its_code_and_message() {
         "",
         &[
             ("q", "max_concurrent = 1\nruns_per_minute = 3\nlanguages = [\"python\", \"shell\"]"),
-            ("f", "fuel_per_hour = 1000"),
+            ("f", "fuel_per_hour = 1000000000"),
             ("s", "max_sessions = 1"),
             ("c", "ceiling = { timeout_ms = 2000 }"),
             ("u", "approved = false"),
@@ -120,10 +120,13 @@ async fn each_quota_trips_with_its_code_and_message() {
     assert_eq!(js.status, 403, "{}", js.body);
     assert!(js.body["error"].as_str().unwrap().contains("may not run javascript"), "{}", js.body);
 
-    assert_eq!(run(&client, &server, "f-token", python("print(sum(range(10000)))")).await.status, 200);
+    // The hour's budget is a hard cap: the run's fuel is lowered to it, and a loop ended by its
+    // deadline is charged at least its time (wasmtime's count can be stale then).
+    let burn = run(&client, &server, "f-token", json!({"language": "python", "code": "while True: pass", "limits": {"timeout_ms": 300}})).await;
+    assert!(matches!(burn.body["status"].as_str(), Some("out_of_fuel" | "timeout")), "{}", burn.body);
     let fuel = run(&client, &server, "f-token", python("print(1)")).await;
     assert_eq!(fuel.status, 429, "{}", fuel.body);
-    assert!(fuel.body["error"].as_str().unwrap().contains("fuel_per_hour = 1000"), "{}", fuel.body);
+    assert!(fuel.body["error"].as_str().unwrap().contains("fuel_per_hour = 1000000000"), "{}", fuel.body);
 
     let first = send(client.post(server.url("/v1/sessions")).json(&json!({"language": "python"})), "s-token").await;
     assert_eq!(first.status, 201, "{}", first.body);
@@ -136,6 +139,10 @@ async fn each_quota_trips_with_its_code_and_message() {
 
     let high = run(&client, &server, "c-token", json!({"language": "python", "code": "1", "limits": {"timeout_ms": 5000}})).await;
     assert_eq!(high.status, 400, "an agent's own ceiling: {}", high.body);
+    let session = send(client.post(server.url("/v1/sessions")).json(&json!({"language": "python"})), "c-token").await.body;
+    let turn = format!("/v1/sessions/{}/exec", session["id"].as_str().unwrap());
+    let high = send(client.post(server.url(&turn)).json(&json!({"code": "1", "limits": {"timeout_ms": 5000}})), "c-token").await;
+    assert_eq!(high.status, 400, "a turn is held to the agent's ceiling too: {}", high.body);
     let unapproved = run(&client, &server, "u-token", python("print(1)")).await;
     assert_eq!(unapproved.status, 403);
     assert!(unapproved.body["error"].as_str().unwrap().contains("not approved"), "{}", unapproved.body);
@@ -397,7 +404,7 @@ async fn eight_agents_twenty_concurrent_runs_each_are_all_audited() {
     for (id, _) in &agents {
         assert_eq!(rows.iter().filter(|r| &r.event.agent == id).count(), 20, "{id}");
     }
-    assert_eq!(wsbx::audit::verify(&dir.path().join("audit.db")).unwrap(), Ok(160));
+    assert_eq!(wsbx::audit::verify(&dir.path().join("audit.db")).unwrap().map(|v| v.rows), Ok(160));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -419,7 +426,7 @@ async fn with_commit_before_answer_sigkill_loses_no_answered_runs_row() {
     for id in &ids {
         assert!(rows.iter().any(|r| r.event.execution_id.as_deref() == Some(id)), "the row of {id} was lost to SIGKILL");
     }
-    assert_eq!(wsbx::audit::verify(&dir.path().join("audit.db")).unwrap(), Ok(10));
+    assert_eq!(wsbx::audit::verify(&dir.path().join("audit.db")).unwrap().map(|v| v.rows), Ok(10));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -436,7 +443,8 @@ async fn a_locked_audit_log_refuses_runs_and_catches_up_when_freed() {
     {
         use std::io::Write;
         let stdin = locker.stdin.as_mut().unwrap();
-        stdin.write_all(b"BEGIN EXCLUSIVE;\nINSERT INTO meta VALUES ('lock', 'held');\n").unwrap();
+        // `.timeout`: wait for the server's own write to finish rather than fail to lock.
+        stdin.write_all(b".timeout 5000\nBEGIN EXCLUSIVE;\nINSERT INTO meta VALUES ('lock', 'held');\n").unwrap();
         stdin.flush().unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -468,7 +476,7 @@ async fn a_locked_audit_log_refuses_runs_and_catches_up_when_freed() {
     assert_eq!(after.status, 200, "runs resume once the log is free: {}", after.body);
     let rows = wsbx::audit::list(&db, &Default::default()).unwrap();
     assert!(rows.iter().any(|r| r.event.execution_id.as_deref() == during.body["id"].as_str()), "the row written late is there");
-    assert_eq!(wsbx::audit::verify(&db).unwrap().map(|n| n >= 3), Ok(true));
+    assert_eq!(wsbx::audit::verify(&db).unwrap().map(|v| v.rows >= 3), Ok(true));
 }
 
 #[test]
@@ -479,6 +487,10 @@ fn a_bad_config_file_names_the_key_and_line() {
     let (code, _, err) = wsbx(&["serve", "--config", path.to_str().unwrap(), "--addr", "127.0.0.1:0"]);
     assert_eq!(code, 126, "{err}");
     assert!(err.contains("run_per_minute") && err.contains("line 6"), "{err}");
+    std::fs::write(&path, "[server]\nmax_concurrency = 18446744073709551615\n").unwrap();
+    let (code, _, err) = wsbx(&["serve", "--config", path.to_str().unwrap(), "--addr", "127.0.0.1:0"]);
+    assert_eq!(code, 126, "{err}");
+    assert!(err.contains("max_concurrency must be at most"), "{err}");
     let (code, out, _) = wsbx(&["token", "--json"]);
     assert_eq!(code, 0);
     let made: Value = serde_json::from_str(&out).unwrap();
@@ -500,4 +512,32 @@ fn cli_runs_take_an_agent_and_are_audited() {
     let db = dir.path().join("audit.db");
     let (_, out, _) = wsbx(&["audit", "list", "--db", db.to_str().unwrap(), "--agent", "dev-1"]);
     assert!(out.lines().nth(1).is_some_and(|l| l.contains("dev-1") && l.contains("ok")), "{out}");
+}
+
+/// A run waiting for a slot is in the table and a kill reaches it: it ends `killed` without
+/// running.
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_runs_are_listed_and_killed_with_their_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), "[server]\nmax_concurrency = 1", &[("a", "")]);
+    let server = serve(&path, dir.path());
+    let client = reqwest::Client::new();
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let (client, url) = (client.clone(), server.url("/v1/exec"));
+            let body = json!({"language": "python", "code": "while True: pass", "limits": {"timeout_ms": 30000}});
+            tokio::spawn(async move { send(client.post(url).json(&body), "a-token").await })
+        })
+        .collect();
+    let start = Instant::now();
+    while send(client.get(server.url("/v1/executions")), ADMIN).await.body.as_array().map_or(0, Vec::len) < 3 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the queued runs are not listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed = send(client.post(server.url("/v1/agents/a/kill")), ADMIN).await.body;
+    assert_eq!(killed["killed"].as_array().map(Vec::len), Some(3), "{killed}");
+    for run in runs {
+        let answer = run.await.unwrap();
+        assert_eq!(answer.body["status"], "killed", "{}", answer.body);
+    }
 }

@@ -217,15 +217,18 @@ async fn set_approval(
     }
     let agent = agent(&state, &caller, &id)?;
     state.audit_ready()?;
-    agent.set_approved(approved);
     let kind = if approved { Kind::Approve } else { Kind::Revoke };
-    // An approval must be on disk before it is reported persisted, whatever the answers of
-    // runs wait for.
+    // An approval is on disk before it takes effect and is reported, whatever the answers of
+    // runs wait for: what the server does and what it will do after a restart agree.
     let receipt = state.audit.as_ref().map(|audit| audit.record(Event::new(kind, &agent.id)));
     let persisted = match receipt {
         Some(receipt) => tokio::time::timeout(Duration::from_secs(5), receipt).await.is_ok_and(|r| r.is_ok()),
         None => false,
     };
+    if state.audit.is_some() && !persisted {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the change could not be written to the audit log; nothing changed"));
+    }
+    agent.set_approved(approved);
     let mut view = serde_json::to_value(agent.view()).unwrap_or_default();
     view["persisted"] = serde_json::Value::Bool(persisted);
     Ok(Json(view))

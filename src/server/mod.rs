@@ -456,7 +456,13 @@ async fn identify(State(state): State<Arc<AppState>>, headers: HeaderMap, mut re
     if let Some(why) = from_a_foreign_page(&state, &headers) {
         return ApiError::new(StatusCode::FORBIDDEN, why).into_response();
     }
-    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // The scheme is case-insensitive (RFC 7235).
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim_start());
     match state.agents.identify(bearer) {
         Some(caller) => {
             request.extensions_mut().insert(caller);
@@ -505,12 +511,11 @@ async fn exec(
     let (feed, listener) = events::Feed::new();
     request.on_output = Some(listener);
     // Refusals (400, 403, 429, 503) are answered as such, before the event stream starts.
-    let admitted = admit(&state, agent, &request).await?;
-    let handle = RunHandle::new();
-    request.handle = Some(handle.clone());
+    let admitted = admit(&state, agent, &mut request, None).await?;
+    let cancel = KillOnDrop::new(admitted.handle.clone());
     let worker = state.clone();
     let run = tokio::spawn(async move { execute(&worker, admitted, request).await });
-    Ok(events::response(feed, run, KillOnDrop::new(handle)).into_response())
+    Ok(events::response(feed, run, cancel).into_response())
 }
 
 /// Whether the client asked for Server-Sent Events (`Accept: text/event-stream`).
@@ -520,14 +525,18 @@ fn wants_events(headers: &HeaderMap) -> bool {
 
 /// Runs one request of `agent`: admitted, run, recorded. The one way a one-shot run goes,
 /// for HTTP and MCP alike.
-async fn run_once(state: &Arc<AppState>, agent: &Arc<Agent>, request: ExecRequest) -> Result<crate::ExecResult, ApiError> {
-    let admitted = admit(state, agent, &request).await?;
+async fn run_once(state: &Arc<AppState>, agent: &Arc<Agent>, mut request: ExecRequest) -> Result<crate::ExecResult, ApiError> {
+    let admitted = admit(state, agent, &mut request, None).await?;
     execute(state, admitted, request).await
 }
 
-/// A run let in: its place in its agent's quotas and its run slot.
+/// A run let in: its place in its agent's quotas, its entry in the table of running runs
+/// (from the moment it is admitted, queued ones too, so a kill reaches them), and its run
+/// slot.
 struct Admitted {
     ticket: Ticket,
+    handle: RunHandle,
+    registration: crate::executions::Registration,
     slot: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -562,7 +571,7 @@ impl AppState {
     /// the agent's metrics, its audit row.
     fn account(&self, kind: Kind, ticket: &Ticket, request: &ExecRequest, result: &crate::ExecResult) -> Option<crate::audit::Receipt> {
         let agent = ticket.agent();
-        ticket.charge(result.fuel_consumed.unwrap_or(0));
+        ticket.charge(result);
         self.metrics.record_agent_run(&agent.id, result);
         let store_code = self.audit.as_ref().is_some_and(Audit::store_code);
         self.audit(crate::audit::Event::of_run(kind, &agent.id, request, result, store_code))
@@ -580,15 +589,20 @@ async fn written(receipt: Option<crate::audit::Receipt>) {
     }
 }
 
-/// Lets `agent`'s `request` in: checked against its ceilings (400), refused while the audit
-/// log cannot be written (503), counted against its approval and quotas (403, 429), given a
-/// run slot (429 when the queue is full).
-async fn admit(state: &AppState, agent: &Arc<Agent>, request: &ExecRequest) -> Result<Admitted, ApiError> {
+/// Lets `agent`'s `request` (a turn of session `session`, when given) in: checked against its
+/// ceilings (400), refused while the audit log cannot be written (503), counted against its
+/// approval and quotas (403, 429; its fuel lowered to what `fuel_per_hour` has left), entered
+/// in the table of running runs, given a run slot (429 when the queue is full). The one
+/// admission of runs and turns, for every surface.
+async fn admit(state: &AppState, agent: &Arc<Agent>, request: &mut ExecRequest, session: Option<uuid::Uuid>) -> Result<Admitted, ApiError> {
     request.validate(&state.ceiling(agent, request.language)).map_err(|e| bad_request(e.to_string()))?;
     state.audit_ready()?;
-    let ticket = agent.admit(request.language).map_err(|refusal| refused(state, &agent.id, refusal))?;
+    let ticket = agent.admit(request.language, request.limits.fuel).map_err(|refusal| refused(state, &agent.id, refusal))?;
+    request.limits.fuel = ticket.fuel();
+    let handle = request.handle.get_or_insert_with(RunHandle::new).clone();
+    let registration = state.executions.register(&handle, &agent.id, request.language, session);
     let slot = run_slot(state).await?;
-    Ok(Admitted { ticket, slot })
+    Ok(Admitted { ticket, handle, registration, slot })
 }
 
 /// The answer to a refusal by approval or quota, counted in the agent's metrics.
@@ -599,17 +613,15 @@ fn refused(state: &AppState, agent: &str, refusal: crate::agents::Refusal) -> Ap
 }
 
 /// Runs an admitted request on the blocking pool, entered in the table of running runs.
-async fn execute(state: &Arc<AppState>, admitted: Admitted, mut request: ExecRequest) -> Result<crate::ExecResult, ApiError> {
-    let handle = request.handle.get_or_insert_with(RunHandle::new).clone();
-    let registration = state.executions.register(&handle, &admitted.ticket.agent().id, request.language, None);
+async fn execute(state: &Arc<AppState>, admitted: Admitted, request: ExecRequest) -> Result<crate::ExecResult, ApiError> {
     // A client that goes away (its connection closed, its MCP call cancelled) drops this
     // future: the run is killed rather than left to run to its deadline.
-    let mut cancel = KillOnDrop::new(handle);
+    let mut cancel = KillOnDrop::new(admitted.handle.clone());
     let worker = state.clone();
     // Runs are CPU-bound and synchronous: keep them off the async workers. The slot, the
     // ticket and the in-flight gauge go with the run, not with this handler.
     let (result, receipt) = tokio::task::spawn_blocking(move || {
-        let Admitted { ticket, slot } = admitted;
+        let Admitted { ticket, slot, registration, .. } = admitted;
         let _slot = slot;
         let _registration = registration;
         let _in_flight = worker.metrics.start_run();

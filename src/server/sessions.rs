@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{bad_request, read_json, refused, run_slot, runner, to_files, too_many, ApiError, AppState, FileBody, KillOnDrop, LimitsBody};
-use crate::agents::{Agent, Caller, SessionTicket, Ticket};
+use crate::agents::{Agent, Caller, SessionTicket};
 use crate::audit::{Event, Kind};
 use crate::executions::Running;
 use crate::request::{Language, Limits, RunHandle};
@@ -584,8 +584,7 @@ pub(super) struct Claimed {
     key: Uuid,
     held: tokio::sync::OwnedMutexGuard<Option<Session>>,
     request: crate::ExecRequest,
-    ticket: Ticket,
-    slot: tokio::sync::OwnedSemaphorePermit,
+    admitted: super::Admitted,
 }
 
 /// Checks that `caller` may run the turn `make` builds in session `id` now (its own session,
@@ -625,28 +624,25 @@ async fn claim(
         return Err(ApiError::new(StatusCode::GONE, "the session has ended"));
     };
     let mut request = live.request(make(live.limits())).map_err(bad_request)?;
-    request.handle.get_or_insert_with(RunHandle::new);
-    state.audit_ready()?;
-    let ticket = agent.admit(request.language).map_err(|refusal| refused(state, &agent.id, refusal))?;
-    let slot = run_slot(state).await?;
-    Ok(Claimed { key, held, request, ticket, slot })
+    // The agent's own ceilings and quotas, as for a one-shot run.
+    let admitted = super::admit(state, agent, &mut request, Some(key)).await?;
+    Ok(Claimed { key, held, request, admitted })
 }
 
 impl Claimed {
     /// The turn's handle.
     fn handle(&self) -> RunHandle {
-        self.request.handle.clone().unwrap_or_default()
+        self.admitted.handle.clone()
     }
 
     /// Runs the turn on the blocking pool, entered in the table of running runs, and records
     /// it in the sessions' table and the audit log.
     async fn run(self, state: &Arc<AppState>) -> Result<crate::ExecResult, ApiError> {
-        let Claimed { key, mut held, request, ticket, slot } = self;
-        let handle = request.handle.clone().unwrap_or_default();
-        let registration = state.executions.register(&handle, &ticket.agent().id, request.language, Some(key));
-        let mut cancel = KillOnDrop::new(handle);
+        let Claimed { key, mut held, request, admitted } = self;
+        let mut cancel = KillOnDrop::new(admitted.handle.clone());
         let worker = state.clone();
         let (result, receipt) = tokio::task::spawn_blocking(move || {
+            let super::Admitted { ticket, slot, registration, .. } = admitted;
             let _slot = slot;
             let _registration = registration;
             let Some(session) = held.as_mut() else {
