@@ -368,20 +368,20 @@ impl Audit {
     }
 
     /// The approvals changed through the API, by agent (the latest `approve` or `revoke` row
-    /// of each): they override the config's. They are read from the chained rows themselves,
-    /// so changing one means forging the chain, which `verify` checks.
+    /// of each, over what pruned rows had set): they override the config's. They are read
+    /// from the chained rows themselves, so changing one means forging the chain.
     pub fn approvals(&self) -> Result<Vec<(String, bool)>, String> {
         let conn = open_ro(&self.path)?;
-        let mut statement = conn
-            .prepare("SELECT agent, kind FROM events WHERE kind IN ('approve', 'revoke') ORDER BY id")
-            .map_err(|e| e.to_string())?;
-        let rows = statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)? == "approve"))).map_err(|e| e.to_string())?;
-        let mut latest = std::collections::BTreeMap::new();
-        for row in rows {
-            let (agent, approved) = row.map_err(|e| e.to_string())?;
-            latest.insert(agent, approved);
-        }
-        Ok(latest.into_iter().collect())
+        Ok(approvals(&conn).map_err(|e| e.to_string())?.into_iter().collect())
+    }
+
+    /// Writes `event` now, in a transaction of its own, and returns once it is committed or
+    /// has failed: for a change (an approval) that must be on disk exactly when it takes effect,
+    /// never later. The chain is computed inside the transaction, so it interleaves safely
+    /// with the writer thread's batches.
+    pub fn append_now(&self, event: &Event) -> Result<(), String> {
+        let mut conn = open_rw(&self.path)?;
+        append(&mut conn, std::iter::once(event))
     }
 }
 
@@ -536,7 +536,22 @@ fn anchor(conn: &Connection) -> rusqlite::Result<(i64, String)> {
     Ok((id, hash))
 }
 
-/// Deletes the rows older than `keep`, moving the anchor to the last one deleted.
+/// The approval state by agent: what the anchor carries from pruned rows, then the remaining
+/// `approve` and `revoke` rows in order.
+fn approvals(conn: &Connection) -> rusqlite::Result<std::collections::BTreeMap<String, bool>> {
+    let carried = conn.query_row("SELECT value FROM meta WHERE key = 'anchor_approvals'", [], |r| r.get::<_, String>(0)).optional()?;
+    let mut state: std::collections::BTreeMap<String, bool> = carried.and_then(|json| serde_json::from_str(&json).ok()).unwrap_or_default();
+    let mut statement = conn.prepare("SELECT agent, kind FROM events WHERE kind IN ('approve', 'revoke') ORDER BY id")?;
+    let rows = statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)? == "approve")))?;
+    for row in rows {
+        let (agent, approved) = row?;
+        state.insert(agent, approved);
+    }
+    Ok(state)
+}
+
+/// Deletes the rows older than `keep`, moving the anchor to the last one deleted; the approval
+/// state the deleted rows set is carried in the anchor, so pruning never undoes a revoke.
 fn prune(conn: &mut Connection, keep: Duration) -> rusqlite::Result<usize> {
     let cutoff = humantime::format_rfc3339_millis(SystemTime::now() - keep).to_string();
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -546,6 +561,22 @@ fn prune(conn: &mut Connection, keep: Duration) -> rusqlite::Result<usize> {
     let Some((id, hash)) = newest else {
         return Ok(0);
     };
+    // The approvals as of the new anchor: the old anchor's, then the rows about to go.
+    let mut carried: std::collections::BTreeMap<String, bool> = tx
+        .query_row("SELECT value FROM meta WHERE key = 'anchor_approvals'", [], |r| r.get::<_, String>(0))
+        .optional()?
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .unwrap_or_default();
+    {
+        let mut statement = tx.prepare("SELECT agent, kind FROM events WHERE id <= ?1 AND kind IN ('approve', 'revoke') ORDER BY id")?;
+        let rows = statement.query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)? == "approve")))?;
+        for row in rows {
+            let (agent, approved) = row?;
+            carried.insert(agent, approved);
+        }
+    }
+    let carried = serde_json::to_string(&carried).unwrap_or_else(|_| "{}".into());
+    tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('anchor_approvals', ?1)", [carried])?;
     // Rows are appended in time order: every row up to the newest old one goes.
     let deleted = tx.execute("DELETE FROM events WHERE id <= ?1", [id])?;
     tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('anchor_id', ?1)", [id.to_string()])?;
@@ -670,6 +701,9 @@ pub struct Verified {
 pub fn verify(path: &Path) -> Result<Result<Verified, Broken>, String> {
     let conn = open_ro(path)?;
     let (mut last_id, mut prev) = anchor(&conn).map_err(|e| e.to_string())?;
+    if last_id < 0 {
+        return Ok(Err(Broken { id: 0, why: "the anchor (meta anchor_id) is not a row id: the log was tampered with".into() }));
+    }
     let mut statement = conn.prepare("SELECT * FROM events ORDER BY id").map_err(|e| e.to_string())?;
     let mut rows = statement.query([]).map_err(|e| e.to_string())?;
     let mut checked = 0u64;
@@ -726,7 +760,7 @@ mod tests {
         conn.execute("DELETE FROM events WHERE id = 6", []).unwrap();
         assert_eq!(verify(&path).unwrap().unwrap_err().id, 7);
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('anchor_id', 'abc')", []).unwrap();
-        assert_eq!(verify(&path).unwrap().unwrap_err().id, 1, "a garbage anchor breaks the chain");
+        assert!(verify(&path).unwrap().unwrap_err().why.contains("anchor"), "a garbage anchor breaks the chain");
     }
 
     #[test]
@@ -762,5 +796,11 @@ mod tests {
         drop(audit.record(Event::new(Kind::Approve, "b")));
         assert!(audit.flush(Duration::from_secs(10)));
         assert_eq!(audit.approvals().unwrap(), vec![("a".into(), false), ("b".into(), true)], "the latest change wins");
+        // Pruning every row keeps what they decided.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("UPDATE events SET time = '2000-01-01T00:00:00.000Z'", []).unwrap();
+        drop(conn);
+        assert_eq!(prune_file(&path, Duration::from_secs(86_400)).unwrap(), 4);
+        assert_eq!(audit.approvals().unwrap(), vec![("a".into(), false), ("b".into(), true)], "pruning does not undo a revoke");
     }
 }

@@ -514,30 +514,36 @@ fn cli_runs_take_an_agent_and_are_audited() {
     assert!(out.lines().nth(1).is_some_and(|l| l.contains("dev-1") && l.contains("ok")), "{out}");
 }
 
-/// A run waiting for a slot is in the table and a kill reaches it: it ends `killed` without
-/// running.
+/// A run waiting for a slot is in the table and a kill reaches it: it ends `killed` at once,
+/// without running, though the slot it waited for is still busy with another agent's run.
 #[tokio::test(flavor = "multi_thread")]
 async fn queued_runs_are_listed_and_killed_with_their_agent() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config(dir.path(), "[server]\nmax_concurrency = 1", &[("a", "")]);
+    let path = config(dir.path(), "[server]\nmax_concurrency = 1", &[("a", ""), ("b", "")]);
     let server = serve(&path, dir.path());
     let client = reqwest::Client::new();
-    let runs: Vec<_> = (0..3)
-        .map(|_| {
-            let (client, url) = (client.clone(), server.url("/v1/exec"));
-            let body = json!({"language": "python", "code": "while True: pass", "limits": {"timeout_ms": 30000}});
-            tokio::spawn(async move { send(client.post(url).json(&body), "a-token").await })
-        })
-        .collect();
+    let long = |token: &'static str| {
+        let (client, url) = (client.clone(), server.url("/v1/exec"));
+        let body = json!({"language": "python", "code": "while True: pass", "limits": {"timeout_ms": 30000}});
+        tokio::spawn(async move { send(client.post(url).json(&body), token).await })
+    };
+    let holder = long("b-token");
+    running(&client, &server, "b").await;
+    let queued: Vec<_> = (0..2).map(|_| long("a-token")).collect();
     let start = Instant::now();
-    while send(client.get(server.url("/v1/executions")), ADMIN).await.body.as_array().map_or(0, Vec::len) < 3 {
+    while send(client.get(server.url("/v1/executions?agent=a")), ADMIN).await.body.as_array().map_or(0, Vec::len) < 2 {
         assert!(start.elapsed() < Duration::from_secs(30), "the queued runs are not listed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let asked = Instant::now();
     let killed = send(client.post(server.url("/v1/agents/a/kill")), ADMIN).await.body;
-    assert_eq!(killed["killed"].as_array().map(Vec::len), Some(3), "{killed}");
-    for run in runs {
+    assert_eq!(killed["killed"].as_array().map(Vec::len), Some(2), "{killed}");
+    for run in queued {
         let answer = run.await.unwrap();
         assert_eq!(answer.body["status"], "killed", "{}", answer.body);
     }
+    assert!(asked.elapsed() < Duration::from_secs(2), "queued runs waited for the busy slot: {:?}", asked.elapsed());
+    assert!(!holder.is_finished(), "b's run is not a's to kill");
+    send(client.post(server.url("/v1/agents/b/kill")), ADMIN).await;
+    assert_eq!(holder.await.unwrap().body["status"], "killed");
 }

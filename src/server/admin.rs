@@ -218,16 +218,21 @@ async fn set_approval(
     let agent = agent(&state, &caller, &id)?;
     state.audit_ready()?;
     let kind = if approved { Kind::Approve } else { Kind::Revoke };
-    // An approval is on disk before it takes effect and is reported, whatever the answers of
-    // runs wait for: what the server does and what it will do after a restart agree.
-    let receipt = state.audit.as_ref().map(|audit| audit.record(Event::new(kind, &agent.id)));
-    let persisted = match receipt {
-        Some(receipt) => tokio::time::timeout(Duration::from_secs(5), receipt).await.is_ok_and(|r| r.is_ok()),
+    // An approval is written in a transaction of its own before it takes effect: it is on
+    // disk exactly when the server acts on it (what it does now and after a restart agree),
+    // or, failing, neither.
+    let persisted = match &state.audit {
+        Some(_) => {
+            let worker = state.clone();
+            let event = Event::new(kind, &agent.id);
+            let written = tokio::task::spawn_blocking(move || worker.audit.as_ref().map_or(Ok(()), |audit| audit.append_now(&event)))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            written.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("the change could not be written to the audit log ({e}); nothing changed")))?;
+            true
+        }
         None => false,
     };
-    if state.audit.is_some() && !persisted {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the change could not be written to the audit log; nothing changed"));
-    }
     agent.set_approved(approved);
     let mut view = serde_json::to_value(agent.view()).unwrap_or_default();
     view["persisted"] = serde_json::Value::Bool(persisted);

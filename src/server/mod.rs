@@ -537,7 +537,9 @@ struct Admitted {
     ticket: Ticket,
     handle: RunHandle,
     registration: crate::executions::Registration,
-    slot: tokio::sync::OwnedSemaphorePermit,
+    /// `None` when the run was killed while it waited: it ends at once as `killed`, without
+    /// running and without a slot.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl AppState {
@@ -601,8 +603,19 @@ async fn admit(state: &AppState, agent: &Arc<Agent>, request: &mut ExecRequest, 
     request.limits.fuel = ticket.fuel();
     let handle = request.handle.get_or_insert_with(RunHandle::new).clone();
     let registration = state.executions.register(&handle, &agent.id, request.language, session);
-    let slot = run_slot(state).await?;
+    // A run killed while it waits for a slot stops waiting.
+    let slot = tokio::select! {
+        slot = run_slot(state) => Some(slot?),
+        () = until_killed(&handle) => None,
+    };
     Ok(Admitted { ticket, handle, registration, slot })
+}
+
+/// Returns once `handle`'s run is killed (checked every 10 ms, as the guests' epoch is).
+async fn until_killed(handle: &RunHandle) {
+    while !handle.is_killed() {
+        tokio::time::sleep(crate::backend::wasm::engine::EPOCH_TICK).await;
+    }
 }
 
 /// The answer to a refusal by approval or quota, counted in the agent's metrics.
