@@ -111,12 +111,8 @@ fn not_found(id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("no execution {shown} running or recorded"))
 }
 
-/// An id exactly as the server writes it.
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    match Uuid::try_parse(id) {
-        Ok(uuid) if uuid.hyphenated().to_string() == id => Ok(uuid),
-        _ => Err(not_found(id)),
-    }
+    super::strict_id(id, not_found)
 }
 
 async fn show(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -109,15 +109,19 @@ impl Tools {
         from_http.or(self.state.stdio_caller.as_ref()).cloned().ok_or_else(|| refused("no agent: give wsbx mcp --agent ID"))
     }
 
+    /// The caller and the agent it runs code as; the refusal to answer with otherwise.
+    fn runner(&self, context: &RequestContext<RoleServer>) -> Result<(Caller, Arc<crate::agents::Agent>), CallToolResult> {
+        let caller = self.caller(context)?;
+        let agent = super::runner(&caller).map_err(|ApiError { message, .. }| refused(&message))?.clone();
+        Ok((caller, agent))
+    }
+
     async fn run(&self, context: RequestContext<RoleServer>, language: Language, args: RunArgs) -> Result<CallToolResult, ErrorData> {
-        let caller = match self.caller(&context) {
-            Ok(caller) => caller,
+        let (caller, agent) = match self.runner(&context) {
+            Ok(runner) => runner,
             Err(refusal) => return Ok(refusal),
         };
-        let agent = match super::runner(&caller) {
-            Ok(agent) => agent,
-            Err(ApiError { message, .. }) => return Ok(refused(&message)),
-        };
+        let agent = &agent;
         let files = match files(args.files) {
             Ok(files) => files,
             Err(message) => return Ok(refused(&message)),
@@ -204,14 +208,11 @@ impl Tools {
     /// Starts a session.
     #[tool(description = "Start a session: a sandbox that keeps its state between calls (Python and JavaScript: variables, imports, functions; every language: the files in /scratch). Returns its session_id; pass it to run_python/run_javascript/run_shell, and end it with close_session. A call that times out ends the session; an exception does not. Idle sessions end by themselves.")]
     async fn create_session(&self, context: RequestContext<RoleServer>, Parameters(args): Parameters<CreateArgs>) -> Result<CallToolResult, ErrorData> {
-        let caller = match self.caller(&context) {
-            Ok(caller) => caller,
+        let (_, agent) = match self.runner(&context) {
+            Ok(runner) => runner,
             Err(refusal) => return Ok(refusal),
         };
-        let agent = match super::runner(&caller) {
-            Ok(agent) => agent,
-            Err(ApiError { message, .. }) => return Ok(refused(&message)),
-        };
+        let agent = &agent;
         let language: Language = match args.language.parse() {
             Ok(language) => language,
             Err(e) => return Ok(refused(&format!("{e}"))),

@@ -703,6 +703,16 @@ async fn run_slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit,
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))
 }
 
+/// An id exactly as the server writes it (lowercase, hyphenated): one spelling per run or
+/// session, so a proxy's rules on paths cannot be sidestepped with `{…}`, `urn:uuid:` or
+/// uppercase forms. Anything else is `not_found`.
+fn strict_id(id: &str, not_found: impl FnOnce(&str) -> ApiError) -> Result<uuid::Uuid, ApiError> {
+    match uuid::Uuid::try_parse(id) {
+        Ok(uuid) if uuid.hyphenated().to_string() == id => Ok(uuid),
+        _ => Err(not_found(id)),
+    }
+}
+
 /// A 429 answer (with `Retry-After: 1`).
 fn too_many(message: &str) -> ApiError {
     ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)

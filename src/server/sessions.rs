@@ -275,13 +275,8 @@ fn not_found(id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("no session {shown} (never made, closed, or ended by its idle timeout or lifetime)"))
 }
 
-/// An id exactly as the server writes it (lowercase, hyphenated): one spelling per session, so
-/// a proxy's rules on paths cannot be sidestepped with `{…}`, `urn:uuid:` or uppercase forms.
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    match Uuid::try_parse(id) {
-        Ok(uuid) if uuid.hyphenated().to_string() == id => Ok(uuid),
-        _ => Err(not_found(id)),
-    }
+    super::strict_id(id, not_found)
 }
 
 /// A duration asked for in milliseconds, at most `ceiling`; `ceiling` when not asked.
