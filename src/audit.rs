@@ -23,7 +23,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -149,29 +149,51 @@ pub struct Row {
     pub hash: String,
 }
 
+/// Row `id`'s columns, `prev_hash` last: what is stored and what is hashed, in one order.
+fn columns(id: i64, event: &Event, prev_hash: &str) -> [rusqlite::types::Value; 17] {
+    use rusqlite::types::Value;
+    let text = |v: &Option<String>| v.clone().map_or(Value::Null, Value::Text);
+    let int = |v: Option<i64>| v.map_or(Value::Null, Value::Integer);
+    [
+        Value::Integer(id),
+        Value::Text(event.time.clone()),
+        Value::Text(event.agent.clone()),
+        Value::Text(event.kind.map_or("run", Kind::as_str).to_owned()),
+        text(&event.execution_id),
+        text(&event.session_id),
+        text(&event.language),
+        text(&event.code_sha256),
+        text(&event.code),
+        text(&event.status),
+        int(event.exit_code),
+        event.wall_ms.map_or(Value::Null, Value::Real),
+        int(event.fuel),
+        int(event.peak_memory_bytes),
+        text(&event.policy_decision),
+        text(&event.detail),
+        Value::Text(prev_hash.to_owned()),
+    ]
+}
+
 /// The chain hash of row `id` holding `event` after `prev_hash`: sha256 of a JSON array of
-/// every column in a fixed order.
+/// its columns.
 fn chain_hash(id: i64, event: &Event, prev_hash: &str) -> String {
-    let material = serde_json::json!([
-        id,
-        event.time,
-        event.agent,
-        event.kind.map(Kind::as_str),
-        event.execution_id,
-        event.session_id,
-        event.language,
-        event.code_sha256,
-        event.code,
-        event.status,
-        event.exit_code,
-        event.wall_ms,
-        event.fuel,
-        event.peak_memory_bytes,
-        event.policy_decision,
-        event.detail,
-        prev_hash,
-    ]);
-    hex::encode(Sha256::digest(material.to_string().as_bytes()))
+    hash_of(&columns(id, event, prev_hash))
+}
+
+/// sha256 of a JSON array of `columns`.
+fn hash_of(columns: &[rusqlite::types::Value]) -> String {
+    use rusqlite::types::Value;
+    let material: Vec<serde_json::Value> = columns
+        .iter()
+        .map(|column| match column {
+            Value::Null | Value::Blob(_) => serde_json::Value::Null,
+            Value::Integer(n) => (*n).into(),
+            Value::Real(x) => (*x).into(),
+            Value::Text(t) => t.as_str().into(),
+        })
+        .collect();
+    hex::encode(Sha256::digest(serde_json::Value::Array(material).to_string().as_bytes()))
 }
 
 /// The time now as the log writes it.
@@ -485,28 +507,10 @@ fn append<'a>(conn: &mut Connection, events: impl Iterator<Item = &'a Event>) ->
             .map_err(|e| e.to_string())?;
         for event in events {
             id += 1;
-            let hash = chain_hash(id, event, &prev);
+            let columns = columns(id, event, &prev);
+            let hash = hash_of(&columns);
             insert
-                .execute(params![
-                    id,
-                    event.time,
-                    event.agent,
-                    event.kind.map(Kind::as_str).unwrap_or("run"),
-                    event.execution_id,
-                    event.session_id,
-                    event.language,
-                    event.code_sha256,
-                    event.code,
-                    event.status,
-                    event.exit_code,
-                    event.wall_ms,
-                    event.fuel,
-                    event.peak_memory_bytes,
-                    event.policy_decision,
-                    event.detail,
-                    prev,
-                    hash,
-                ])
+                .execute(rusqlite::params_from_iter(columns.into_iter().chain([hash.clone().into()])))
                 .map_err(|e| e.to_string())?;
             prev = hash;
         }
