@@ -21,6 +21,7 @@ pub mod audit;
 pub mod backend;
 pub mod config;
 pub mod executions;
+pub mod policy;
 pub mod metrics;
 pub mod request;
 pub mod result;

@@ -1,0 +1,121 @@
+//! Python's sites: imports (`import x`, `from x import y`, aliases, `__import__("x")`,
+//! `importlib.import_module("x")` with a literal), calls by dotted name with aliases resolved,
+//! and attribute reads.
+
+use std::collections::HashMap;
+
+use tree_sitter::Node;
+
+use super::{site, walk, Kind, Site};
+
+pub(super) fn sites(code: &str) -> (Vec<Site>, bool) {
+    let Some(tree) = super::parse(&tree_sitter_python::LANGUAGE.into(), code) else {
+        return (Vec::new(), false);
+    };
+    let src = code.as_bytes();
+    let text = |n: Node<'_>| n.utf8_text(src).unwrap_or("").to_owned();
+    let mut sites = Vec::new();
+    // First the imports, which also say what each local name stands for.
+    let mut aliases: HashMap<String, String> = HashMap::new();
+    walk(&tree, |node| match node.kind() {
+        "import_statement" => {
+            let mut cursor = node.walk();
+            for name in node.children_by_field_name("name", &mut cursor) {
+                let (module, local) = match name.kind() {
+                    "aliased_import" => {
+                        let module = name.child_by_field_name("name").map(text).unwrap_or_default();
+                        (module.clone(), name.child_by_field_name("alias").map(text).unwrap_or(module))
+                    }
+                    // `import os.path` binds `os`.
+                    _ => {
+                        let module = text(name);
+                        let first = module.split('.').next().unwrap_or("").to_owned();
+                        (module, first)
+                    }
+                };
+                if local != module {
+                    aliases.insert(local, module.clone());
+                }
+                sites.push(site(Kind::Import, module, node, code));
+            }
+        }
+        "import_from_statement" => {
+            let module = node.child_by_field_name("module_name").map(text).unwrap_or_default();
+            sites.push(site(Kind::Import, module.clone(), node, code));
+            let mut cursor = node.walk();
+            for name in node.children_by_field_name("name", &mut cursor) {
+                let (imported, local) = match name.kind() {
+                    "aliased_import" => {
+                        let imported = name.child_by_field_name("name").map(text).unwrap_or_default();
+                        (imported.clone(), name.child_by_field_name("alias").map(text).unwrap_or(imported))
+                    }
+                    _ => (text(name), text(name)),
+                };
+                // `from os import path` imports the module os.path when there is one.
+                let full = format!("{module}.{imported}");
+                sites.push(site(Kind::Import, full.clone(), name, code));
+                aliases.insert(local, full);
+            }
+        }
+        _ => {}
+    });
+    let resolve = |dotted: String| match dotted.split_once('.') {
+        Some((first, rest)) => match aliases.get(first) {
+            Some(full) => format!("{full}.{rest}"),
+            None => dotted,
+        },
+        None => aliases.get(&dotted).cloned().unwrap_or(dotted),
+    };
+    walk(&tree, |node| match node.kind() {
+        "call" => {
+            let Some(function) = node.child_by_field_name("function") else { return };
+            let Some(name) = dotted(function, src) else { return };
+            let name = resolve(name);
+            if matches!(name.as_str(), "__import__" | "importlib.import_module" | "builtins.__import__") {
+                if let Some(module) = node.child_by_field_name("arguments").and_then(|a| a.named_child(0)).and_then(|a| literal(a, src)) {
+                    sites.push(site(Kind::Import, module, node, code));
+                }
+            }
+            sites.push(site(Kind::Call, name, node, code));
+        }
+        "attribute" => {
+            if let Some(name) = dotted(node, src) {
+                sites.push(site(Kind::Attribute, resolve(name), node, code));
+            } else if let Some(attribute) = node.child_by_field_name("attribute") {
+                sites.push(site(Kind::Attribute, format!(".{}", text(attribute)), node, code));
+            }
+        }
+        _ => {}
+    });
+    (sites, !tree.root_node().has_error())
+}
+
+/// The dotted name an expression spells (`os.path.join`), when it is one.
+fn dotted(node: Node<'_>, src: &[u8]) -> Option<String> {
+    match node.kind() {
+        "identifier" => node.utf8_text(src).ok().map(str::to_owned),
+        "attribute" => {
+            let object = dotted(node.child_by_field_name("object")?, src)?;
+            let attribute = node.child_by_field_name("attribute")?.utf8_text(src).ok()?;
+            Some(format!("{object}.{attribute}"))
+        }
+        _ => None,
+    }
+}
+
+/// The value of a plain string literal (no interpolation, no concatenation).
+fn literal(node: Node<'_>, src: &[u8]) -> Option<String> {
+    if node.kind() != "string" {
+        return None;
+    }
+    let mut cursor = node.walk();
+    let mut value = String::new();
+    for part in node.named_children(&mut cursor) {
+        match part.kind() {
+            "string_start" | "string_end" => {}
+            "string_content" => value.push_str(part.utf8_text(src).ok()?),
+            _ => return None,
+        }
+    }
+    Some(value)
+}
