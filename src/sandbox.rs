@@ -14,6 +14,7 @@ use crate::backend::wasm::javascript::JavascriptBackend;
 use crate::backend::wasm::python::PythonBackend;
 use crate::backend::wasm::WasmEngine;
 use crate::backend::{Backend, Outcome};
+use crate::policy::{Decision, Verdict};
 use crate::request::{ExecRequest, Language, Limits, RequestError, RunHandle};
 use crate::result::{ExecResult, Status};
 use crate::runtimes::{InstallOptions, RuntimeError, RuntimeInfo, Runtimes};
@@ -218,16 +219,33 @@ impl Sandbox {
 
     fn run_inner(&self, request: &ExecRequest, phases: &mut Phases) -> (ExecResult, Option<Scratch>) {
         let language = request.language;
+        let started = Instant::now();
+        let validated = request.validate(&self.config.ceiling);
+        phases.validate = started.elapsed();
+        if let Err(e) = validated {
+            return (ExecResult::not_run(language, Status::Rejected, e.to_string()).of(request), None);
+        }
+        let started = Instant::now();
+        let verdict = check_policy(request);
+        phases.policy = started.elapsed();
+        let (mut result, scratch) = match &verdict {
+            Some(verdict) if verdict.decision == Decision::Deny => {
+                (ExecResult::not_run(language, Status::Rejected, verdict.refusal()).of(request), None)
+            }
+            _ => self.run_checked(request, phases),
+        };
+        result.policy = verdict;
+        (result, scratch)
+    }
+
+    /// Runs `request`, valid and let through by its policy.
+    fn run_checked(&self, request: &ExecRequest, phases: &mut Phases) -> (ExecResult, Option<Scratch>) {
+        let language = request.language;
         let mut lap = Instant::now();
         let mut split = |into: &mut Duration| {
             *into = lap.elapsed();
             lap = Instant::now();
         };
-        let validated = request.validate(&self.config.ceiling);
-        split(&mut phases.validate);
-        if let Err(e) = validated {
-            return (ExecResult::not_run(language, Status::Rejected, e.to_string()).of(request), None);
-        }
         if let Some(why) = request.handle.as_ref().and_then(RunHandle::killed) {
             return (ExecResult::not_run(language, Status::Killed, why).of(request), None);
         }
@@ -260,6 +278,17 @@ impl Sandbox {
         split(&mut phases.collect);
         (result, Some(scratch))
     }
+}
+
+/// `request`'s code checked against its policy, if it has one. A denial is logged here, once
+/// for every surface.
+pub(crate) fn check_policy(request: &ExecRequest) -> Option<Verdict> {
+    let verdict = request.policy.as_ref()?.check(request.language, &request.code);
+    if verdict.decision == Decision::Deny {
+        let id = request.handle.as_ref().map(RunHandle::id);
+        tracing::info!(id = ?id, language = %request.language, risk = %verdict.risk, rule = ?verdict.findings.first().map(|f| &f.rule), "run denied by policy");
+    }
+    Some(verdict)
 }
 
 /// The scratch quota of a run under `limits` in `backend`: the backend's own files (a shell
@@ -309,6 +338,8 @@ pub(crate) fn finish(mut result: ExecResult, scratch: &Scratch, return_files: bo
 pub struct Phases {
     /// Checking the request against the ceilings and finding its language's backend.
     pub validate: Duration,
+    /// Checking the code against the request's policy (zero without one).
+    pub policy: Duration,
     /// Making the scratch directory (and its tmpfs), or adopting one prepared ahead, and writing
     /// the input files.
     pub scratch: Duration,
@@ -404,5 +435,6 @@ pub(crate) fn assemble(request: &ExecRequest, outcome: Outcome) -> ExecResult {
         disk_bytes: 0,
         session_id: None,
         turn: None,
+        policy: None,
     }
 }

@@ -84,12 +84,15 @@ pub struct TurnRequest {
     /// The turn's id and kill switch (see [`crate::request::RunHandle`]). Killing a turn
     /// ends its session.
     pub handle: Option<crate::request::RunHandle>,
+    /// The policy the turn's code is checked against first (see [`ExecRequest::policy`]). A
+    /// denied turn is `rejected` and the session goes on.
+    pub policy: Option<crate::policy::Policy>,
 }
 
 impl TurnRequest {
     /// A turn running `code` with no stdin, no files and the session's limits.
     pub fn new(code: impl Into<String>) -> Self {
-        TurnRequest { code: code.into(), stdin: Vec::new(), files: Vec::new(), limits: None, return_files: false, on_output: None, handle: None }
+        TurnRequest { code: code.into(), stdin: Vec::new(), files: Vec::new(), limits: None, return_files: false, on_output: None, handle: None, policy: None }
     }
 }
 
@@ -230,6 +233,7 @@ impl Session {
             return_files: turn.return_files,
             on_output: turn.on_output,
             handle: turn.handle,
+            policy: turn.policy,
         };
         request.validate(&self.ceiling).map_err(|e| e.to_string())?;
         Ok(request)
@@ -245,6 +249,19 @@ impl Session {
         if request.language != self.language || request.limits.memory_mb != self.limits.memory_mb || request.env != self.env {
             return self.refuse("a turn's language, memory and environment are the session's: make it with Session::request".into()).of(request);
         }
+        let verdict = crate::sandbox::check_policy(request);
+        if let Some(verdict) = verdict.as_ref().filter(|v| v.decision == crate::policy::Decision::Deny) {
+            let mut refused = self.refuse(verdict.refusal()).of(request);
+            refused.policy = Some(verdict.clone());
+            return refused;
+        }
+        let mut result = self.run_checked(request);
+        result.policy = verdict;
+        result
+    }
+
+    /// Runs `request`, let through by its policy.
+    fn run_checked(&mut self, request: &ExecRequest) -> ExecResult {
         if let Some(why) = request.handle.as_ref().and_then(crate::request::RunHandle::killed) {
             self.end(format!("turn {} was killed: {why}", self.turns));
             return self.tag(ExecResult::not_run(self.language, Status::Killed, why)).of(request);

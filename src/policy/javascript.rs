@@ -1,85 +1,117 @@
 //! JavaScript's sites: imports (`import ... from "x"`, `import("x")`, `require("x")` with a
-//! literal), calls by dotted name (`eval`, `os.exec`, `std.popen`), and member reads.
+//! literal), calls by dotted name (`eval`, `os.exec`, `std.popen`; `obj["name"]` counts as
+//! `obj.name`), `new` by constructor name, and member reads.
 
-use tree_sitter::Node;
+use std::time::Instant;
 
-use super::{site, walk, Kind, Site};
+use tree_sitter::{Node, Tree};
 
-pub(super) fn sites(code: &str) -> (Vec<Site>, bool) {
-    let Some(tree) = super::parse(&tree_sitter_javascript::LANGUAGE.into(), code) else {
-        return (Vec::new(), false);
-    };
+use super::{field, site, walk, Kind, Site};
+
+/// The ids of the fields read on every node.
+struct Fields {
+    object: u16,
+    property: u16,
+    index: u16,
+    function: u16,
+}
+
+/// The sites of `tree`; `None` if `deadline` passed first.
+pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant) -> Option<Vec<Site>> {
     let src = code.as_bytes();
+    let fields = Fields { object: field(tree, "object"), property: field(tree, "property"), index: field(tree, "index"), function: field(tree, "function") };
+    let fields = &fields;
     let mut sites = Vec::new();
-    walk(&tree, |node| match node.kind() {
+    let complete = walk(tree, deadline, |node| match node.kind() {
         "import_statement" | "export_statement" => {
             if let Some(module) = node.child_by_field_name("source").and_then(|s| literal(s, src)) {
-                sites.push(site(Kind::Import, module, node, code));
+                sites.push(site(Kind::Import, module, node));
             }
         }
         "call_expression" => {
-            let Some(function) = node.child_by_field_name("function") else { return };
+            let Some(function) = node.child_by_field_id(fields.function) else { return };
             let first_literal = || node.child_by_field_name("arguments").and_then(|a| a.named_child(0)).and_then(|a| literal(a, src));
             if function.kind() == "import" {
                 if let Some(module) = first_literal() {
-                    sites.push(site(Kind::Import, module, node, code));
+                    sites.push(site(Kind::Import, module, node));
                 }
                 return;
             }
-            let Some(name) = dotted(function, src) else { return };
+            let Some(name) = dotted(function, src, fields).map(global) else { return };
             if name == "require" {
                 if let Some(module) = first_literal() {
-                    sites.push(site(Kind::Import, module, node, code));
+                    sites.push(site(Kind::Import, module, node));
                 }
             }
-            sites.push(site(Kind::Call, name, node, code));
+            sites.push(site(Kind::Call, name, node));
         }
         "new_expression" => {
-            if let Some(name) = node.child_by_field_name("constructor").and_then(|c| dotted(c, src)) {
-                sites.push(site(Kind::Call, name, node, code));
+            if let Some(name) = node.child_by_field_name("constructor").and_then(|c| dotted(c, src, fields)).map(global) {
+                sites.push(site(Kind::Call, name, node));
             }
         }
-        "member_expression" => {
-            if let Some(name) = dotted(node, src) {
-                sites.push(site(Kind::Attribute, name, node, code));
-            } else if let Some(property) = node.child_by_field_name("property").and_then(|p| p.utf8_text(src).ok()) {
-                sites.push(site(Kind::Attribute, format!(".{property}"), node, code));
+        "member_expression" | "subscript_expression" => match dotted(node, src, fields) {
+            Some(name) => sites.push(site(Kind::Attribute, name, node)),
+            None => {
+                if let Some(property) = member(node, src, fields).and_then(|(_, name)| name) {
+                    sites.push(site(Kind::Attribute, format!(".{property}"), node));
+                }
             }
-        }
+        },
         _ => {}
     });
-    (sites, !tree.root_node().has_error())
+    complete.then_some(sites)
 }
 
-/// The dotted name an expression spells (`std.popen`), when it is one.
-fn dotted(node: Node<'_>, src: &[u8]) -> Option<String> {
-    match node.kind() {
-        "identifier" | "property_identifier" => node.utf8_text(src).ok().map(str::to_owned),
+/// `name` without the global object in front: `globalThis.eval` is `eval`.
+fn global(name: String) -> String {
+    for object in ["globalThis.", "window.", "self.", "global."] {
+        if let Some(rest) = name.strip_prefix(object) {
+            return rest.to_owned();
+        }
+    }
+    name
+}
+
+/// A member read's object and the name it reads, when it names one: `a.b`, `a["b"]`.
+fn member<'t, 's>(node: Node<'t>, src: &'s [u8], fields: &Fields) -> Option<(Node<'t>, Option<&'s str>)> {
+    let object = node.child_by_field_id(fields.object)?;
+    let name = match node.kind() {
         "member_expression" => {
-            let object = dotted(node.child_by_field_name("object")?, src)?;
-            let property = node.child_by_field_name("property")?;
-            if property.kind() == "private_property_identifier" {
-                return None;
-            }
-            Some(format!("{object}.{}", property.utf8_text(src).ok()?))
+            let property = node.child_by_field_id(fields.property)?;
+            (property.kind() != "private_property_identifier").then(|| property.utf8_text(src).ok()).flatten()
+        }
+        "subscript_expression" => node.child_by_field_id(fields.index).and_then(|i| literal_str(i, src)),
+        _ => return None,
+    };
+    Some((object, name))
+}
+
+/// The dotted name an expression spells (`std.popen`, `globalThis["eval"]`), when it is one.
+fn dotted(node: Node<'_>, src: &[u8], fields: &Fields) -> Option<String> {
+    super::dotted(node, src, |node| match node.kind() {
+        "identifier" | "this" => Some(None),
+        "member_expression" | "subscript_expression" => {
+            let (object, name) = member(node, src, fields)?;
+            Some(Some((object, name?)))
         }
         _ => None,
-    }
+    })
 }
 
 /// The value of a plain string literal.
 fn literal(node: Node<'_>, src: &[u8]) -> Option<String> {
+    literal_str(node, src).map(str::to_owned)
+}
+
+/// The value of a plain string literal, as it is in the code (no escapes).
+fn literal_str<'s>(node: Node<'_>, src: &'s [u8]) -> Option<&'s str> {
+    let text = node.utf8_text(src).ok()?;
+    let inner = text.get(1..text.len().checked_sub(1)?)?;
     match node.kind() {
-        "string" => {
-            let text = node.utf8_text(src).ok()?;
-            let inner = text.get(1..text.len().checked_sub(1)?)?;
-            (!inner.contains('\\')).then(|| inner.to_owned())
-        }
+        "string" => (!inner.contains('\\')).then_some(inner),
         // A template without substitutions is a literal too.
-        "template_string" if node.named_child_count() == 0 => {
-            let text = node.utf8_text(src).ok()?;
-            text.get(1..text.len().checked_sub(1)?).map(str::to_owned)
-        }
+        "template_string" if node.named_child_count() == 0 => Some(inner),
         _ => None,
     }
 }

@@ -13,15 +13,22 @@ mod javascript;
 mod python;
 mod shell;
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use serde::{Deserialize, Serialize};
 
 use crate::request::Language;
+
+/// The most findings a verdict lists (the first, in the order of the code); its risk still
+/// counts every match.
+pub const MAX_FINDINGS: usize = 100;
 
 /// How risky a finding is, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Risk {
-    /// Nothing found.
+    /// Nothing found (a verdict's risk only; not a level a rule or threshold may name).
     #[default]
     None,
     /// Worth knowing.
@@ -32,6 +39,25 @@ pub enum Risk {
     High,
     /// Never.
     Critical,
+}
+
+impl Risk {
+    /// The risk's name, as in JSON and the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Risk::None => "none",
+            Risk::Low => "low",
+            Risk::Medium => "medium",
+            Risk::High => "high",
+            Risk::Critical => "critical",
+        }
+    }
+}
+
+impl std::fmt::Display for Risk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What a policy decides.
@@ -46,6 +72,17 @@ pub enum Decision {
     Deny,
 }
 
+impl Decision {
+    /// The decision's name, as in JSON and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Warn => "warn",
+            Decision::Deny => "deny",
+        }
+    }
+}
+
 /// What a rule matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,7 +92,8 @@ pub enum Kind {
     Import,
     /// A call by its dotted name, aliases resolved (`os.system`, `eval`).
     Call,
-    /// An attribute read (`__globals__`, or a dotted `os.environ`).
+    /// An attribute read: the whole dotted read (`os.environ`) or its last part(s)
+    /// (`__globals__`).
     Attribute,
     /// A shell command in command position, by name; words after the name must be among its
     /// arguments (`rm -rf`).
@@ -64,83 +102,333 @@ pub enum Kind {
     Pattern,
 }
 
-/// One rule of a language's policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A level a config gives (`low` to `critical`): `none` is what a verdict says when nothing
+/// was found, not a level a rule or threshold may name.
+fn level<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Risk, D::Error> {
+    match Risk::deserialize(deserializer)? {
+        Risk::None => Err(serde::de::Error::custom("a risk is low, medium, high or critical")),
+        risk => Ok(risk),
+    }
+}
+
+/// An optional [`level`].
+pub(crate) fn optional_level<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Risk>, D::Error> {
+    #[derive(Deserialize)]
+    struct Level(#[serde(deserialize_with = "level")] Risk);
+    Ok(Option::<Level>::deserialize(deserializer)?.map(|Level(risk)| risk))
+}
+
+/// A rule as the config file writes it.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RuleSpec {
+    id: String,
+    kind: Kind,
+    #[serde(rename = "match")]
+    patterns: OneOrMany,
+    #[serde(deserialize_with = "level")]
+    risk: Risk,
+    #[serde(default)]
+    why: Option<String>,
+}
+
+/// `match = "x"` or `match = ["x", "y"]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// One rule of a language's policy (`[[policy.<language>.rules]]`), checked where it is read:
+/// a regular expression that does not compile is an error naming its line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RuleSpec")]
 pub struct Rule {
     /// Named in findings.
     pub id: String,
     /// What it matches.
     pub kind: Kind,
-    /// The module, dotted name, attribute, command or regular expression.
-    #[serde(rename = "match")]
-    pub pattern: String,
+    /// The modules, dotted names, attributes, commands (with arguments) or regular expressions
+    /// (`match` in the file: one, or a list); any of them makes a match.
+    pub patterns: Vec<String>,
     /// The risk of a match.
     pub risk: Risk,
     /// Why it matters, shown in findings.
-    #[serde(default)]
     pub why: Option<String>,
+    /// For [`Kind::Pattern`], the compiled expressions.
+    regexes: Vec<regex::Regex>,
 }
 
-/// Something the code does, found in its syntax tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Site {
-    /// Import, call, attribute or command.
-    pub kind: Kind,
-    /// The module, dotted call name (aliases resolved), attribute or command name.
-    pub name: String,
-    /// For commands: the arguments, each as written.
-    pub args: Vec<String>,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column, in characters.
-    pub column: usize,
-    /// The source it was found in (at most 200 characters).
-    pub text: String,
-}
-
-/// The sites of `code`, and whether it parsed.
-pub fn sites(language: Language, code: &str) -> (Vec<Site>, bool) {
-    match language {
-        Language::Python => python::sites(code),
-        Language::Javascript => javascript::sites(code),
-        Language::Shell => shell::sites(code),
+impl PartialEq for Rule {
+    fn eq(&self, other: &Rule) -> bool {
+        (&self.id, self.kind, &self.patterns, self.risk, &self.why) == (&other.id, other.kind, &other.patterns, other.risk, &other.why)
     }
 }
 
-/// The site of `node`: kind, name, position and text.
-fn site(kind: Kind, name: String, node: tree_sitter::Node<'_>, code: &str) -> Site {
-    let start = node.start_position();
-    let line_start = code[..node.start_byte().min(code.len())].rfind('\n').map_or(0, |i| i + 1);
-    let column = code.get(line_start..node.start_byte()).map_or(start.column, |s| s.chars().count()) + 1;
-    let text: String = node.utf8_text(code.as_bytes()).unwrap_or("").chars().take(200).collect();
-    Site { kind, name, args: Vec::new(), line: start.row + 1, column, text }
-}
+impl Eq for Rule {}
 
-/// Every node of `tree`, in document order, without recursion (random input may nest deeply).
-fn walk<'t>(tree: &'t tree_sitter::Tree, mut visit: impl FnMut(tree_sitter::Node<'t>)) {
-    let mut cursor = tree.walk();
-    loop {
-        visit(cursor.node());
-        if cursor.goto_first_child() {
-            continue;
-        }
-        loop {
-            if cursor.goto_next_sibling() {
-                break;
-            }
-            if !cursor.goto_parent() {
-                return;
-            }
-        }
+impl TryFrom<RuleSpec> for Rule {
+    type Error = String;
+
+    fn try_from(spec: RuleSpec) -> Result<Rule, String> {
+        let patterns = match spec.patterns {
+            OneOrMany::One(pattern) => vec![pattern],
+            OneOrMany::Many(patterns) => patterns,
+        };
+        let mut rule = Rule::new(&spec.id, spec.kind, &patterns, spec.risk)?;
+        rule.why = spec.why;
+        Ok(rule)
     }
 }
 
-/// Parses `code` with `language`'s grammar; `None` only if the parser refuses to start.
-fn parse(language: &tree_sitter::Language, code: &str) -> Option<tree_sitter::Tree> {
-    let mut parser = tree_sitter::Parser::new();
-    parser.set_language(language).ok()?;
-    parser.parse(code, None)
+impl Rule {
+    /// A rule, checked: an id of 1 to 64 letters, digits, `-`, `_`, `.` or `:`; at least one
+    /// pattern, none empty; for [`Kind::Pattern`], regular expressions (linear time: the
+    /// `regex` crate has no backtracking).
+    ///
+    /// ```
+    /// use wsbx::policy::{Kind, Risk, Rule};
+    /// let rule = Rule::new("no-subprocess", Kind::Import, &["subprocess", "pty"], Risk::High).unwrap();
+    /// assert!(Rule::new("bad", Kind::Pattern, &["("], Risk::Low).is_err());
+    /// # let _ = rule;
+    /// ```
+    pub fn new(id: &str, kind: Kind, patterns: &[impl AsRef<str>], risk: Risk) -> Result<Rule, String> {
+        let id_ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+        if !id_ok {
+            return Err(format!("rule id {id:?}: an id is 1 to 64 letters, digits, '-', '_', '.' or ':'"));
+        }
+        let patterns: Vec<String> = patterns.iter().map(|p| p.as_ref().to_owned()).collect();
+        if patterns.is_empty() || patterns.iter().any(|p| p.trim().is_empty()) {
+            return Err(format!("rule {id}: match is empty"));
+        }
+        if risk == Risk::None {
+            return Err(format!("rule {id}: a risk is low, medium, high or critical"));
+        }
+        let regexes = match kind {
+            Kind::Pattern => patterns
+                .iter()
+                .map(|p| regex::RegexBuilder::new(p).size_limit(1 << 20).build())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("rule {id}: match is not a regular expression: {e}"))?,
+            _ => Vec::new(),
+        };
+        Ok(Rule { id: id.to_owned(), kind, patterns, risk, why: None, regexes })
+    }
+
+    /// This rule with a reason.
+    pub fn why(mut self, why: impl Into<String>) -> Rule {
+        self.why = Some(why.into());
+        self
+    }
+
+    /// Whether this rule matches `site` (pattern rules are matched on the text elsewhere).
+    fn matches(&self, site: &Site) -> bool {
+        self.kind == site.kind && self.patterns.iter().any(|pattern| matches(self.kind, pattern, site))
+    }
+}
+
+/// Whether `pattern`, of a rule of `kind`, matches `site`.
+fn matches(kind: Kind, pattern: &str, site: &Site) -> bool {
+    let name = site.name.as_str();
+    match kind {
+        // A module or any module inside it.
+        Kind::Import => name == pattern || name.strip_prefix(pattern).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('/')),
+        // `os.exec*` matches every name it begins.
+        Kind::Call => match pattern.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == pattern,
+        },
+        // The whole dotted read, or its last part(s).
+        Kind::Attribute => name == pattern || name.strip_suffix(pattern).is_some_and(|rest| rest.ends_with('.')),
+        Kind::Command => {
+            let mut words = pattern.split_whitespace();
+            words.next() == Some(name) && words.all(|w| site.args.iter().any(|a| a == w))
+        }
+        Kind::Pattern => false,
+    }
+}
+
+/// One language's policy (`[policy.<language>]`): its thresholds and rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanguagePolicy {
+    /// From this risk up, the run is denied: status `rejected` (default: never).
+    #[serde(default, deserialize_with = "optional_level")]
+    pub deny_at: Option<Risk>,
+    /// From this risk up, the run goes ahead with a warning (default: never).
+    #[serde(default, deserialize_with = "optional_level")]
+    pub warn_at: Option<Risk>,
+    /// The risk of code that does not parse (default `medium`).
+    #[serde(default, deserialize_with = "optional_level")]
+    pub unparsable: Option<Risk>,
+    /// The rules.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+/// `[policy]`: a policy per language; a language left out is not checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// `[policy.python]`.
+    pub python: Option<LanguagePolicy>,
+    /// `[policy.javascript]`.
+    pub javascript: Option<LanguagePolicy>,
+    /// `[policy.shell]`.
+    pub shell: Option<LanguagePolicy>,
+}
+
+impl PolicySection {
+    /// The section of `language`, if it has one.
+    pub fn language(&self, language: Language) -> Option<&LanguagePolicy> {
+        match language {
+            Language::Python => self.python.as_ref(),
+            Language::Javascript => self.javascript.as_ref(),
+            Language::Shell => self.shell.as_ref(),
+        }
+    }
+
+    /// What serde cannot check: a rule's id is unique in its language.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        for language in Language::ALL {
+            let Some(section) = self.language(language) else { continue };
+            let mut seen = std::collections::BTreeSet::new();
+            for rule in &section.rules {
+                if !seen.insert(rule.id.as_str()) {
+                    return Err(format!("policy.{language}.rules: the id {:?} is given twice", rule.id));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The policy a run is checked against: the rules and thresholds of each language, and an
+/// agent's own thresholds over them. Cheap to clone (the rules are shared).
+///
+/// ```
+/// use wsbx::policy::{Decision, Policy, Risk};
+/// use wsbx::Language;
+/// let config = wsbx::config::Config::parse(r#"
+///     [policy.python]
+///     deny_at = "high"
+///     [[policy.python.rules]]
+///     id = "no-subprocess"
+///     kind = "import"
+///     match = "subprocess"
+///     risk = "high"
+/// "#).unwrap();
+/// let policy = config.policy().unwrap();
+/// let verdict = policy.check(Language::Python, "import subprocess as sp\n# eval(1)\n");
+/// assert_eq!((verdict.risk, verdict.decision), (Risk::High, Decision::Deny));
+/// assert_eq!((verdict.findings[0].line, verdict.findings[0].column), (1, 1));
+/// // A trusted agent's own threshold: it runs, with the finding.
+/// let trusted = policy.with_thresholds(Some(Risk::Critical), Some(Risk::Low));
+/// assert_eq!(trusted.check(Language::Python, "import subprocess").decision, Decision::Warn);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    languages: [Option<Arc<LanguagePolicy>>; 3],
+    deny_at: Option<Risk>,
+    warn_at: Option<Risk>,
+}
+
+impl Policy {
+    /// The policy `section` describes.
+    pub fn new(section: &PolicySection) -> Policy {
+        let of = |language| section.language(language).cloned().map(Arc::new);
+        Policy { languages: Language::ALL.map(of), deny_at: None, warn_at: None }
+    }
+
+    /// This policy with `deny_at` and `warn_at`, where given, in place of every language's
+    /// own (an agent's `policy_deny_at` and `policy_warn_at`).
+    pub fn with_thresholds(&self, deny_at: Option<Risk>, warn_at: Option<Risk>) -> Policy {
+        Policy { languages: self.languages.clone(), deny_at: deny_at.or(self.deny_at), warn_at: warn_at.or(self.warn_at) }
+    }
+
+    /// Checks `code` of `language`: parses it, matches every rule, decides. A language without
+    /// a policy is not parsed: its verdict is `allow` with nothing found.
+    pub fn check(&self, language: Language, code: &str) -> Verdict {
+        let Some(own) = &self.languages[language as usize] else {
+            return Verdict { risk: Risk::None, decision: Decision::Allow, findings: Vec::new(), findings_truncated: false };
+        };
+        let (found, error) = sites(language, code);
+        // Every match as (byte range, rule): cheap to hold, positions computed for the kept
+        // ones only.
+        let mut hits: Vec<(usize, usize, Option<&Rule>)> = Vec::new();
+        let mut risk = Risk::None;
+        let unparsable = own.unparsable.unwrap_or(Risk::Medium);
+        if let Some((start, end, _)) = error {
+            hits.push((start, end, None));
+            risk = unparsable;
+        }
+        for site in &found {
+            for rule in own.rules.iter().filter(|r| r.matches(site)) {
+                hits.push((site.start, site.end, Some(rule)));
+                risk = risk.max(rule.risk);
+            }
+        }
+        for rule in &own.rules {
+            // A rule's first matches are all that can be among the first findings.
+            for hit in rule.regexes.iter().flat_map(|regex| regex.find_iter(code).take(MAX_FINDINGS + 1)) {
+                hits.push((hit.start(), hit.end(), Some(rule)));
+                risk = risk.max(rule.risk);
+            }
+        }
+        hits.sort_by_key(|&(start, end, rule)| (start, end, rule.map(|r| r.id.as_str())));
+        let findings_truncated = hits.len() > MAX_FINDINGS;
+        hits.truncate(MAX_FINDINGS);
+        let mut place = Placer::new(code);
+        let findings = hits
+            .into_iter()
+            .map(|(start, end, rule)| {
+                let (line, column) = place.at(start);
+                let text = code.get(start..end).unwrap_or("").chars().take(200).collect();
+                match rule {
+                    Some(rule) => Finding { rule: rule.id.clone(), risk: rule.risk, line, column, text, why: rule.why.clone() },
+                    None => Finding { rule: "unparsable".into(), risk: unparsable, line, column, text, why: error.map(|(_, _, why)| why.to_owned()) },
+                }
+            })
+            .collect();
+        let reached = |threshold: Option<Risk>| threshold.is_some_and(|t| risk != Risk::None && risk >= t);
+        let decision = if reached(self.deny_at.or(own.deny_at)) {
+            Decision::Deny
+        } else if reached(self.warn_at.or(own.warn_at)) {
+            Decision::Warn
+        } else {
+            Decision::Allow
+        };
+        Verdict { risk, decision, findings, findings_truncated }
+    }
+}
+
+/// Turns byte offsets, given in order, into 1-based lines and columns (in characters) in one
+/// pass over the code, however long its lines.
+struct Placer<'c> {
+    code: &'c str,
+    at: usize,
+    line: usize,
+    column: usize,
+}
+
+impl<'c> Placer<'c> {
+    fn new(code: &'c str) -> Placer<'c> {
+        Placer { code, at: 0, line: 1, column: 1 }
+    }
+
+    fn at(&mut self, offset: usize) -> (usize, usize) {
+        let between = self.code.get(self.at..offset).unwrap_or("");
+        match between.rfind('\n') {
+            Some(last) => {
+                self.line += between.matches('\n').count();
+                self.column = between[last + 1..].chars().count() + 1;
+            }
+            None => self.column += between.chars().count(),
+        }
+        self.at = self.at.max(offset);
+        (self.line, self.column)
+    }
 }
 
 /// One rule's match in the code.
@@ -152,7 +440,7 @@ pub struct Finding {
     pub risk: Risk,
     /// 1-based line.
     pub line: usize,
-    /// 1-based column.
+    /// 1-based column, in characters.
     pub column: usize,
     /// The code it matched (at most 200 characters).
     pub text: String,
@@ -161,95 +449,200 @@ pub struct Finding {
     pub why: Option<String>,
 }
 
-/// The policy's verdict on one program: the result's `policy` field.
+/// The policy's verdict on one program: the result's `policy` field, and what `wsbx check`
+/// and `POST /v1/check` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
     /// The highest risk found (`none` when nothing was).
     pub risk: Risk,
     /// What the thresholds make of it.
     pub decision: Decision,
-    /// Every match, in the order of the code.
+    /// The matches, in the order of the code: the first [`MAX_FINDINGS`].
     pub findings: Vec<Finding>,
+    /// Whether there were more matches than `findings` lists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub findings_truncated: bool,
 }
 
-/// One language's policy: its rules and thresholds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LanguagePolicy {
-    /// From this risk up, the run is denied (default: never).
-    #[serde(default)]
-    pub deny_at: Option<Risk>,
-    /// From this risk up, the run is allowed with a warning (default: never).
-    #[serde(default)]
-    pub warn_at: Option<Risk>,
-    /// The risk of code that does not parse (default medium).
-    #[serde(default)]
-    pub unparsable: Option<Risk>,
-    /// The rules.
-    #[serde(default)]
-    pub rules: Vec<Rule>,
+impl Verdict {
+    /// The `detail` of a run this verdict denied: the findings at its risk, up to three.
+    pub fn refusal(&self) -> String {
+        format!("denied by policy {}", self.worst())
+    }
+
+    /// One line on what a verdict that warns found.
+    pub fn warning(&self) -> String {
+        format!("policy warning {}", self.worst())
+    }
+
+    /// The risk and the findings at it, up to three.
+    fn worst(&self) -> String {
+        let worst: Vec<String> = self
+            .findings
+            .iter()
+            .filter(|f| f.risk == self.risk)
+            .take(3)
+            .map(|f| match &f.why {
+                Some(why) => format!("{} at line {}, column {} ({why})", f.rule, f.line, f.column),
+                None => format!("{} at line {}, column {}", f.rule, f.line, f.column),
+            })
+            .collect();
+        format!("(risk {}): {}", self.risk, worst.join("; "))
+    }
 }
 
-impl Rule {
-    /// Whether this rule matches `site` (pattern rules are matched on the text elsewhere).
-    fn matches(&self, site: &Site) -> bool {
-        if self.kind != site.kind {
+/// Something the code does, found in its syntax tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Site {
+    /// Import, call, attribute or command.
+    kind: Kind,
+    /// The module, dotted call name (aliases resolved), attribute or command name.
+    name: String,
+    /// For commands: the arguments, each as written, quotes removed.
+    args: Vec<String>,
+    /// Where it is in the code, in bytes.
+    start: usize,
+    end: usize,
+}
+
+/// The sites of `node`.
+fn site(kind: Kind, name: String, node: tree_sitter::Node<'_>) -> Site {
+    Site { kind, name, args: Vec::new(), start: node.start_byte(), end: node.end_byte() }
+}
+
+/// Where and why code is `unparsable`: a byte range and a reason.
+type Unparsed = (usize, usize, &'static str);
+
+/// The sites of `code`, and where it first fails to parse, if it does.
+fn sites(language: Language, code: &str) -> (Vec<Site>, Option<Unparsed>) {
+    let grammar: tree_sitter::Language = match language {
+        Language::Python => tree_sitter_python::LANGUAGE.into(),
+        Language::Javascript => tree_sitter_javascript::LANGUAGE.into(),
+        Language::Shell => tree_sitter_bash::LANGUAGE.into(),
+    };
+    let late = (0, 0, "the code is too large or complex to check within 500 ms");
+    let deadline = Instant::now() + CHECK_BUDGET;
+    let Some(tree) = parse(&grammar, code, deadline) else {
+        return (Vec::new(), Some(late));
+    };
+    let found = match language {
+        Language::Python => python::sites(&tree, code, deadline),
+        Language::Javascript => javascript::sites(&tree, code, deadline),
+        Language::Shell => shell::sites(&tree, code, deadline, 0),
+    };
+    match found {
+        Some(found) => (found, first_error(&tree).map(|(start, end)| (start, end, "the code does not parse"))),
+        None => (Vec::new(), Some(late)),
+    }
+}
+
+thread_local! {
+    /// A parser per thread, reused: making one costs more than parsing a short program.
+    static PARSER: std::cell::RefCell<tree_sitter::Parser> = std::cell::RefCell::new(tree_sitter::Parser::new());
+}
+
+/// The longest a check may take. Error recovery on noise is slow (a megabyte of random
+/// characters takes seconds in the Python grammar), and so is a very long chain of reads;
+/// code that takes longer is `unparsable`.
+pub const CHECK_BUDGET: Duration = Duration::from_millis(500);
+
+/// Parses `code` with `grammar` by `deadline`; `None` if it could not.
+fn parse(grammar: &tree_sitter::Language, code: &str, deadline: Instant) -> Option<tree_sitter::Tree> {
+    let mut in_time = |_: &tree_sitter::ParseState| match Instant::now() > deadline {
+        true => std::ops::ControlFlow::Break(()),
+        false => std::ops::ControlFlow::Continue(()),
+    };
+    let bytes = code.as_bytes();
+    let mut read = |at: usize, _: tree_sitter::Point| bytes.get(at..).unwrap_or(&[]);
+    PARSER.with(|parser| {
+        let mut parser = parser.try_borrow_mut().ok()?;
+        parser.set_language(grammar).ok()?;
+        let tree = parser.parse_with_options(&mut read, None, Some(tree_sitter::ParseOptions::new().progress_callback(&mut in_time)));
+        // A cut parse leaves state behind for a resumption that will not come.
+        parser.reset();
+        tree
+    })
+}
+
+/// The byte range of the first syntax error in `tree`: an error node or a missing token.
+fn first_error(tree: &tree_sitter::Tree) -> Option<(usize, usize)> {
+    if !tree.root_node().has_error() {
+        return None;
+    }
+    let mut cursor = tree.walk();
+    loop {
+        let node = cursor.node();
+        if node.is_error() || node.is_missing() || !cursor.goto_first_child() {
+            return Some((node.start_byte(), node.end_byte()));
+        }
+        // Down into the first child that holds the error.
+        while !(cursor.node().has_error() || cursor.node().is_missing()) {
+            if !cursor.goto_next_sibling() {
+                cursor.goto_parent();
+                return Some((cursor.node().start_byte(), cursor.node().end_byte()));
+            }
+        }
+    }
+}
+
+/// The id of field `name` in `tree`'s grammar (0, which no field has, when it has none):
+/// asking a node for a child by id spares a search by name per node.
+fn field(tree: &tree_sitter::Tree, name: &str) -> u16 {
+    tree.language().field_id_for_name(name).map_or(0, std::num::NonZeroU16::get)
+}
+
+/// Every node of `tree`, in document order, without recursion (random input may nest
+/// deeply); `false` if `deadline` passed first.
+fn walk<'t>(tree: &'t tree_sitter::Tree, deadline: Instant, mut visit: impl FnMut(tree_sitter::Node<'t>)) -> bool {
+    let mut cursor = tree.walk();
+    for n in 0u32.. {
+        if n % 4096 == 4095 && Instant::now() > deadline {
             return false;
         }
-        let pattern = self.pattern.as_str();
-        match self.kind {
-            // A module or any module inside it.
-            Kind::Import => site.name == pattern || site.name.strip_prefix(pattern).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('/')),
-            Kind::Call => site.name == pattern,
-            // The whole dotted read, or its last part(s).
-            Kind::Attribute => site.name == pattern || site.name.strip_suffix(pattern).is_some_and(|rest| rest.ends_with('.')),
-            Kind::Command => {
-                let mut words = pattern.split_whitespace();
-                words.next() == Some(site.name.as_str()) && words.all(|w| site.args.iter().any(|a| a == w))
+        visit(cursor.node());
+        if cursor.goto_first_child() {
+            continue;
+        }
+        loop {
+            if cursor.goto_next_sibling() {
+                break;
             }
-            Kind::Pattern => false,
+            if !cursor.goto_parent() {
+                return true;
+            }
         }
     }
+    true
 }
 
-impl LanguagePolicy {
-    /// Checks `code` of `language`: parses it, matches every rule, decides.
-    ///
-    /// `deny_at` and `warn_at`, when given, replace the policy's (an agent's own thresholds).
-    pub fn check(&self, language: Language, code: &str, deny_at: Option<Risk>, warn_at: Option<Risk>) -> Result<Verdict, String> {
-        let mut findings = Vec::new();
-        let (found, parsed) = sites(language, code);
-        if !parsed {
-            let risk = self.unparsable.unwrap_or(Risk::Medium);
-            findings.push(Finding { rule: "unparsable".into(), risk, line: 1, column: 1, text: String::new(), why: Some("the code does not parse".into()) });
-        }
-        for site in &found {
-            for rule in self.rules.iter().filter(|r| r.matches(site)) {
-                findings.push(Finding { rule: rule.id.clone(), risk: rule.risk, line: site.line, column: site.column, text: site.text.clone(), why: rule.why.clone() });
+/// The most parts a dotted name may have: longer chains are named by their last part only
+/// (`.attr`), which keeps the work per node small and bounded.
+const MAX_DOTTED: usize = 12;
+
+/// The dotted name a chain of member reads spells (`os.path.join`), when it is one: `member`
+/// gives a read's object and name, `Some(None)` for a plain name. Iterative: a chain may be
+/// long.
+fn dotted<'t, 's>(
+    mut node: tree_sitter::Node<'t>,
+    src: &'s [u8],
+    member: impl Fn(tree_sitter::Node<'t>) -> Option<Option<(tree_sitter::Node<'t>, &'s str)>>,
+) -> Option<String> {
+    let mut parts: [&str; MAX_DOTTED] = [""; MAX_DOTTED];
+    for n in 0..MAX_DOTTED {
+        match member(node)? {
+            Some((object, name)) => {
+                parts[n] = name;
+                node = object;
+            }
+            None => {
+                parts[n] = std::str::from_utf8(src.get(node.byte_range())?).ok()?;
+                let parts = &mut parts[..=n];
+                parts.reverse();
+                return Some(parts.join("."));
             }
         }
-        for rule in self.rules.iter().filter(|r| r.kind == Kind::Pattern) {
-            let regex = regex::Regex::new(&rule.pattern).map_err(|e| format!("rule {}: {e}", rule.id))?;
-            for hit in regex.find_iter(code) {
-                let before = &code[..hit.start()];
-                let line = before.matches('\n').count() + 1;
-                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-                let text = hit.as_str().chars().take(200).collect();
-                findings.push(Finding { rule: rule.id.clone(), risk: rule.risk, line, column, text, why: rule.why.clone() });
-            }
-        }
-        findings.sort_by_key(|f| (f.line, f.column));
-        let risk = findings.iter().map(|f| f.risk).max().unwrap_or(Risk::None);
-        let reached = |threshold: Option<Risk>| threshold.is_some_and(|t| risk != Risk::None && risk >= t);
-        let decision = if reached(deny_at.or(self.deny_at)) {
-            Decision::Deny
-        } else if reached(warn_at.or(self.warn_at)) {
-            Decision::Warn
-        } else {
-            Decision::Allow
-        };
-        Ok(Verdict { risk, decision, findings })
     }
+    None
 }
 
 #[cfg(test)]
@@ -261,108 +654,161 @@ mod tests {
         found.into_iter().filter(|s| s.kind == kind).map(|s| s.name).collect()
     }
 
+    fn rule(id: &str, kind: Kind, pattern: &str, risk: Risk) -> Rule {
+        Rule::new(id, kind, &[pattern], risk).unwrap()
+    }
+
+    /// A policy of `rules` for `language` alone, denying from `deny_at`.
+    fn policy(language: Language, deny_at: Option<Risk>, warn_at: Option<Risk>, rules: Vec<Rule>) -> Policy {
+        let own = LanguagePolicy { deny_at, warn_at, unparsable: None, rules };
+        let mut section = PolicySection::default();
+        match language {
+            Language::Python => section.python = Some(own),
+            Language::Javascript => section.javascript = Some(own),
+            Language::Shell => section.shell = Some(own),
+        }
+        Policy::new(&section)
+    }
+
     #[test]
     fn python_imports_in_every_spelling() {
-        let code = "import subprocess as sp\nfrom os import system\nimport os.path\n__import__('socket')\nimport importlib\nimportlib.import_module(\"ctypes\")\n";
+        let code = "import subprocess as sp\nfrom os import system\nimport os.path\n__import__('socket')\nimport importlib\nimportlib.import_module(\"ctypes\")\nimport builtins\nbuiltins.__import__('pty')\n";
         let imports = names(Language::Python, code, Kind::Import);
-        for module in ["subprocess", "os", "os.system", "os.path", "socket", "ctypes"] {
+        for module in ["subprocess", "os", "os.system", "os.path", "socket", "ctypes", "pty"] {
             assert!(imports.iter().any(|i| i == module), "{module} not in {imports:?}");
         }
     }
 
     #[test]
     fn python_calls_resolve_aliases() {
-        let code = "import subprocess as sp\nfrom os import system\nsp.run(['ls'])\nsystem('ls')\neval('1')\nx.y.z()\n";
+        let code = "import subprocess as sp\nfrom os import system\nsp.run(['ls'])\nsystem('ls')\neval('1')\nx.y.z()\nimport builtins\nbuiltins.exec('1')\n";
         let calls = names(Language::Python, code, Kind::Call);
-        assert_eq!(calls, ["subprocess.run", "os.system", "eval", "x.y.z"]);
+        assert_eq!(calls, ["subprocess.run", "os.system", "eval", "x.y.z", "exec"]);
+        let attributes = names(Language::Python, "import os as o\no.environ['HOME']\nf().__globals__\n", Kind::Attribute);
+        assert!(attributes.contains(&"os.environ".to_owned()) && attributes.contains(&".__globals__".to_owned()), "{attributes:?}");
     }
 
     #[test]
     fn comments_and_strings_never_match() {
         let code = "# import subprocess\ns = 'os.system(1); eval(2)'\nprint(\"\"\"import socket\"\"\")\n";
-        let (found, parsed) = sites(Language::Python, code);
-        assert!(parsed);
+        let (found, error) = sites(Language::Python, code);
+        assert_eq!(error, None);
         assert!(found.iter().all(|s| s.name == "print"), "{found:?}");
-        let js = "// require('child_process')\nconst s = \"eval(1)\";\n";
+        let js = "// require('child_process')\nconst s = \"eval(1)\"; /* new Function('x') */\n";
         assert!(names(Language::Javascript, js, Kind::Call).is_empty());
-        let sh = "# curl x\necho 'rm -rf /'\n";
+        assert!(names(Language::Javascript, js, Kind::Import).is_empty());
+        let sh = "# curl x\necho 'rm -rf /' \"wget y\"\n";
         assert_eq!(names(Language::Shell, sh, Kind::Command), ["echo"]);
+        // A pattern rule is the one kind that does read comments and strings.
+        let secret = policy(Language::Python, None, None, vec![rule("key", Kind::Pattern, "AKIA[0-9A-Z]{16}", Risk::High)]);
+        let found = secret.check(Language::Python, "x = 1\n# AKIAABCDEFGHIJKLMNOP\n");
+        assert_eq!((found.risk, found.findings[0].line, found.findings[0].column), (Risk::High, 2, 3));
     }
 
     #[test]
     fn javascript_imports_requires_and_calls() {
-        let code = "import * as os from 'qjs:os';\nconst cp = require('child_process');\nconst m = await import(\"fs\");\neval('1');\nos.exec(['ls']);\nnew Function('return 1');\n";
-        assert_eq!(names(Language::Javascript, code, Kind::Import), ["qjs:os", "child_process", "fs"]);
+        let code = "import * as os from 'qjs:os';\nconst cp = require('child_process');\nconst m = await import(\"fs\");\neval('1');\nos.exec(['ls']);\nnew Function('return 1');\nglobalThis['eval']('2');\nexport { x } from 'qjs:std';\n";
+        assert_eq!(names(Language::Javascript, code, Kind::Import), ["qjs:os", "child_process", "fs", "qjs:std"]);
         let calls = names(Language::Javascript, code, Kind::Call);
-        for call in ["require", "eval", "os.exec", "Function"] {
+        assert_eq!(calls.iter().filter(|c| *c == "eval").count(), 2, "{calls:?}");
+        for call in ["require", "os.exec", "Function"] {
             assert!(calls.iter().any(|c| c == call), "{call} not in {calls:?}");
         }
     }
 
     #[test]
-    fn shell_commands_through_pipes_lists_subshells_and_substitutions() {
-        let code = "cat f | grep x && (curl http://a) ; echo $(wget -q y) `nc -l 1`\n/usr/bin/rm -rf /tmp/x\n";
+    fn shell_commands_through_pipes_lists_subshells_substitutions_wrappers_and_nested_code() {
+        let code = "cat f | grep x && (curl http://a) ; echo $(wget -q y) `nc -l 1`\n/usr/bin/rm -rf /tmp/x\nsudo env A=1 ssh h\nbash -c 'python3 -c 1 | socat - tcp:x:1'\neval \"telnet h\"\n";
         let commands = names(Language::Shell, code, Kind::Command);
-        for command in ["cat", "grep", "curl", "echo", "wget", "nc", "rm"] {
+        for command in ["cat", "grep", "curl", "echo", "wget", "nc", "rm", "sudo", "env", "ssh", "bash", "python3", "socat", "eval", "telnet"] {
             assert!(commands.iter().any(|c| c == command), "{command} not in {commands:?}");
         }
-        let policy = LanguagePolicy {
-            deny_at: Some(Risk::High),
-            rules: vec![Rule { id: "rm-rf".into(), kind: Kind::Command, pattern: "rm -rf".into(), risk: Risk::High, why: None }],
-            ..LanguagePolicy::default()
-        };
-        let verdict = policy.check(Language::Shell, code, None, None).unwrap();
-        assert_eq!((verdict.decision, verdict.findings[0].line, verdict.findings[0].column), (Decision::Deny, 2, 1));
-        assert_eq!(policy.check(Language::Shell, "rm -r x", None, None).unwrap().decision, Decision::Allow, "arguments are matched separately");
+        let policy = policy(Language::Shell, Some(Risk::High), None, vec![rule("rm-rf", Kind::Command, "rm -rf", Risk::High), rule("socat", Kind::Command, "socat", Risk::Critical)]);
+        let verdict = policy.check(Language::Shell, code);
+        assert_eq!(verdict.decision, Decision::Deny);
+        assert_eq!((verdict.findings[0].rule.as_str(), verdict.findings[0].line, verdict.findings[0].column), ("rm-rf", 2, 1));
+        // Found inside `bash -c`, placed at the command that runs it.
+        assert_eq!((verdict.findings[1].rule.as_str(), verdict.findings[1].line, verdict.risk), ("socat", 4, Risk::Critical));
+        assert_eq!(policy.check(Language::Shell, "rm -r x").decision, Decision::Allow, "arguments are matched separately");
+        assert_eq!(policy.check(Language::Shell, "rm -r -f x").decision, Decision::Allow, "a rule's words are matched as written");
     }
 
     #[test]
     fn thresholds_decide_and_an_agent_may_raise_them() {
-        let policy = LanguagePolicy {
-            deny_at: Some(Risk::High),
-            warn_at: Some(Risk::Medium),
-            rules: vec![
-                Rule { id: "no-subprocess".into(), kind: Kind::Import, pattern: "subprocess".into(), risk: Risk::High, why: Some("spawns processes".into()) },
-                Rule { id: "dynamic-code".into(), kind: Kind::Call, pattern: "eval".into(), risk: Risk::Medium, why: None },
+        let policy = policy(
+            Language::Python,
+            Some(Risk::High),
+            Some(Risk::Medium),
+            vec![
+                rule("no-subprocess", Kind::Import, "subprocess", Risk::High).why("spawns processes"),
+                rule("dynamic-code", Kind::Call, "eval", Risk::Medium),
             ],
-            ..LanguagePolicy::default()
-        };
-        let denied = policy.check(Language::Python, "import subprocess\nsubprocess.run(['ls'])", None, None).unwrap();
+        );
+        let denied = policy.check(Language::Python, "import subprocess\nsubprocess.run(['ls'])");
         assert_eq!((denied.risk, denied.decision), (Risk::High, Decision::Deny));
         assert_eq!((denied.findings[0].rule.as_str(), denied.findings[0].line, denied.findings[0].column), ("no-subprocess", 1, 1));
-        assert_eq!(policy.check(Language::Python, "eval('1')", None, None).unwrap().decision, Decision::Warn);
-        assert_eq!(policy.check(Language::Python, "print(1)", None, None).unwrap().decision, Decision::Allow);
-        let trusted = policy.check(Language::Python, "import subprocess", Some(Risk::Critical), None).unwrap();
+        assert_eq!(denied.refusal(), "denied by policy (risk high): no-subprocess at line 1, column 1 (spawns processes)");
+        assert_eq!(policy.check(Language::Python, "eval('1')").decision, Decision::Warn);
+        let clean = policy.check(Language::Python, "print(1)");
+        assert_eq!((clean.risk, clean.decision, clean.findings.len()), (Risk::None, Decision::Allow, 0));
+        let trusted = policy.with_thresholds(Some(Risk::Critical), None).check(Language::Python, "import subprocess");
         assert_eq!(trusted.decision, Decision::Warn, "a trusted agent's higher deny threshold: it runs, with the finding");
+        let strict = policy.with_thresholds(Some(Risk::Low), None).check(Language::Python, "eval('1')");
+        assert_eq!(strict.decision, Decision::Deny, "a stricter agent's lower one");
+        // A language without a policy is not checked at all.
+        assert_eq!(policy.check(Language::Shell, "curl x").findings, []);
+    }
+
+    #[test]
+    fn columns_count_characters_and_findings_are_capped() {
+        let policy = policy(Language::Python, None, None, vec![rule("eval", Kind::Call, "eval", Risk::Low)]);
+        let verdict = policy.check(Language::Python, "x = 'ééé'; eval('1')\n");
+        assert_eq!((verdict.findings[0].line, verdict.findings[0].column, verdict.findings[0].text.as_str()), (1, 12, "eval('1')"));
+        let many = "eval(1); ".repeat(10_000);
+        let verdict = policy.check(Language::Python, &many);
+        assert_eq!((verdict.findings.len(), verdict.findings_truncated), (MAX_FINDINGS, true));
+        assert_eq!(verdict.findings[99].column, 1 + 99 * 9);
+    }
+
+    #[test]
+    fn config_levels_and_rules_are_checked() {
+        assert!(Rule::new("x", Kind::Pattern, &["a", "("], Risk::Low).unwrap_err().contains("regular expression"));
+        assert!(Rule::new("", Kind::Call, &["eval"], Risk::Low).is_err());
+        assert!(Rule::new("x", Kind::Call, &[" "], Risk::Low).is_err());
+        assert!(Rule::new("x", Kind::Call, &[] as &[&str], Risk::Low).is_err());
+        assert!(Rule::new("x", Kind::Call, &["eval"], Risk::None).is_err());
+        // A list, and a call pattern ending in `*`.
+        let exec = Rule::new("x", Kind::Call, &["os.exec*", "os.system"], Risk::High).unwrap();
+        let site = |name: &str| Site { kind: Kind::Call, name: name.into(), args: Vec::new(), start: 0, end: 0 };
+        assert!(exec.matches(&site("os.execvp")) && exec.matches(&site("os.system")) && !exec.matches(&site("os.exe")));
     }
 
     /// What a static check cannot see: listed so that they are known limits, not surprises.
     #[test]
     fn documented_limits_of_a_static_check() {
-        let policy = LanguagePolicy {
-            deny_at: Some(Risk::Medium),
-            rules: vec![
-                Rule { id: "eval".into(), kind: Kind::Call, pattern: "eval".into(), risk: Risk::High, why: None },
-                Rule { id: "subprocess".into(), kind: Kind::Import, pattern: "subprocess".into(), risk: Risk::High, why: None },
-            ],
-            ..LanguagePolicy::default()
-        };
+        let python = policy(Language::Python, Some(Risk::Medium), None, vec![rule("eval", Kind::Call, "eval", Risk::High), rule("subprocess", Kind::Import, "subprocess", Risk::High)]);
         for unseen in [
             "getattr(__builtins__, 'ev' + 'al')('1')",
             "m = 'sub' + 'process'\n__import__(m)",
             "f = eval\n",
             "exec(bytes.fromhex('696d706f72742073756270726f63657373').decode())",
         ] {
-            assert_eq!(policy.check(Language::Python, unseen, None, None).unwrap().decision, Decision::Allow, "{unseen}");
+            assert_eq!(python.check(Language::Python, unseen).decision, Decision::Allow, "{unseen}");
+        }
+        let shell = policy(Language::Shell, Some(Risk::Medium), None, vec![rule("curl", Kind::Command, "curl", Risk::High)]);
+        for unseen in ["c=curl; $c http://x", "$(printf cu)rl http://x", "bash -c \"$CMD\""] {
+            assert_eq!(shell.check(Language::Shell, unseen).decision, Decision::Allow, "{unseen}");
         }
     }
 
     #[test]
     fn code_that_does_not_parse_is_a_finding_not_a_crash() {
-        let policy = LanguagePolicy { unparsable: Some(Risk::High), deny_at: Some(Risk::High), ..LanguagePolicy::default() };
-        let verdict = policy.check(Language::Python, "def (:\n", None, None).unwrap();
-        assert_eq!((verdict.findings[0].rule.as_str(), verdict.decision), ("unparsable", Decision::Deny));
-        // A megabyte of noise, in every language.
+        let own = LanguagePolicy { unparsable: Some(Risk::High), deny_at: Some(Risk::High), ..LanguagePolicy::default() };
+        let section = PolicySection { python: Some(own.clone()), javascript: Some(own.clone()), shell: Some(own) };
+        let policy = Policy::new(&section);
+        let verdict = policy.check(Language::Python, "print(1)\ndef (:\n");
+        assert_eq!((verdict.findings[0].rule.as_str(), verdict.decision, verdict.findings[0].line), ("unparsable", Decision::Deny, 2));
+        // A megabyte of noise, in every language; and nesting far deeper than any stack.
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let noise: String = (0..1 << 20)
             .map(|_| {
@@ -372,8 +818,13 @@ mod tests {
                 char::from_u32((state % 0x3000) as u32).unwrap_or('x')
             })
             .collect();
+        let chain = format!("x{}()", ".y".repeat(200_000));
+        let nested = format!("{}1{}", "(".repeat(100_000), ")".repeat(100_000));
         for language in Language::ALL {
-            policy.check(language, &noise, None, None).unwrap();
+            for code in [&noise, &chain, &nested] {
+                let verdict = policy.check(language, code);
+                assert!(verdict.findings.len() <= MAX_FINDINGS);
+            }
         }
     }
 }

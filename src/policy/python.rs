@@ -4,20 +4,28 @@
 
 use std::collections::HashMap;
 
-use tree_sitter::Node;
+use std::time::Instant;
 
-use super::{site, walk, Kind, Site};
+use tree_sitter::{Node, Tree};
 
-pub(super) fn sites(code: &str) -> (Vec<Site>, bool) {
-    let Some(tree) = super::parse(&tree_sitter_python::LANGUAGE.into(), code) else {
-        return (Vec::new(), false);
-    };
+use super::{field, site, walk, Kind, Site};
+
+/// The ids of the fields read on every node.
+struct Fields {
+    object: u16,
+    attribute: u16,
+    function: u16,
+}
+
+/// The sites of `tree`; `None` if `deadline` passed first.
+pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant) -> Option<Vec<Site>> {
     let src = code.as_bytes();
+    let fields = Fields { object: field(tree, "object"), attribute: field(tree, "attribute"), function: field(tree, "function") };
     let text = |n: Node<'_>| n.utf8_text(src).unwrap_or("").to_owned();
     let mut sites = Vec::new();
     // First the imports, which also say what each local name stands for.
     let mut aliases: HashMap<String, String> = HashMap::new();
-    walk(&tree, |node| match node.kind() {
+    let complete = walk(tree, deadline, |node| match node.kind() {
         "import_statement" => {
             let mut cursor = node.walk();
             for name in node.children_by_field_name("name", &mut cursor) {
@@ -36,12 +44,12 @@ pub(super) fn sites(code: &str) -> (Vec<Site>, bool) {
                 if local != module {
                     aliases.insert(local, module.clone());
                 }
-                sites.push(site(Kind::Import, module, node, code));
+                sites.push(site(Kind::Import, module, node));
             }
         }
         "import_from_statement" => {
             let module = node.child_by_field_name("module_name").map(text).unwrap_or_default();
-            sites.push(site(Kind::Import, module.clone(), node, code));
+            sites.push(site(Kind::Import, module.clone(), node));
             let mut cursor = node.walk();
             for name in node.children_by_field_name("name", &mut cursor) {
                 let (imported, local) = match name.kind() {
@@ -53,7 +61,7 @@ pub(super) fn sites(code: &str) -> (Vec<Site>, bool) {
                 };
                 // `from os import path` imports the module os.path when there is one.
                 let full = format!("{module}.{imported}");
-                sites.push(site(Kind::Import, full.clone(), name, code));
+                sites.push(site(Kind::Import, full.clone(), name));
                 aliases.insert(local, full);
             }
         }
@@ -66,41 +74,48 @@ pub(super) fn sites(code: &str) -> (Vec<Site>, bool) {
         },
         None => aliases.get(&dotted).cloned().unwrap_or(dotted),
     };
-    walk(&tree, |node| match node.kind() {
+    let complete = complete && walk(tree, deadline, |node| match node.kind() {
         "call" => {
-            let Some(function) = node.child_by_field_name("function") else { return };
-            let Some(name) = dotted(function, src) else { return };
+            let Some(function) = node.child_by_field_id(fields.function) else { return };
+            let Some(name) = dotted(function, src, &fields) else { return };
             let name = resolve(name);
-            if matches!(name.as_str(), "__import__" | "importlib.import_module" | "builtins.__import__") {
+            // `builtins.eval` is `eval`.
+            let name = match name.strip_prefix("builtins.").or_else(|| name.strip_prefix("__builtins__.")) {
+                Some(builtin) => builtin.to_owned(),
+                None => name,
+            };
+            if matches!(name.as_str(), "__import__" | "importlib.import_module") {
                 if let Some(module) = node.child_by_field_name("arguments").and_then(|a| a.named_child(0)).and_then(|a| literal(a, src)) {
-                    sites.push(site(Kind::Import, module, node, code));
+                    sites.push(site(Kind::Import, module, node));
                 }
             }
-            sites.push(site(Kind::Call, name, node, code));
+            sites.push(site(Kind::Call, name, node));
         }
-        "attribute" => {
-            if let Some(name) = dotted(node, src) {
-                sites.push(site(Kind::Attribute, resolve(name), node, code));
-            } else if let Some(attribute) = node.child_by_field_name("attribute") {
-                sites.push(site(Kind::Attribute, format!(".{}", text(attribute)), node, code));
+        "attribute" => match dotted(node, src, &fields) {
+            Some(name) => sites.push(site(Kind::Attribute, resolve(name), node)),
+            // `f().__globals__`, `x[0].environ`: the attribute alone.
+            None => {
+                if let Some(attribute) = node.child_by_field_id(fields.attribute) {
+                    sites.push(site(Kind::Attribute, format!(".{}", text(attribute)), node));
+                }
             }
-        }
+        },
         _ => {}
     });
-    (sites, !tree.root_node().has_error())
+    complete.then_some(sites)
 }
 
 /// The dotted name an expression spells (`os.path.join`), when it is one.
-fn dotted(node: Node<'_>, src: &[u8]) -> Option<String> {
-    match node.kind() {
-        "identifier" => node.utf8_text(src).ok().map(str::to_owned),
+fn dotted(node: Node<'_>, src: &[u8], fields: &Fields) -> Option<String> {
+    super::dotted(node, src, |node| match node.kind() {
+        "identifier" => Some(None),
         "attribute" => {
-            let object = dotted(node.child_by_field_name("object")?, src)?;
-            let attribute = node.child_by_field_name("attribute")?.utf8_text(src).ok()?;
-            Some(format!("{object}.{attribute}"))
+            let object = node.child_by_field_id(fields.object)?;
+            let attribute = node.child_by_field_id(fields.attribute)?.utf8_text(src).ok()?;
+            Some(Some((object, attribute)))
         }
         _ => None,
-    }
+    })
 }
 
 /// The value of a plain string literal (no interpolation, no concatenation).

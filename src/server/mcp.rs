@@ -141,6 +141,7 @@ impl Tools {
                         return_files: true,
                         on_output: None,
                         handle: None,
+                        policy: None,
                     };
                     sessions::run_turn(&self.state, &caller, id, Some(language), make, None).await
                 }
@@ -315,6 +316,9 @@ fn tool_result(result: &ExecResult) -> CallToolResult {
     };
     if let Some(detail) = &result.detail {
         text.push_str(&format!("\ndetail: {detail}"));
+    }
+    if let Some(verdict) = result.policy.as_ref().filter(|v| v.decision == crate::policy::Decision::Warn) {
+        text.push_str(&format!("\n{}", verdict.warning()));
     }
     if let (Some(session), Some(turn)) = (result.session_id, result.turn) {
         text.push_str(&format!("\nsession_id: {session} (turn {turn})"));

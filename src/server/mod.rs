@@ -11,6 +11,7 @@
 //! agent's usage, the audit row).
 
 mod admin;
+mod check;
 mod events;
 mod mcp;
 mod sessions;
@@ -125,6 +126,9 @@ struct AppState {
     sessions: sessions::Sessions,
     executions: Arc<Executions>,
     audit: Option<Audit>,
+    /// The config's policy, with its own thresholds (each agent has its own copy with its
+    /// thresholds).
+    policy: Option<crate::policy::Policy>,
     /// The caller of `wsbx mcp` on stdio.
     stdio_caller: Option<Caller>,
     /// Cancelled when the server shuts down: ends the MCP transport's open streams, which would
@@ -269,6 +273,7 @@ fn app(config: ServeConfig) -> Result<(Router, Arc<AppState>), String> {
         sessions: sessions::Sessions::new(config.max_sessions, config.session_idle_timeout, config.session_lifetime),
         executions: Arc::default(),
         audit,
+        policy: config.file.policy(),
         stdio_caller,
         stop: tokio_util::sync::CancellationToken::new(),
     });
@@ -278,6 +283,7 @@ fn app(config: ServeConfig) -> Result<(Router, Arc<AppState>), String> {
         .route("/v1/runtimes", get(runtimes))
         .merge(sessions::routes())
         .merge(admin::routes())
+        .merge(check::routes())
         .nest_service("/mcp", mcp::http_service(&state))
         .route_layer(middleware::from_fn_with_state(state.clone(), identify));
     let router = Router::new()
@@ -598,6 +604,8 @@ async fn written(receipt: Option<crate::audit::Receipt>) {
 /// admission of runs and turns, for every surface.
 async fn admit(state: &AppState, agent: &Arc<Agent>, request: &mut ExecRequest, session: Option<uuid::Uuid>) -> Result<Admitted, ApiError> {
     request.validate(&state.ceiling(agent, request.language)).map_err(|e| bad_request(e.to_string()))?;
+    // Checked in the run itself (so a denial is a result like any other), by the agent's rules.
+    request.policy = agent.policy().cloned();
     state.audit_ready()?;
     let ticket = agent.admit(request.language, request.limits.fuel).map_err(|refusal| refused(state, &agent.id, refusal))?;
     request.limits.fuel = ticket.fuel();

@@ -544,6 +544,7 @@ async fn turn(
         return_files: body.return_files,
         on_output,
         handle: Some(RunHandle::new()),
+        policy: None,
     };
     // Refusals (404, 409, 410, 400, 403, 429, 503) are answered as such, before any event
     // stream.
