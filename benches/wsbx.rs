@@ -520,6 +520,99 @@ fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
 
+/// The starter policy, `examples/policy.toml`.
+fn starter_policy() -> wsbx::policy::Policy {
+    let text = include_str!("../examples/policy.toml");
+    wsbx::config::Config::parse(text).expect("the starter policy parses").policy().expect("it has a [policy]")
+}
+
+/// A 200-line program of `language`: a 10-line block of ordinary analysis code, 20 times.
+fn program(language: Language) -> String {
+    let block = |n: usize| match language {
+        Language::Python => format!(
+            "import json, re, math\nfrom collections import Counter\ndef stats_{n}(rows):\n    counts = Counter(r['kind'] for r in rows)\n    total = sum(r['value'] for r in rows)\n    mean = total / max(len(rows), 1)\n    spread = math.sqrt(sum((r['value'] - mean) ** 2 for r in rows) / max(len(rows), 1))\n    names = [re.sub(r'\\s+', ' ', r['name']).strip() for r in rows]\n    print(json.dumps({{'counts': counts, 'mean': mean, 'spread': spread, 'names': names[:3]}}))\n    return mean, spread\n"
+        ),
+        Language::Javascript => format!(
+            "function stats_{n}(rows) {{\n  const counts = {{}};\n  for (const r of rows) counts[r.kind] = (counts[r.kind] || 0) + 1;\n  const total = rows.reduce((a, r) => a + r.value, 0);\n  const mean = total / Math.max(rows.length, 1);\n  const spread = Math.sqrt(rows.reduce((a, r) => a + (r.value - mean) ** 2, 0) / Math.max(rows.length, 1));\n  const names = rows.map(r => r.name.replace(/\\s+/g, ' ').trim());\n  console.log(JSON.stringify({{ counts, mean, spread, names: names.slice(0, 3) }}));\n  return [mean, spread];\n}}\n"
+        ),
+        Language::Shell => format!(
+            "f_{n}() {{\n  local dir=\"$1\"\n  mkdir -p \"$dir/out_{n}\"\n  for f in \"$dir\"/*.csv; do\n    [ -e \"$f\" ] || continue\n    cut -d, -f2 \"$f\" | sort | uniq -c | sort -rn | head -5 > \"$dir/out_{n}/$(basename \"$f\").top\"\n  done\n  wc -l \"$dir\"/out_{n}/* 2>/dev/null | tail -1\n  echo \"done {n}\" >&2\n}}\n"
+        ),
+    };
+    (0..20).map(block).collect()
+}
+
+/// Parsing and matching a 200-line program against the starter policy, per language.
+fn policy_checks(runs: usize) -> Vec<Row> {
+    let policy = starter_policy();
+    Language::ALL
+        .into_iter()
+        .map(|language| {
+            let code = program(language);
+            assert_eq!(code.lines().count(), 200, "{language}");
+            let verdict = policy.check(language, &code);
+            assert_eq!(verdict.decision, wsbx::policy::Decision::Allow, "{language}: {verdict:?}");
+            let (p50, p99) = measure(runs, Duration::ZERO, || {
+                std::hint::black_box(policy.check(language, std::hint::black_box(&code)));
+            });
+            Row { what: format!("policy check, {language}, 200 lines (starter policy)"), runs, p50, p99, note: format!("{} bytes", code.len()) }
+        })
+        .chain(Language::ALL.into_iter().map(|language| {
+            // The floor: tree-sitter's parse alone, no walk, no rules.
+            let code = program(language);
+            let grammar: tree_sitter::Language = match language {
+                Language::Python => tree_sitter_python::LANGUAGE.into(),
+                Language::Javascript => tree_sitter_javascript::LANGUAGE.into(),
+                Language::Shell => tree_sitter_bash::LANGUAGE.into(),
+            };
+            let mut parser = tree_sitter::Parser::new();
+            parser.set_language(&grammar).expect("the grammar loads");
+            let (p50, p99) = measure(runs, Duration::ZERO, || {
+                std::hint::black_box(parser.parse(std::hint::black_box(&code), None));
+            });
+            Row { what: format!("tree-sitter parse alone, {language}, the same 200 lines"), runs, p50, p99, note: "the floor of a check".into() }
+        }))
+        .chain(std::iter::once({
+            // What an agent usually sends: a few lines.
+            let code = "import pandas as pd\ndf = pd.read_csv('data.csv')\nprint(df.groupby('kind')['value'].mean())\n";
+            let (p50, p99) = measure(runs, Duration::ZERO, || {
+                std::hint::black_box(policy.check(Language::Python, std::hint::black_box(code)));
+            });
+            Row { what: "policy check, python, 3 lines (starter policy)".into(), runs, p50, p99, note: format!("{} bytes", code.len()) }
+        }))
+        .collect()
+}
+
+/// `print("hello")` on a fresh instance with and without the starter policy, interleaved run
+/// by run (the machine is noisy): the whole run's cost of a policy, and that of none.
+fn in_process_with_policy(sandbox: &Sandbox, runs: usize) -> Vec<Row> {
+    let plain = ExecRequest::new(Language::Python, "print(\"hello\")");
+    let checked = ExecRequest { policy: Some(starter_policy()), ..plain.clone() };
+    if let Err(e) = sandbox.prepare(Language::Python) {
+        return vec![Row { what: "python `print(\"hello\")` in-process, starter policy".into(), runs: 0, p50: Duration::ZERO, p99: Duration::ZERO, note: format!("unavailable: {e}") }];
+    }
+    let first = sandbox.run(&checked);
+    assert_eq!((first.status, first.policy.as_ref().map(|v| v.decision)), (Status::Ok, Some(wsbx::policy::Decision::Allow)), "{first:?}");
+    let (mut with, mut without) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for n in 0..2 * runs {
+        std::thread::sleep(pause(Language::Python));
+        let request = if n % 2 == 0 { &checked } else { &plain };
+        let t = Instant::now();
+        let result = sandbox.run(request);
+        let took = t.elapsed();
+        assert_eq!(result.status, Status::Ok);
+        if n % 2 == 0 { with.push(took) } else { without.push(took) }
+    }
+    [(with, "starter policy"), (without, "no policy (interleaved with the row above)")]
+        .into_iter()
+        .map(|(mut times, how)| {
+            times.sort();
+            let what = format!("python `print(\"hello\")` in-process, fresh, {how}");
+            Row { what, runs, p50: percentile(&times, 0.5), p99: percentile(&times, 0.99), note: String::new() }
+        })
+        .collect()
+}
+
 /// A three-line matplotlib plot saved as PNG.
 const PLOT: &str = "import matplotlib.pyplot as plt; plt.plot([1, 4, 9]); plt.savefig('plot.png')";
 
@@ -548,6 +641,8 @@ fn main() {
         ("shell firejail", Box::new(|| vec![bare_firejail(30)])),
         ("python javascript HTTP", Box::new(|| http(runs.max(200)))),
         ("python HTTP agents audit kill", Box::new(|| http_agents(runs.max(200)))),
+        ("policy check", Box::new(|| policy_checks(runs.max(1000)))),
+        ("python library fresh policy", Box::new(|| in_process_with_policy(&cold, runs))),
         ("python session library", Box::new(|| session_turns(&warm, Language::Python, runs))),
         ("javascript session library", Box::new(|| session_turns(&warm, Language::Javascript, runs))),
         ("python javascript session HTTP", Box::new(|| http_sessions(runs))),
