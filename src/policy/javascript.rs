@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tree_sitter::{Node, Tree};
 
-use super::{field, site, walk, Kind, Site};
+use super::{field, inner, site, walk, Kind, Site};
 
 /// The ids of the fields read on every node.
 struct Fields {
@@ -38,6 +38,10 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant) -> Option<Vec<Si
                 return;
             }
             let Some(name) = dotted(function, src, fields).map(global) else { return };
+            // `eval.call(null, s)` and `eval.apply(...)` call `eval`.
+            if let Some(called) = name.strip_suffix(".call").or_else(|| name.strip_suffix(".apply")) {
+                sites.push(site(Kind::Call, called.to_owned(), node));
+            }
             if name == "require" {
                 if let Some(module) = first_literal() {
                     sites.push(site(Kind::Import, module, node));
@@ -51,7 +55,7 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant) -> Option<Vec<Si
             }
         }
         "member_expression" | "subscript_expression" => match dotted(node, src, fields) {
-            Some(name) => sites.push(site(Kind::Attribute, name, node)),
+            Some(name) => sites.push(site(Kind::Attribute, if name.contains('\\') { unescape(&name) } else { name }, node)),
             None => {
                 if let Some(property) = member(node, src, fields).and_then(|(_, name)| name) {
                     sites.push(site(Kind::Attribute, format!(".{property}"), node));
@@ -63,8 +67,10 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant) -> Option<Vec<Si
     complete.then_some(sites)
 }
 
-/// `name` without the global object in front: `globalThis.eval` is `eval`.
+/// `name` as the engine reads it: escapes decoded (`\u0065val` is `eval`), and without the
+/// global object in front (`globalThis.eval` is `eval`).
 fn global(name: String) -> String {
+    let name = if name.contains('\\') { unescape(&name) } else { name };
     for object in ["globalThis.", "window.", "self.", "global."] {
         if let Some(rest) = name.strip_prefix(object) {
             return rest.to_owned();
@@ -87,10 +93,43 @@ fn member<'t, 's>(node: Node<'t>, src: &'s [u8], fields: &Fields) -> Option<(Nod
     Some((object, name))
 }
 
-/// The dotted name an expression spells (`std.popen`, `globalThis["eval"]`), when it is one.
+/// Decodes the escapes an identifier may hold: `\uXXXX` and `\u{X…}`; others are kept.
+fn unescape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name;
+    while let Some(at) = rest.find("\\u") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let (hex, tail) = match after.strip_prefix('{') {
+            Some(braced) => match braced.find('}') {
+                Some(end) => (&braced[..end], &braced[end + 1..]),
+                None => ("", after),
+            },
+            None => (after.get(..4).unwrap_or(""), after.get(4..).unwrap_or("")),
+        };
+        match u32::from_str_radix(hex, 16).ok().and_then(char::from_u32) {
+            Some(c) if !hex.is_empty() => {
+                out.push(c);
+                rest = tail;
+            }
+            _ => {
+                out.push_str("\\u");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The dotted name an expression spells (`std.popen`, `globalThis["eval"]`, `(0, eval)`), when
+/// it is one.
 fn dotted(node: Node<'_>, src: &[u8], fields: &Fields) -> Option<String> {
     super::dotted(node, src, |node| match node.kind() {
         "identifier" | "this" => Some(None),
+        "parenthesized_expression" => Some(Some((inner(node, false)?, ""))),
+        // `(0, eval)` is `eval`, called without a `this`.
+        "sequence_expression" => Some(Some((inner(node, true)?, ""))),
         "member_expression" | "subscript_expression" => {
             let (object, name) = member(node, src, fields)?;
             Some(Some((object, name?)))

@@ -615,28 +615,42 @@ fn walk<'t>(tree: &'t tree_sitter::Tree, deadline: Instant, mut visit: impl FnMu
     true
 }
 
+/// The first (or `last`) named child of `node` that is not a comment: what parentheses hold.
+fn inner(node: tree_sitter::Node<'_>, last: bool) -> Option<tree_sitter::Node<'_>> {
+    let mut cursor = node.walk();
+    let mut children = node.named_children(&mut cursor).filter(|c| c.kind() != "comment");
+    match last {
+        true => children.last(),
+        false => children.next(),
+    }
+}
+
 /// The most parts a dotted name may have: longer chains are named by their last part only
 /// (`.attr`), which keeps the work per node small and bounded.
 const MAX_DOTTED: usize = 12;
 
 /// The dotted name a chain of member reads spells (`os.path.join`), when it is one: `member`
-/// gives a read's object and name, `Some(None)` for a plain name. Iterative: a chain may be
-/// long.
+/// gives a read's object and name (an empty name for a wrapper that adds none, such as
+/// parentheses), `Some(None)` for a plain name. Iterative: a chain may be long.
 fn dotted<'t, 's>(
     mut node: tree_sitter::Node<'t>,
     src: &'s [u8],
     member: impl Fn(tree_sitter::Node<'t>) -> Option<Option<(tree_sitter::Node<'t>, &'s str)>>,
 ) -> Option<String> {
     let mut parts: [&str; MAX_DOTTED] = [""; MAX_DOTTED];
-    for n in 0..MAX_DOTTED {
+    let mut len = 0;
+    for _ in 0..2 * MAX_DOTTED {
         match member(node)? {
             Some((object, name)) => {
-                parts[n] = name;
+                if !name.is_empty() {
+                    *parts.get_mut(len)? = name;
+                    len += 1;
+                }
                 node = object;
             }
             None => {
-                parts[n] = std::str::from_utf8(src.get(node.byte_range())?).ok()?;
-                let parts = &mut parts[..=n];
+                *parts.get_mut(len)? = std::str::from_utf8(src.get(node.byte_range())?).ok()?;
+                let parts = &mut parts[..=len];
                 parts.reverse();
                 return Some(parts.join("."));
             }
@@ -781,6 +795,29 @@ mod tests {
         let exec = Rule::new("x", Kind::Call, &["os.exec*", "os.system"], Risk::High).unwrap();
         let site = |name: &str| Site { kind: Kind::Call, name: name.into(), args: Vec::new(), start: 0, end: 0 };
         assert!(exec.matches(&site("os.execvp")) && exec.matches(&site("os.system")) && !exec.matches(&site("os.exe")));
+    }
+
+    /// Spellings the language itself reads as the same name: each is found.
+    #[test]
+    fn the_languages_own_spellings_of_a_name_are_found() {
+        let python = policy(Language::Python, Some(Risk::High), None, vec![rule("eval", Kind::Call, "eval", Risk::High)]);
+        for code in ["ｅｖａｌ('1')", "(eval)('1')", "( # why\n eval)('1')", "eval.__call__('1')", "import builtins as b\nb.eval('1')", "__builtins__.eval('1')"] {
+            assert_eq!(python.check(Language::Python, code).decision, Decision::Deny, "{code}");
+        }
+        let aliased = policy(Language::Python, Some(Risk::High), None, vec![rule("sub", Kind::Call, "subprocess.run", Risk::High)]);
+        assert_eq!(aliased.check(Language::Python, "import subprocess as ｓｐ\nsp.run(['x'])").decision, Decision::Deny);
+        let js = policy(Language::Javascript, Some(Risk::High), None, vec![rule("eval", Kind::Call, "eval", Risk::High)]);
+        for code in ["\\u0065val('1')", "\\u{65}val('1')", "(0, eval)('1')", "eval.call(null, '1')", "window['eval']('1')", "globalThis.eval.apply(null, ['1'])"] {
+            assert_eq!(js.check(Language::Javascript, code).decision, Decision::Deny, "{code}");
+        }
+        let shell = policy(Language::Shell, Some(Risk::High), None, vec![rule("curl", Kind::Command, "curl", Risk::High)]);
+        for code in ["'cu'rl x", "c\\url x", "$'\\x63url' x", "$'\\143url' x", "\"curl\" x", "sudo -u root curl x", "timeout -s KILL 5 curl x", "env -u HOME A=1 curl x", "nice -n 5 -- curl x", "xargs -n 1 curl < urls", "bash -c 'sh -c \"curl x\"'"] {
+            assert_eq!(shell.check(Language::Shell, code).decision, Decision::Deny, "{code}");
+        }
+        // Asking where curl is runs nothing.
+        for code in ["command -v curl", "echo curl", "type curl"] {
+            assert_eq!(shell.check(Language::Shell, code).decision, Decision::Allow, "{code}");
+        }
     }
 
     /// What a static check cannot see: listed so that they are known limits, not surprises.

@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use tree_sitter::{Node, Tree};
+use unicode_normalization::UnicodeNormalization;
 
-use super::{field, site, walk, Kind, Site};
+use super::{field, inner, site, walk, Kind, Site};
 
 /// The ids of the fields read on every node.
 struct Fields {
@@ -21,7 +22,8 @@ struct Fields {
 pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant) -> Option<Vec<Site>> {
     let src = code.as_bytes();
     let fields = Fields { object: field(tree, "object"), attribute: field(tree, "attribute"), function: field(tree, "function") };
-    let text = |n: Node<'_>| n.utf8_text(src).unwrap_or("").to_owned();
+    // Python reads identifiers in NFKC form: `ｅｖａｌ` is `eval`.
+    let text = |n: Node<'_>| nfkc(n.utf8_text(src).unwrap_or(""));
     let mut sites = Vec::new();
     // First the imports, which also say what each local name stands for.
     let mut aliases: HashMap<String, String> = HashMap::new();
@@ -79,6 +81,8 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant) -> Option<Vec<Si
             let Some(function) = node.child_by_field_id(fields.function) else { return };
             let Some(name) = dotted(function, src, &fields) else { return };
             let name = resolve(name);
+            // `eval.__call__(...)` calls `eval`.
+            let name = name.strip_suffix(".__call__").map(str::to_owned).unwrap_or(name);
             // `builtins.eval` is `eval`.
             let name = match name.strip_prefix("builtins.").or_else(|| name.strip_prefix("__builtins__.")) {
                 Some(builtin) => builtin.to_owned(),
@@ -105,17 +109,27 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant) -> Option<Vec<Si
     complete.then_some(sites)
 }
 
-/// The dotted name an expression spells (`os.path.join`), when it is one.
+/// `name` as Python reads an identifier: in NFKC form.
+fn nfkc(name: &str) -> String {
+    match name.is_ascii() {
+        true => name.to_owned(),
+        false => name.nfkc().collect(),
+    }
+}
+
+/// The dotted name an expression spells (`os.path.join`), when it is one; `(eval)` is `eval`.
 fn dotted(node: Node<'_>, src: &[u8], fields: &Fields) -> Option<String> {
-    super::dotted(node, src, |node| match node.kind() {
+    let name = super::dotted(node, src, |node| match node.kind() {
         "identifier" => Some(None),
+        "parenthesized_expression" => Some(Some((inner(node, false)?, ""))),
         "attribute" => {
             let object = node.child_by_field_id(fields.object)?;
             let attribute = node.child_by_field_id(fields.attribute)?.utf8_text(src).ok()?;
             Some(Some((object, attribute)))
         }
         _ => None,
-    })
+    })?;
+    Some(nfkc(&name))
 }
 
 /// The value of a plain string literal (no interpolation, no concatenation).
