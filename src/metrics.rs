@@ -28,6 +28,7 @@ pub struct Metrics {
     agent_runs: IntCounterVec,
     agent_fuel: IntCounterVec,
     agent_refused: IntCounterVec,
+    policy_decisions: IntCounterVec,
 }
 
 impl Metrics {
@@ -75,6 +76,11 @@ impl Metrics {
             Opts::new("wsbx_agent_refused_total", "Requests refused by approval, languages or a quota, by agent and quota."),
             &["agent", "quota"],
         )?;
+        let policy_decisions = IntCounterVec::new(
+            Opts::new("wsbx_policy_decisions_total", "Runs and session turns checked by a policy, by agent and decision (allow, warn, deny)."),
+            &["agent", "decision"],
+        )?;
+        registry.register(Box::new(policy_decisions.clone()))?;
         registry.register(Box::new(agent_runs.clone()))?;
         registry.register(Box::new(agent_fuel.clone()))?;
         registry.register(Box::new(agent_refused.clone()))?;
@@ -101,6 +107,7 @@ impl Metrics {
             agent_runs,
             agent_fuel,
             agent_refused,
+            policy_decisions,
         })
     }
 
@@ -138,6 +145,9 @@ impl Metrics {
     /// Records a finished run or turn of `agent`.
     pub fn record_agent_run(&self, agent: &str, result: &ExecResult) {
         self.agent_runs.with_label_values(&[agent, result.status.as_str()]).inc();
+        if let Some(verdict) = &result.policy {
+            self.policy_decisions.with_label_values(&[agent, verdict.decision.as_str()]).inc();
+        }
         if let Some(fuel) = result.fuel_consumed {
             self.agent_fuel.with_label_values(&[agent]).inc_by(fuel);
         }

@@ -136,6 +136,9 @@ async fn a_denied_run_is_rejected_without_running_and_audited() {
     let db = dir.path().join("audit.db");
     let (verified, _, stderr) = wsbx(&["audit", "verify", "--db", db.to_str().unwrap()], dir.path());
     assert_eq!(verified, 0, "{stderr}");
+    let metrics = client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("wsbx_policy_decisions_total{agent=\"dev\",decision=\"deny\"} 2"), "{metrics}");
+    assert!(metrics.contains("wsbx_policy_decisions_total{agent=\"dev\",decision=\"allow\"} 1"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -303,4 +306,35 @@ fn the_library_checks_a_request_s_policy_before_its_backend() {
     common::assert_status(&result, Status::Ok);
     assert_eq!(result.files.unwrap()[0].path, "marker.txt");
     assert_eq!(result.policy.unwrap().decision, Decision::Warn);
+}
+
+/// Over MCP (the Rust SDK's client, `wsbx mcp --config F --agent ID`): a denied call is an
+/// error result that says why; a warned one runs and says what was found.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mcp_call_is_checked_like_any_run() {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::TokioChildProcess;
+    use rmcp::ServiceExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path());
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsbx"));
+    command.args(["mcp", "--config", path.to_str().unwrap(), "--agent", "dev"]).env_remove("WSBX_CONFIG").env("TMPDIR", dir.path());
+    let client = ().serve(TokioChildProcess::new(command).expect("wsbx mcp starts")).await.expect("initialized");
+    let call = |code: &str| {
+        let args = json!({ "code": code });
+        CallToolRequestParams::new("run_python").with_arguments(args.as_object().unwrap().clone())
+    };
+    let denied = client.call_tool(call(WRITES_A_MARKER)).await.expect("called");
+    assert_eq!(denied.is_error, Some(true));
+    let text = serde_json::to_string(&denied.content).unwrap();
+    assert!(text.contains("status: rejected") && text.contains("denied by policy (risk high): no-subprocess at line 3, column 1"), "{text}");
+    assert!(!text.contains("it ran"), "{text}");
+    let warned = client.call_tool(call("print(eval('6 * 7'))")).await.expect("called");
+    assert_eq!(warned.is_error, Some(false));
+    let text = serde_json::to_string(&warned.content).unwrap();
+    assert!(text.contains("42") && text.contains("policy warning (risk medium): dynamic-code at line 1, column 7"), "{text}");
+    client.cancel().await.expect("closed");
+    let rows = audit_rows(&dir.path().join("audit.db"), 2).await;
+    assert!(rows.iter().any(|r| r["kind"] == "policy_deny" && r["agent"] == "dev"), "{rows:?}");
 }
