@@ -421,6 +421,21 @@ impl Config {
         self.policy.as_ref().map(crate::policy::Policy::new)
     }
 
+    /// What is allowed but likely not meant, one line each (`wsbx serve` prints them): a
+    /// language's policy with rules and no threshold only reports.
+    pub fn warnings(&self) -> Vec<String> {
+        let agents_decide = self.agents.iter().any(|a| a.policy_deny_at.is_some() || a.policy_warn_at.is_some());
+        let Some(policy) = &self.policy else { return Vec::new() };
+        Language::ALL
+            .into_iter()
+            .filter_map(|language| {
+                let own = policy.language(language)?;
+                let silent = !own.rules.is_empty() && own.deny_at.is_none() && own.warn_at.is_none() && !agents_decide;
+                silent.then(|| format!("policy.{language} has rules but neither deny_at nor warn_at: it reports findings and never warns or denies"))
+            })
+            .collect()
+    }
+
     /// The checks serde cannot make: hashes are hashes, ids are unique and sane, limits and
     /// quotas are above zero.
     fn check(&self) -> Result<(), ConfigError> {
@@ -629,6 +644,19 @@ mod tests {
         let error = Config::parse(&format!("{twice}{twice}")).unwrap_err().to_string();
         assert!(error.contains("policy.shell.rules") && error.contains("twice"), "{error}");
         let error = Config::parse("[[agents]]\nid = \"a\"\npolicy_deny_at = \"hgh\"\n").unwrap_err().to_string();
-        assert!(error.contains("line 3"), "{error}");
+        assert!(error.contains("line 3") && error.contains("a risk is low, medium, high or critical") && !error.contains("none"), "{error}");
+        // What could never work is refused, not silently kept.
+        let error = Config::parse("[policy.python]\ndeny_at = \"low\"\nwarn_at = \"critical\"\n").unwrap_err().to_string();
+        assert!(error.contains("warn_at (critical) is above deny_at (low)"), "{error}");
+        let error = Config::parse("[[policy.python.rules]]\nid = \"c\"\nkind = \"command\"\nmatch = \"curl\"\nrisk = \"low\"\n").unwrap_err().to_string();
+        assert!(error.contains("rule c is a command rule, which python code never has"), "{error}");
+        let error = Config::parse("[[policy.shell.rules]]\nid = \"c\"\nkind = \"import\"\nmatch = \"os\"\nrisk = \"low\"\n").unwrap_err().to_string();
+        assert!(error.contains("import rule, which shell code never has"), "{error}");
+        for never in ["\"os.*.x\"", "\".\"", "\"  subprocess \"", "\"os..path\""] {
+            let error = Config::parse(&rule(&format!("kind = \"call\"\nmatch = {never}\nrisk = \"low\""))).unwrap_err().to_string();
+            assert!(error.contains("can never match"), "{never}: {error}");
+        }
+        let error = Config::parse("[[policy.python.rules]]\nid = \"unparsable\"\nkind = \"call\"\nmatch = \"eval\"\nrisk = \"low\"\n").unwrap_err().to_string();
+        assert!(error.contains("wsbx's own finding"), "{error}");
     }
 }

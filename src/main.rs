@@ -690,6 +690,9 @@ fn serve_config(args: &ServeArgs) -> Result<(wsbx::server::ServeConfig, String),
         Some(path) => wsbx::config::Config::load(path).map_err(|e| e.to_string())?,
         None => wsbx::config::Config::default(),
     };
+    for warning in file.warnings() {
+        eprintln!("wsbx: warning: {warning}");
+    }
     let server = &file.server;
     let mut config = wsbx::server::ServeConfig { token: args.token.clone(), ..Default::default() };
     let cores = config.max_concurrency;

@@ -226,7 +226,7 @@ impl Sandbox {
             return (ExecResult::not_run(language, Status::Rejected, e.to_string()).of(request), None);
         }
         let started = Instant::now();
-        let verdict = check_policy(request);
+        let verdict = check_policy(request, &mut crate::policy::Bindings::default());
         phases.policy = started.elapsed();
         let (mut result, scratch) = match &verdict {
             Some(verdict) if verdict.decision == Decision::Deny => {
@@ -282,8 +282,10 @@ impl Sandbox {
 
 /// `request`'s code checked against its policy, if it has one. A denial is logged here, once
 /// for every surface.
-pub(crate) fn check_policy(request: &ExecRequest) -> Option<Verdict> {
-    let verdict = request.policy.as_ref()?.check(request.language, &request.code);
+///
+/// `bindings` are what earlier code in the same interpreter imported (a session's turns).
+pub(crate) fn check_policy(request: &ExecRequest, bindings: &mut crate::policy::Bindings) -> Option<Verdict> {
+    let verdict = request.policy.as_ref()?.check_in(request.language, &request.code, bindings);
     if verdict.decision == Decision::Deny {
         let id = request.handle.as_ref().map(RunHandle::id);
         tracing::info!(id = ?id, language = %request.language, risk = %verdict.risk, rule = ?verdict.findings.first().map(|f| &f.rule), "run denied by policy");

@@ -130,6 +130,8 @@ pub struct Session {
     idle_timeout: Duration,
     max_lifetime: Duration,
     ended: Option<String>,
+    /// What the names earlier turns imported stand for, for the policy's check of the next.
+    bindings: crate::policy::Bindings,
 }
 
 impl crate::Sandbox {
@@ -190,6 +192,7 @@ impl crate::Sandbox {
             idle_timeout: options.idle_timeout,
             max_lifetime: options.max_lifetime,
             ended: None,
+            bindings: crate::policy::Bindings::default(),
         };
         tracing::info!(session_id = %session.id, %language, "session started");
         Ok(session)
@@ -249,9 +252,12 @@ impl Session {
         if request.language != self.language || request.limits.memory_mb != self.limits.memory_mb || request.env != self.env {
             return self.refuse("a turn's language, memory and environment are the session's: make it with Session::request".into()).of(request);
         }
-        let verdict = crate::sandbox::check_policy(request);
+        // Names earlier turns imported stand for the same modules in this one.
+        let verdict = crate::sandbox::check_policy(request, &mut self.bindings);
         if let Some(verdict) = verdict.as_ref().filter(|v| v.decision == crate::policy::Decision::Deny) {
+            // It never ran: it does not take a turn's number (the guest numbers its turns too).
             let mut refused = self.refuse(verdict.refusal()).of(request);
+            self.turns -= 1;
             refused.policy = Some(verdict.clone());
             return refused;
         }

@@ -204,7 +204,13 @@ async fn a_denied_turn_is_rejected_and_its_session_goes_on() {
     assert_eq!((denied["status"].as_str(), denied["turn"].as_u64()), (Some("rejected"), Some(2)), "{denied}");
     let (_, after) = post(&client, &server, &turns, "dev-token", json!({"code": "print(x)"})).await;
     assert_eq!((after["status"].as_str(), after["stdout"].as_str()), (Some("ok"), Some("41\n")), "the denied turn did not run: {after}");
-    let rows = audit_rows(&dir.path().join("audit.db"), 4).await;
+    assert_eq!(after["turn"], 2, "a denied turn does not take a number: {after}");
+    // What one turn imports, the next may use: the check follows the names across turns.
+    let (_, aliased) = post(&client, &server, &turns, "dev-token", json!({"code": "import importlib as il"})).await;
+    assert_eq!(aliased["status"], "ok", "{aliased}");
+    let (_, denied) = post(&client, &server, &turns, "dev-token", json!({"code": "il.import_module('subprocess')"})).await;
+    assert_eq!((denied["status"].as_str(), denied["policy"]["findings"][0]["rule"].as_str()), (Some("rejected"), Some("no-subprocess")), "{denied}");
+    let rows = audit_rows(&dir.path().join("audit.db"), 6).await;
     let row = rows.iter().find(|r| r["kind"] == "policy_deny").expect("a policy_deny row");
     assert_eq!(row["session_id"], session["id"], "{row}");
 }
@@ -235,9 +241,13 @@ async fn without_a_policy_nothing_is_checked_and_noise_never_crashes_the_checker
     for language in ["python", "javascript", "shell"] {
         let (code, verdict) = post(&client, &strict, "/v1/check", "dev-token", json!({"language": language, "code": noise})).await;
         assert_eq!(code, 200, "{language}: {verdict}");
-        // JavaScript has no policy in this file: it is not parsed at all.
-        let expected = if language == "javascript" { Value::Null } else { json!("unparsable") };
+        // JavaScript has no policy in this file: it is not read at all. The others are too
+        // large to check: `unchecked`, at the highest risk of their rules (so: denied).
+        let expected = if language == "javascript" { Value::Null } else { json!("unchecked") };
         assert_eq!(verdict["findings"][0]["rule"], expected, "{language}: {verdict}");
+        if language != "javascript" {
+            assert_eq!(verdict["decision"], "deny", "{language}: {verdict}");
+        }
     }
     let health = client.get(strict.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);

@@ -1,12 +1,14 @@
 //! JavaScript's sites: imports (`import ... from "x"`, `import("x")`, `require("x")` with a
-//! literal), calls by dotted name (`eval`, `os.exec`, `std.popen`; `obj["name"]` counts as
-//! `obj.name`), `new` by constructor name, and member reads.
+//! literal), calls by dotted name with the names imports bind resolved (`import * as os from
+//! "qjs:os"; os.exec()` calls `qjs:os.exec`; `obj["name"]` is `obj.name`), `new` by constructor
+//! name, and member reads.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use tree_sitter::{Node, Tree};
 
-use super::{field, inner, site, walk, Kind, Site};
+use super::{field, inner, site, walk, Bindings, Kind, Site, Step};
 
 /// The ids of the fields read on every node.
 struct Fields {
@@ -14,143 +16,255 @@ struct Fields {
     property: u16,
     index: u16,
     function: u16,
+    arguments: u16,
 }
 
-/// The sites of `tree`; `None` if `deadline` passed first.
-pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant) -> Option<Vec<Site>> {
+/// The sites of `tree`, its imports added to `bindings`; `None` if `deadline` passed first.
+pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut Bindings) -> Option<Vec<Site>> {
     let src = code.as_bytes();
-    let fields = Fields { object: field(tree, "object"), property: field(tree, "property"), index: field(tree, "index"), function: field(tree, "function") };
+    let fields = Fields {
+        object: field(tree, "object"),
+        property: field(tree, "property"),
+        index: field(tree, "index"),
+        function: field(tree, "function"),
+        arguments: field(tree, "arguments"),
+    };
     let fields = &fields;
-    let mut sites = Vec::new();
+    let text = |n: Node<'_>| unescape(n.utf8_text(src).unwrap_or("")).into_owned();
+    // First what the imports and declarations bind.
     let complete = walk(tree, deadline, |node| match node.kind() {
-        "import_statement" | "export_statement" => {
-            if let Some(module) = node.child_by_field_name("source").and_then(|s| literal(s, src)) {
-                sites.push(site(Kind::Import, module, node));
-            }
-        }
-        "call_expression" => {
-            let Some(function) = node.child_by_field_id(fields.function) else { return };
-            let first_literal = || node.child_by_field_name("arguments").and_then(|a| a.named_child(0)).and_then(|a| literal(a, src));
-            if function.kind() == "import" {
-                if let Some(module) = first_literal() {
-                    sites.push(site(Kind::Import, module, node));
-                }
-                return;
-            }
-            let Some(name) = dotted(function, src, fields).map(global) else { return };
-            // `eval.call(null, s)` and `eval.apply(...)` call `eval`.
-            if let Some(called) = name.strip_suffix(".call").or_else(|| name.strip_suffix(".apply")) {
-                sites.push(site(Kind::Call, called.to_owned(), node));
-            }
-            if name == "require" {
-                if let Some(module) = first_literal() {
-                    sites.push(site(Kind::Import, module, node));
-                }
-            }
-            sites.push(site(Kind::Call, name, node));
-        }
-        "new_expression" => {
-            if let Some(name) = node.child_by_field_name("constructor").and_then(|c| dotted(c, src, fields)).map(global) {
-                sites.push(site(Kind::Call, name, node));
-            }
-        }
-        "member_expression" | "subscript_expression" => match dotted(node, src, fields) {
-            Some(name) => sites.push(site(Kind::Attribute, if name.contains('\\') { unescape(&name) } else { name }, node)),
-            None => {
-                if let Some(property) = member(node, src, fields).and_then(|(_, name)| name) {
-                    sites.push(site(Kind::Attribute, format!(".{property}"), node));
+        "import_statement" => {
+            let Some(module) = node.child_by_field_name("source").and_then(|s| literal(s, src)) else { return };
+            let mut cursor = node.walk();
+            let Some(clause) = node.named_children(&mut cursor).find(|c| c.kind() == "import_clause") else { return };
+            let mut cursor = clause.walk();
+            for part in clause.named_children(&mut cursor) {
+                match part.kind() {
+                    // `import os from "m"` and `import * as os from "m"`.
+                    "identifier" => bindings.bind(text(part), module.to_string()),
+                    "namespace_import" => {
+                        if let Some(local) = inner(part, false) {
+                            bindings.bind(text(local), module.to_string());
+                        }
+                    }
+                    "named_imports" => {
+                        let mut cursor = part.walk();
+                        for specifier in part.named_children(&mut cursor).filter(|s| s.kind() == "import_specifier") {
+                            let Some(name) = specifier.child_by_field_name("name") else { continue };
+                            let name = literal(name, src).map(Cow::into_owned).unwrap_or_else(|| text(name));
+                            let local = specifier.child_by_field_name("alias").map(text).unwrap_or_else(|| name.clone());
+                            bindings.bind(local, format!("{module}.{name}"));
+                        }
+                    }
+                    _ => {}
                 }
             }
-        },
+        }
+        // `const os = require("m")`, `const { exec } = await import("m")`, `const e = eval`.
+        "variable_declarator" => {
+            let (Some(name), Some(mut value)) = (node.child_by_field_name("name"), node.child_by_field_name("value")) else { return };
+            if value.kind() == "await_expression" {
+                let Some(awaited) = inner(value, false) else { return };
+                value = awaited;
+            }
+            let source = match value.kind() {
+                "call_expression" => {
+                    let Some(function) = value.child_by_field_id(fields.function) else { return };
+                    let loads = function.kind() == "import" || dotted(function, src, fields, bindings).as_deref() == Some("require");
+                    match loads {
+                        true => first_literal(value, src, fields),
+                        false => None,
+                    }
+                }
+                "identifier" | "member_expression" | "subscript_expression" => dotted(value, src, fields, bindings),
+                _ => None,
+            };
+            let Some(source) = source else { return };
+            match name.kind() {
+                "identifier" => bindings.bind(text(name), source),
+                "object_pattern" => {
+                    let mut cursor = name.walk();
+                    for property in name.named_children(&mut cursor) {
+                        match property.kind() {
+                            "shorthand_property_identifier_pattern" => bindings.bind(text(property), format!("{source}.{}", text(property))),
+                            "pair_pattern" => {
+                                let (Some(key), Some(local)) = (property.child_by_field_name("key"), property.child_by_field_name("value")) else { continue };
+                                if local.kind() == "identifier" {
+                                    let key = literal(key, src).map(Cow::into_owned).unwrap_or_else(|| text(key));
+                                    bindings.bind(text(local), format!("{source}.{key}"));
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
         _ => {}
     });
+    let bindings = &*bindings;
+    let mut sites = Vec::new();
+    let complete = complete
+        && walk(tree, deadline, |node| match node.kind() {
+            "import_statement" | "export_statement" => {
+                if let Some(module) = node.child_by_field_name("source").and_then(|s| literal(s, src)) {
+                    sites.push(site(Kind::Import, module.into_owned(), node));
+                }
+            }
+            "call_expression" => {
+                let Some(function) = node.child_by_field_id(fields.function) else { return };
+                if function.kind() == "import" {
+                    if let Some(module) = first_literal(node, src, fields) {
+                        sites.push(site(Kind::Import, module, node));
+                    }
+                    return;
+                }
+                let Some(name) = dotted(function, src, fields, bindings) else { return };
+                // `eval.call(null, s)`, `eval.apply(...)` and `Reflect.apply(eval, ...)` call `eval`.
+                if let Some(called) = name.strip_suffix(".call").or_else(|| name.strip_suffix(".apply")) {
+                    sites.push(site(Kind::Call, called.to_owned(), node));
+                }
+                if name == "Reflect.apply" || name == "Reflect.construct" {
+                    let target = node.child_by_field_id(fields.arguments).and_then(|a| inner(a, false)).and_then(|t| dotted(t, src, fields, bindings));
+                    if let Some(target) = target {
+                        sites.push(site(Kind::Call, target, node));
+                    }
+                }
+                if name == "require" {
+                    if let Some(module) = first_literal(node, src, fields) {
+                        sites.push(site(Kind::Import, module, node));
+                    }
+                }
+                sites.push(site(Kind::Call, name, node));
+            }
+            "new_expression" => {
+                if let Some(name) = node.child_by_field_name("constructor").and_then(|c| dotted(c, src, fields, bindings)) {
+                    sites.push(site(Kind::Call, name, node));
+                }
+            }
+            "member_expression" | "subscript_expression" => match dotted(node, src, fields, bindings) {
+                Some(name) => sites.push(site(Kind::Attribute, name, node)),
+                None => {
+                    if let Some(property) = member(node, src, fields).and_then(|(_, name)| name) {
+                        sites.push(site(Kind::Attribute, format!(".{property}"), node));
+                    }
+                }
+            },
+            _ => {}
+        });
     complete.then_some(sites)
 }
 
-/// `name` as the engine reads it: escapes decoded (`\u0065val` is `eval`), and without the
-/// global object in front (`globalThis.eval` is `eval`).
-fn global(name: String) -> String {
-    let name = if name.contains('\\') { unescape(&name) } else { name };
-    for object in ["globalThis.", "window.", "self.", "global."] {
-        if let Some(rest) = name.strip_prefix(object) {
-            return rest.to_owned();
-        }
-    }
-    name
+/// The literal module name a call's first argument gives (`require("m")`, `import("m")`).
+fn first_literal(call: Node<'_>, src: &[u8], fields: &Fields) -> Option<String> {
+    let arguments = call.child_by_field_id(fields.arguments)?;
+    literal(inner(arguments, false)?, src).map(Cow::into_owned)
 }
 
 /// A member read's object and the name it reads, when it names one: `a.b`, `a["b"]`.
-fn member<'t, 's>(node: Node<'t>, src: &'s [u8], fields: &Fields) -> Option<(Node<'t>, Option<&'s str>)> {
+fn member<'t, 's>(node: Node<'t>, src: &'s [u8], fields: &Fields) -> Option<(Node<'t>, Option<Cow<'s, str>>)> {
     let object = node.child_by_field_id(fields.object)?;
     let name = match node.kind() {
         "member_expression" => {
             let property = node.child_by_field_id(fields.property)?;
-            (property.kind() != "private_property_identifier").then(|| property.utf8_text(src).ok()).flatten()
+            (property.kind() != "private_property_identifier").then(|| property.utf8_text(src).ok().map(unescape)).flatten()
         }
-        "subscript_expression" => node.child_by_field_id(fields.index).and_then(|i| literal_str(i, src)),
+        "subscript_expression" => node.child_by_field_id(fields.index).and_then(|i| literal(i, src)),
         _ => return None,
     };
     Some((object, name))
 }
 
-/// Decodes the escapes an identifier may hold: `\uXXXX` and `\u{X…}`; others are kept.
-fn unescape(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut rest = name;
-    while let Some(at) = rest.find("\\u") {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 2..];
-        let (hex, tail) = match after.strip_prefix('{') {
-            Some(braced) => match braced.find('}') {
-                Some(end) => (&braced[..end], &braced[end + 1..]),
-                None => ("", after),
-            },
-            None => (after.get(..4).unwrap_or(""), after.get(4..).unwrap_or("")),
-        };
-        match u32::from_str_radix(hex, 16).ok().and_then(char::from_u32) {
-            Some(c) if !hex.is_empty() => {
-                out.push(c);
-                rest = tail;
-            }
-            _ => {
-                out.push_str("\\u");
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// The dotted name an expression spells (`std.popen`, `globalThis["eval"]`, `(0, eval)`), when
-/// it is one.
-fn dotted(node: Node<'_>, src: &[u8], fields: &Fields) -> Option<String> {
-    super::dotted(node, src, |node| match node.kind() {
-        "identifier" | "this" => Some(None),
-        "parenthesized_expression" => Some(Some((inner(node, false)?, ""))),
+/// The dotted name an expression spells (`std.popen`, `globalThis["eval"]`, `(0, eval)`), as
+/// the engine reads it — escapes decoded (`\u0065val` is `eval`), the names imports bind
+/// resolved, and without the global object in front (`globalThis.eval` is `eval`) — when it
+/// is one.
+fn dotted(node: Node<'_>, src: &[u8], fields: &Fields, bindings: &Bindings) -> Option<String> {
+    let name = super::dotted(node, |node| match node.kind() {
+        "identifier" | "this" => Some(Step::Name(unescape(node.utf8_text(src).ok()?))),
+        "parenthesized_expression" => Some(Step::Member(inner(node, false)?, Cow::Borrowed(""))),
         // `(0, eval)` is `eval`, called without a `this`.
-        "sequence_expression" => Some(Some((inner(node, true)?, ""))),
+        "sequence_expression" => Some(Step::Member(inner(node, true)?, Cow::Borrowed(""))),
         "member_expression" | "subscript_expression" => {
             let (object, name) = member(node, src, fields)?;
-            Some(Some((object, name?)))
+            Some(Step::Member(object, name?))
         }
         _ => None,
-    })
+    })?;
+    for object in ["globalThis.", "window.", "self.", "global."] {
+        if let Some(rest) = name.strip_prefix(object) {
+            return Some(bindings.resolve(rest.to_owned()));
+        }
+    }
+    Some(bindings.resolve(name))
 }
 
-/// The value of a plain string literal.
-fn literal(node: Node<'_>, src: &[u8]) -> Option<String> {
-    literal_str(node, src).map(str::to_owned)
-}
-
-/// The value of a plain string literal, as it is in the code (no escapes).
-fn literal_str<'s>(node: Node<'_>, src: &'s [u8]) -> Option<&'s str> {
+/// The value of a plain string literal (a template without substitutions too), its escapes
+/// decoded.
+fn literal<'s>(node: Node<'_>, src: &'s [u8]) -> Option<Cow<'s, str>> {
     let text = node.utf8_text(src).ok()?;
     let inner = text.get(1..text.len().checked_sub(1)?)?;
-    match node.kind() {
-        "string" => (!inner.contains('\\')).then_some(inner),
-        // A template without substitutions is a literal too.
-        "template_string" if node.named_child_count() == 0 => Some(inner),
-        _ => None,
+    let plain = match node.kind() {
+        "string" => true,
+        "template_string" => {
+            let mut cursor = node.walk();
+            let plain = node.named_children(&mut cursor).all(|c| matches!(c.kind(), "string_fragment" | "escape_sequence"));
+            plain
+        }
+        _ => false,
+    };
+    plain.then(|| unescape(inner))
+}
+
+/// Decodes the escapes of a string or identifier: `\uXXXX`, `\u{X…}`, `\xHH`, `\n` and the
+/// other single characters; a backslash before a line end is dropped.
+fn unescape(text: &str) -> Cow<'_, str> {
+    if !text.contains('\\') {
+        return Cow::Borrowed(text);
     }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let Some(escape) = chars.next() else { break };
+        let hex = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>, count: Option<usize>| {
+            let mut digits = String::new();
+            match count {
+                Some(count) => digits.extend((0..count).map_while(|_| chars.next_if(char::is_ascii_hexdigit))),
+                None => {
+                    for c in chars.by_ref() {
+                        if c == '}' {
+                            break;
+                        }
+                        digits.push(c);
+                    }
+                }
+            }
+            u32::from_str_radix(&digits, 16).ok().and_then(char::from_u32)
+        };
+        let decoded = match escape {
+            'n' => Some('\n'),
+            't' => Some('\t'),
+            'r' => Some('\r'),
+            'b' => Some('\u{8}'),
+            'f' => Some('\u{c}'),
+            'v' => Some('\u{b}'),
+            '0' => Some('\0'),
+            'x' => hex(&mut chars, Some(2)),
+            'u' if chars.next_if_eq(&'{').is_some() => hex(&mut chars, None),
+            'u' => hex(&mut chars, Some(4)),
+            '\n' | '\u{2028}' | '\u{2029}' => None,
+            '\r' => {
+                chars.next_if_eq(&'\n');
+                None
+            }
+            other => Some(other),
+        };
+        out.extend(decoded);
+    }
+    Cow::Owned(out)
 }

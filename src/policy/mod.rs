@@ -102,12 +102,28 @@ pub enum Kind {
     Pattern,
 }
 
+impl Kind {
+    /// The kind's name, as in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Import => "import",
+            Kind::Call => "call",
+            Kind::Attribute => "attribute",
+            Kind::Command => "command",
+            Kind::Pattern => "pattern",
+        }
+    }
+}
+
 /// A level a config gives (`low` to `critical`): `none` is what a verdict says when nothing
 /// was found, not a level a rule or threshold may name.
 fn level<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Risk, D::Error> {
-    match Risk::deserialize(deserializer)? {
-        Risk::None => Err(serde::de::Error::custom("a risk is low, medium, high or critical")),
-        risk => Ok(risk),
+    match String::deserialize(deserializer)?.as_str() {
+        "low" => Ok(Risk::Low),
+        "medium" => Ok(Risk::Medium),
+        "high" => Ok(Risk::High),
+        "critical" => Ok(Risk::Critical),
+        other => Err(serde::de::Error::custom(format!("{other:?} is not a risk: a risk is low, medium, high or critical"))),
     }
 }
 
@@ -198,9 +214,37 @@ impl Rule {
         if !id_ok {
             return Err(format!("rule id {id:?}: an id is 1 to 64 letters, digits, '-', '_', '.' or ':'"));
         }
+        if id == UNPARSABLE || id == UNCHECKED {
+            return Err(format!("rule id {id:?} is the name of wsbx's own finding: choose another"));
+        }
         let patterns: Vec<String> = patterns.iter().map(|p| p.as_ref().to_owned()).collect();
         if patterns.is_empty() || patterns.iter().any(|p| p.trim().is_empty()) {
             return Err(format!("rule {id}: match is empty"));
+        }
+        for pattern in &patterns {
+            let name_ok = |name: &str| {
+                let body = name.strip_suffix('*').unwrap_or(name);
+                !body.is_empty()
+                    && !body.contains('*')
+                    && body.chars().all(|c| !c.is_whitespace() && !c.is_control())
+                    && !body.starts_with('.')
+                    && !body.ends_with('.')
+                    && !body.contains("..")
+            };
+            let fits = match kind {
+                Kind::Import | Kind::Attribute => name_ok(pattern) && !pattern.ends_with('*'),
+                Kind::Call => name_ok(pattern),
+                Kind::Command => {
+                    let command = |name: &str| name.strip_suffix('*').unwrap_or(name).chars().all(|c| !c.is_control()) && !name[..name.len().saturating_sub(1)].contains('*');
+                    pattern.split_whitespace().next().is_some_and(command) && pattern.trim() == pattern
+                }
+                Kind::Pattern => true,
+            };
+            if !fits {
+                return Err(format!(
+                    "rule {id}: match {pattern:?} can never match: a module, attribute or call is a dotted name without spaces (a call may end in `*`), a command is a name and then words"
+                ));
+            }
         }
         if risk == Risk::None {
             return Err(format!("rule {id}: a risk is low, medium, high or critical"));
@@ -222,9 +266,12 @@ impl Rule {
         self
     }
 
-    /// Whether this rule matches `site` (pattern rules are matched on the text elsewhere).
+    /// Whether this rule matches `site` (pattern rules are matched on the text elsewhere). A
+    /// call rule also matches a reference to the function that does not call it (`f =
+    /// os.system`, `map(os.system, …)`, `from os import system`).
     fn matches(&self, site: &Site) -> bool {
-        self.kind == site.kind && self.patterns.iter().any(|pattern| matches(self.kind, pattern, site))
+        let kind_fits = self.kind == site.kind || (self.kind == Kind::Call && site.kind == Kind::Attribute);
+        kind_fits && self.patterns.iter().any(|pattern| matches(self.kind, pattern, site))
     }
 }
 
@@ -235,18 +282,33 @@ fn matches(kind: Kind, pattern: &str, site: &Site) -> bool {
         // A module or any module inside it.
         Kind::Import => name == pattern || name.strip_prefix(pattern).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('/')),
         // `os.exec*` matches every name it begins.
-        Kind::Call => match pattern.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => name == pattern,
-        },
+        Kind::Call => named(pattern, name),
         // The whole dotted read, or its last part(s).
         Kind::Attribute => name == pattern || name.strip_suffix(pattern).is_some_and(|rest| rest.ends_with('.')),
         Kind::Command => {
             let mut words = pattern.split_whitespace();
-            words.next() == Some(name) && words.all(|w| site.args.iter().any(|a| a == w))
+            words.next().is_some_and(|command| named(command, name)) && words.all(|word| among(word, &site.args))
         }
         Kind::Pattern => false,
     }
+}
+
+/// Whether `name` is `pattern`, or begins with it when it ends in `*`.
+fn named(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == pattern,
+    }
+}
+
+/// Whether a command rule's `word` is among `args`: as written, or, for short options (`-rf`),
+/// each letter given in any cluster (`-r -f`, `-fr`).
+fn among(word: &str, args: &[String]) -> bool {
+    if args.iter().any(|a| a == word) {
+        return true;
+    }
+    let short = |w: &str| w.len() > 1 && w.starts_with('-') && !w.starts_with("--") && w[1..].chars().all(|c| c.is_ascii_alphanumeric());
+    short(word) && word[1..].chars().all(|letter| args.iter().any(|a| short(a) && a[1..].contains(letter)))
 }
 
 /// One language's policy (`[policy.<language>]`): its thresholds and rules.
@@ -293,10 +355,23 @@ impl PolicySection {
     pub(crate) fn check(&self) -> Result<(), String> {
         for language in Language::ALL {
             let Some(section) = self.language(language) else { continue };
+            if let (Some(deny_at), Some(warn_at)) = (section.deny_at, section.warn_at) {
+                if warn_at > deny_at {
+                    return Err(format!("policy.{language}: warn_at ({warn_at}) is above deny_at ({deny_at}), so it would never warn"));
+                }
+            }
             let mut seen = std::collections::BTreeSet::new();
             for rule in &section.rules {
                 if !seen.insert(rule.id.as_str()) {
                     return Err(format!("policy.{language}.rules: the id {:?} is given twice", rule.id));
+                }
+                let fits = match rule.kind {
+                    Kind::Command => language == Language::Shell,
+                    Kind::Import | Kind::Call | Kind::Attribute => language != Language::Shell,
+                    Kind::Pattern => true,
+                };
+                if !fits {
+                    return Err(format!("policy.{language}.rules: rule {} is a {} rule, which {language} code never has", rule.id, rule.kind.as_str()));
                 }
             }
         }
@@ -350,45 +425,67 @@ impl Policy {
     /// Checks `code` of `language`: parses it, matches every rule, decides. A language without
     /// a policy is not parsed: its verdict is `allow` with nothing found.
     pub fn check(&self, language: Language, code: &str) -> Verdict {
+        self.check_in(language, code, &mut Bindings::default())
+    }
+
+    /// Like [`Policy::check`], for code that runs after other code in the same interpreter (a
+    /// session's turns): the names earlier code imported (`bindings`) resolve in this code, and
+    /// this code's imports are added to them unless it is denied (then it does not run).
+    pub fn check_in(&self, language: Language, code: &str, bindings: &mut Bindings) -> Verdict {
         let Some(own) = &self.languages[language as usize] else {
             return Verdict { risk: Risk::None, decision: Decision::Allow, findings: Vec::new(), findings_truncated: false };
         };
-        let (found, error) = sites(language, code);
+        let before = bindings.clone();
+        let code = &*lines_as_read(language, code);
+        let (found, error) = sites(language, code, bindings);
         // Every match as (byte range, rule): cheap to hold, positions computed for the kept
         // ones only.
-        let mut hits: Vec<(usize, usize, Option<&Rule>)> = Vec::new();
+        let mut hits: Vec<(usize, usize, Hit<'_>)> = Vec::new();
         let mut risk = Risk::None;
         let unparsable = own.unparsable.unwrap_or(Risk::Medium);
-        if let Some((start, end, _)) = error {
-            hits.push((start, end, None));
-            risk = unparsable;
+        // Code that could not be read in full might hold anything a rule looks for.
+        let unchecked = own.rules.iter().map(|r| r.risk).chain([unparsable]).max().unwrap_or(unparsable);
+        match error {
+            Some(Unread::Unparsable(start, end)) => {
+                hits.push((start, end, Hit::Unparsable));
+                risk = unparsable;
+            }
+            Some(Unread::Unchecked(why)) => {
+                hits.push((0, 0, Hit::Unchecked(why)));
+                risk = unchecked;
+            }
+            None => {}
         }
         for site in &found {
             for rule in own.rules.iter().filter(|r| r.matches(site)) {
-                hits.push((site.start, site.end, Some(rule)));
+                hits.push((site.start, site.end, Hit::Rule(rule)));
                 risk = risk.max(rule.risk);
             }
         }
         for rule in &own.rules {
             // A rule's first matches are all that can be among the first findings.
             for hit in rule.regexes.iter().flat_map(|regex| regex.find_iter(code).take(MAX_FINDINGS + 1)) {
-                hits.push((hit.start(), hit.end(), Some(rule)));
+                hits.push((hit.start(), hit.end(), Hit::Rule(rule)));
                 risk = risk.max(rule.risk);
             }
         }
-        hits.sort_by_key(|&(start, end, rule)| (start, end, rule.map(|r| r.id.as_str())));
+        hits.sort_by(|a, b| (a.0, a.2.id(), a.1).cmp(&(b.0, b.2.id(), b.1)));
+        // One finding per rule and place: `os.system(...)` is both a call and a reference.
+        hits.dedup_by(|b, a| (a.0, a.2.id()) == (b.0, b.2.id()));
         let findings_truncated = hits.len() > MAX_FINDINGS;
         hits.truncate(MAX_FINDINGS);
         let mut place = Placer::new(code);
         let findings = hits
             .into_iter()
-            .map(|(start, end, rule)| {
+            .map(|(start, end, hit)| {
                 let (line, column) = place.at(start);
                 let text = code.get(start..end).unwrap_or("").chars().take(200).collect();
-                match rule {
-                    Some(rule) => Finding { rule: rule.id.clone(), risk: rule.risk, line, column, text, why: rule.why.clone() },
-                    None => Finding { rule: "unparsable".into(), risk: unparsable, line, column, text, why: error.map(|(_, _, why)| why.to_owned()) },
-                }
+                let (risk, why) = match hit {
+                    Hit::Rule(rule) => (rule.risk, rule.why.clone()),
+                    Hit::Unparsable => (unparsable, Some("the code does not parse".to_owned())),
+                    Hit::Unchecked(why) => (unchecked, Some(why.to_owned())),
+                };
+                Finding { rule: hit.id().to_owned(), risk, line, column, text, why }
             })
             .collect();
         let reached = |threshold: Option<Risk>| threshold.is_some_and(|t| risk != Risk::None && risk >= t);
@@ -399,9 +496,36 @@ impl Policy {
         } else {
             Decision::Allow
         };
+        if decision == Decision::Deny {
+            *bindings = before;
+        }
         Verdict { risk, decision, findings, findings_truncated }
     }
 }
+
+/// What made a finding.
+#[derive(Debug, Clone, Copy)]
+enum Hit<'r> {
+    Rule(&'r Rule),
+    Unparsable,
+    Unchecked(&'static str),
+}
+
+impl Hit<'_> {
+    /// The finding's `rule`.
+    fn id(&self) -> &str {
+        match self {
+            Hit::Rule(rule) => &rule.id,
+            Hit::Unparsable => UNPARSABLE,
+            Hit::Unchecked(_) => UNCHECKED,
+        }
+    }
+}
+
+/// The rule id of a finding for code that does not parse.
+pub const UNPARSABLE: &str = "unparsable";
+/// The rule id of a finding for code too large or too tangled to check within its bounds.
+pub const UNCHECKED: &str = "unchecked";
 
 /// Turns byte offsets, given in order, into 1-based lines and columns (in characters) in one
 /// pass over the code, however long its lines.
@@ -414,7 +538,9 @@ struct Placer<'c> {
 
 impl<'c> Placer<'c> {
     fn new(code: &'c str) -> Placer<'c> {
-        Placer { code, at: 0, line: 1, column: 1 }
+        // A byte-order mark is not a character of the first line.
+        let at = if code.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { 0 };
+        Placer { code, at, line: 1, column: 1 }
     }
 
     fn at(&mut self, offset: usize) -> (usize, usize) {
@@ -510,29 +636,152 @@ fn site(kind: Kind, name: String, node: tree_sitter::Node<'_>) -> Site {
     Site { kind, name, args: Vec::new(), start: node.start_byte(), end: node.end_byte() }
 }
 
-/// Where and why code is `unparsable`: a byte range and a reason.
-type Unparsed = (usize, usize, &'static str);
+/// `code` with its lines ended as `language` ends them: Python and JavaScript end a line at a
+/// lone carriage return as at a newline, the grammars only at a newline. A byte for a byte, so
+/// every offset stays.
+fn lines_as_read(language: Language, code: &str) -> std::borrow::Cow<'_, str> {
+    if language == Language::Shell || !code.contains('\r') {
+        return std::borrow::Cow::Borrowed(code);
+    }
+    let mut bytes = code.as_bytes().to_vec();
+    for at in 0..bytes.len() {
+        if bytes[at] == b'\r' && bytes.get(at + 1) != Some(&b'\n') {
+            bytes[at] = b'\n';
+        }
+    }
+    // One ASCII byte for another keeps the text UTF-8.
+    std::borrow::Cow::Owned(String::from_utf8(bytes).unwrap_or_else(|_| code.to_owned()))
+}
 
-/// The sites of `code`, and where it first fails to parse, if it does.
-fn sites(language: Language, code: &str) -> (Vec<Site>, Option<Unparsed>) {
+/// Why code could not be read in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unread {
+    /// It does not parse: where the first error is (a byte range).
+    Unparsable(usize, usize),
+    /// It is too large or too tangled to check within the bounds: why.
+    Unchecked(&'static str),
+}
+
+/// The most code a check parses (bigger code is `unchecked`): what agents send is kilobytes, and
+/// parsing's memory grows with the code (a deep chain of operators costs hundreds of bytes of
+/// parser state per character).
+pub const MAX_CHECKED_BYTES: usize = 256 << 10;
+
+/// The deepest nesting of brackets a check parses (deeper code is `unchecked`): real code nests
+/// tens deep, and the parser's stack grows with depth.
+pub const MAX_NESTING: usize = 1000;
+
+/// The sites of `code`, resolved with and added to `bindings`, and why it could not be read in
+/// full, if it could not.
+fn sites(language: Language, code: &str, bindings: &mut Bindings) -> (Vec<Site>, Option<Unread>) {
+    if code.len() > MAX_CHECKED_BYTES {
+        return (Vec::new(), Some(Unread::Unchecked("the code is larger than a check reads (256 KiB)")));
+    }
+    if nesting(code) > MAX_NESTING {
+        return (Vec::new(), Some(Unread::Unchecked("the code nests brackets deeper than a check reads (1000)")));
+    }
     let grammar: tree_sitter::Language = match language {
         Language::Python => tree_sitter_python::LANGUAGE.into(),
         Language::Javascript => tree_sitter_javascript::LANGUAGE.into(),
         Language::Shell => tree_sitter_bash::LANGUAGE.into(),
     };
-    let late = (0, 0, "the code is too large or complex to check within 500 ms");
+    let late = Unread::Unchecked("the code takes longer to check than a check may (500 ms)");
     let deadline = Instant::now() + CHECK_BUDGET;
-    let Some(tree) = parse(&grammar, code, deadline) else {
+    // bash joins the lines a backslash continues before it reads words (`cu\⏎rl` is `curl`);
+    // the grammar does not.
+    let (code, joins) = match language == Language::Shell && code.contains("\\\n") {
+        true => joined(code),
+        false => (std::borrow::Cow::Borrowed(code), Vec::new()),
+    };
+    let Some(tree) = parse(&grammar, &code, deadline) else {
         return (Vec::new(), Some(late));
     };
     let found = match language {
-        Language::Python => python::sites(&tree, code, deadline),
-        Language::Javascript => javascript::sites(&tree, code, deadline),
-        Language::Shell => shell::sites(&tree, code, deadline, 0),
+        Language::Python => python::sites(&tree, &code, deadline, bindings),
+        Language::Javascript => javascript::sites(&tree, &code, deadline, bindings),
+        Language::Shell => shell::sites(&tree, &code, deadline, 0),
     };
+    // Offsets in the joined code back to the code as given.
+    let back = |at: usize| at + 2 * joins.partition_point(|&join| join <= at);
     match found {
-        Some(found) => (found, first_error(&tree).map(|(start, end)| (start, end, "the code does not parse"))),
+        Some(mut found) => {
+            for site in &mut found {
+                (site.start, site.end) = (back(site.start), back(site.end));
+            }
+            (found, first_error(&tree).map(|(start, end)| Unread::Unparsable(back(start), back(end))))
+        }
         None => (Vec::new(), Some(late)),
+    }
+}
+
+/// `code` with each backslash-newline that continues a line removed, and where (in the result)
+/// each was.
+fn joined(code: &str) -> (std::borrow::Cow<'_, str>, Vec<usize>) {
+    let bytes = code.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut joins = Vec::new();
+    let mut backslashes = 0;
+    for &byte in bytes {
+        if byte == b'\n' && backslashes % 2 == 1 {
+            out.pop();
+            joins.push(out.len());
+            backslashes = 0;
+            continue;
+        }
+        backslashes = if byte == b'\\' { backslashes + 1 } else { 0 };
+        out.push(byte);
+    }
+    // Only ASCII bytes were removed: the text is still UTF-8.
+    (std::borrow::Cow::Owned(String::from_utf8(out).unwrap_or_else(|_| code.to_owned())), joins)
+}
+
+/// The deepest nesting of `(`, `[` and `{` in `code`, strings and comments included (a bound,
+/// not a parse).
+fn nesting(code: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for byte in code.bytes() {
+        match byte {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// What the names of code stand for, from its imports: `import subprocess as sp` makes `sp`
+/// stand for `subprocess`. A session's turns share one (see [`Policy::check_in`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bindings {
+    names: std::collections::HashMap<String, String>,
+    /// Modules imported with `from m import *` (Python), whose names a bare call may be.
+    star: Vec<String>,
+}
+
+impl Bindings {
+    /// `local` stands for `full` from now on.
+    fn bind(&mut self, local: String, full: String) {
+        if local == full {
+            self.names.remove(&local);
+        } else {
+            self.names.insert(local, full);
+        }
+    }
+
+    /// `dotted` with its first part replaced by what it stands for.
+    fn resolve(&self, dotted: String) -> String {
+        let (first, rest) = match dotted.split_once('.') {
+            Some((first, rest)) => (first, Some(rest)),
+            None => (dotted.as_str(), None),
+        };
+        match (self.names.get(first), rest) {
+            (Some(full), Some(rest)) => format!("{full}.{rest}"),
+            (Some(full), None) => full.clone(),
+            (None, _) => dotted,
+        }
     }
 }
 
@@ -629,30 +878,38 @@ fn inner(node: tree_sitter::Node<'_>, last: bool) -> Option<tree_sitter::Node<'_
 /// (`.attr`), which keeps the work per node small and bounded.
 const MAX_DOTTED: usize = 12;
 
-/// The dotted name a chain of member reads spells (`os.path.join`), when it is one: `member`
-/// gives a read's object and name (an empty name for a wrapper that adds none, such as
-/// parentheses), `Some(None)` for a plain name. Iterative: a chain may be long.
-fn dotted<'t, 's>(
-    mut node: tree_sitter::Node<'t>,
-    src: &'s [u8],
-    member: impl Fn(tree_sitter::Node<'t>) -> Option<Option<(tree_sitter::Node<'t>, &'s str)>>,
-) -> Option<String> {
-    let mut parts: [&str; MAX_DOTTED] = [""; MAX_DOTTED];
-    let mut len = 0;
+/// One step down a chain of member reads, as a language's `dotted` sees it.
+enum Step<'t, 's> {
+    /// A read of `.name` (empty for a wrapper that adds none, such as parentheses) on a node.
+    Member(tree_sitter::Node<'t>, std::borrow::Cow<'s, str>),
+    /// The chain's start: a plain name, or what an expression stands for
+    /// (`__import__("os")` is `os`).
+    Name(std::borrow::Cow<'s, str>),
+}
+
+/// The dotted name a chain of member reads spells (`os.path.join`), when it is one: `step`
+/// says what each node of the chain is. Iterative: a chain may be long.
+fn dotted<'t, 's>(mut node: tree_sitter::Node<'t>, step: impl Fn(tree_sitter::Node<'t>) -> Option<Step<'t, 's>>) -> Option<String> {
+    let mut parts: Vec<std::borrow::Cow<'s, str>> = Vec::new();
     for _ in 0..2 * MAX_DOTTED {
-        match member(node)? {
-            Some((object, name)) => {
+        match step(node)? {
+            Step::Member(object, name) => {
                 if !name.is_empty() {
-                    *parts.get_mut(len)? = name;
-                    len += 1;
+                    if parts.len() == MAX_DOTTED {
+                        return None;
+                    }
+                    parts.push(name);
                 }
                 node = object;
             }
-            None => {
-                *parts.get_mut(len)? = std::str::from_utf8(src.get(node.byte_range())?).ok()?;
-                let parts = &mut parts[..=len];
-                parts.reverse();
-                return Some(parts.join("."));
+            Step::Name(start) => {
+                let mut name = String::with_capacity(start.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>());
+                name.push_str(&start);
+                for part in parts.iter().rev() {
+                    name.push('.');
+                    name.push_str(part);
+                }
+                return Some(name);
             }
         }
     }
@@ -664,7 +921,7 @@ mod tests {
     use super::*;
 
     fn names(language: Language, code: &str, kind: Kind) -> Vec<String> {
-        let (found, _) = sites(language, code);
+        let (found, _) = sites(language, code, &mut Bindings::default());
         found.into_iter().filter(|s| s.kind == kind).map(|s| s.name).collect()
     }
 
@@ -705,7 +962,7 @@ mod tests {
     #[test]
     fn comments_and_strings_never_match() {
         let code = "# import subprocess\ns = 'os.system(1); eval(2)'\nprint(\"\"\"import socket\"\"\")\n";
-        let (found, error) = sites(Language::Python, code);
+        let (found, error) = sites(Language::Python, code, &mut Bindings::default());
         assert_eq!(error, None);
         assert!(found.iter().all(|s| s.name == "print"), "{found:?}");
         let js = "// require('child_process')\nconst s = \"eval(1)\"; /* new Function('x') */\n";
@@ -725,7 +982,8 @@ mod tests {
         assert_eq!(names(Language::Javascript, code, Kind::Import), ["qjs:os", "child_process", "fs", "qjs:std"]);
         let calls = names(Language::Javascript, code, Kind::Call);
         assert_eq!(calls.iter().filter(|c| *c == "eval").count(), 2, "{calls:?}");
-        for call in ["require", "os.exec", "Function"] {
+        // `os` is the module `qjs:os`: its calls are named by the module.
+        for call in ["require", "qjs:os.exec", "Function"] {
             assert!(calls.iter().any(|c| c == call), "{call} not in {calls:?}");
         }
     }
@@ -744,7 +1002,7 @@ mod tests {
         // Found inside `bash -c`, placed at the command that runs it.
         assert_eq!((verdict.findings[1].rule.as_str(), verdict.findings[1].line, verdict.risk), ("socat", 4, Risk::Critical));
         assert_eq!(policy.check(Language::Shell, "rm -r x").decision, Decision::Allow, "arguments are matched separately");
-        assert_eq!(policy.check(Language::Shell, "rm -r -f x").decision, Decision::Allow, "a rule's words are matched as written");
+        assert_eq!(policy.check(Language::Shell, "rm -f -r x").decision, Decision::Deny, "short options in any clusters");
     }
 
     #[test]
@@ -820,6 +1078,126 @@ mod tests {
         }
     }
 
+    /// The starter policy (`examples/policy.toml`), as an operator would use it.
+    fn starter() -> Policy {
+        crate::config::Config::parse(include_str!("../../examples/policy.toml")).unwrap().policy().unwrap()
+    }
+
+    /// What an outside attack on the first version found: each a way the language plainly
+    /// runs what a starter rule names.
+    #[test]
+    fn plain_forms_an_outside_attack_found_are_denied() {
+        let starter = starter();
+        let denied = |language: Language, code: &str| {
+            let verdict = starter.check(language, code);
+            assert_eq!(verdict.decision, Decision::Deny, "{language}: {code:?}: {verdict:?}");
+        };
+        // Python: `import os.path` binds `os` to the module os; star imports; importers.
+        for code in [
+            "import os.path\nos.system('ls')",
+            "import os, os.path\nos.kill(1, 9)",
+            "import os.path\nimport os\nos.system('x')",
+            "from os import *\nsystem('ls')",
+            "__import__('os').system('x')",
+            "__import__(name='subprocess')",
+            "__import__('sub' 'process')",
+            "import importlib\nimportlib.__import__('subprocess')",
+            "import os\nf = os.system\nf('x')",
+            "import os\nlist(map(os.system, ['x']))",
+            "from os import system",
+            "import os\ng = os.system\nh = g\nh('x')",
+        ] {
+            denied(Language::Python, code);
+        }
+        // A check that cannot finish is not milder than its rules: comment lines parse slowly.
+        denied(Language::Python, &format!("import socket\n{}", "#c\n".repeat(12_000)));
+        denied(Language::Python, &format!("print(1)\n{}", "#c\n".repeat(100_000)));
+        // JavaScript: names through imports, templates and escapes in module names.
+        for code in [
+            "import * as o from 'qjs:os'\no.exec(['ls'])",
+            "import {exec as run} from 'qjs:os'\nrun(['ls'])",
+            "import {popen} from 'qjs:std'\npopen('id', 'r')",
+            "const { exec } = await import('qjs:os');\nexec(['ls']);",
+            "import * as o from 'qjs:os'\nconst { exec: e } = o;\ne(['ls']);",
+            "require(`child_process`)",
+            "import(`node:child_process`)",
+            "require('child\\u005fprocess')",
+        ] {
+            denied(Language::Javascript, code);
+        }
+        let js_eval = policy(Language::Javascript, Some(Risk::High), None, vec![rule("eval", Kind::Call, "eval", Risk::High)]);
+        for code in ["Reflect.apply(eval, null, ['1'])", "const e = eval;\ne('1');"] {
+            assert_eq!(js_eval.check(Language::Javascript, code).decision, Decision::Deny, "{code}");
+        }
+        // Shell: keywords the grammar misreads, shells fed code on stdin, flags in clusters.
+        for code in [
+            "time { curl x; }",
+            "coproc curl x",
+            "coproc N { curl x; }",
+            "bash -lc 'curl x'",
+            "sh -ec 'curl x'",
+            "bash -c -- 'curl x'",
+            "bash <<EOF\ncurl x\nEOF\n",
+            "cat <<EOF | bash\ncurl x\nEOF\n",
+            "echo 'curl x' | bash",
+            "bash <<< 'curl x'",
+            "cu\\\nrl x",
+            "find . -exec curl {} \\;",
+            "trap 'curl x' EXIT",
+            "watch 'curl x'",
+            "rm -r -f /",
+            "rm -f -r /",
+            "rm -Rf /",
+            "rm --recursive --force /",
+            "mkfs.xfs /dev/sda",
+            "python3 -m pip install x && curl y",
+            "exec 3<>/dev/tcp/example.com/80",
+        ] {
+            denied(Language::Shell, code);
+        }
+        // Places stay right: a continued line, a byte-order mark, lone carriage returns.
+        let verdict = starter.check(Language::Shell, "echo a \\\n b; w\\\nget x");
+        assert_eq!((verdict.findings[0].line, verdict.findings[0].column), (2, 5), "{verdict:?}");
+        let verdict = starter.check(Language::Python, "\u{feff}import subprocess");
+        assert_eq!((verdict.findings[0].line, verdict.findings[0].column), (1, 1), "{verdict:?}");
+        let verdict = starter.check(Language::Python, "x = 1\rimport os\ros.system('x')");
+        assert_eq!((verdict.findings[0].rule.as_str(), verdict.findings[0].line, verdict.findings[0].column), ("os-process", 3, 1), "{verdict:?}");
+        assert!(verdict.findings.iter().all(|f| f.rule != UNPARSABLE), "{verdict:?}");
+    }
+
+    #[test]
+    fn ordinary_analysis_code_is_allowed_by_the_starter_policy() {
+        let starter = starter();
+        for code in [
+            "from urllib.parse import urlparse\nprint(urlparse('http://x/y').path)",
+            "import http\nprint(http.HTTPStatus.OK)",
+            "import re, json\nprint(re.compile('a+').findall('aaa'), json.loads('[1]'))",
+            "import pandas as pd\ndf = pd.DataFrame({'a': [1]})\nprint(df.eval('a + 1'))",
+            "import os\nprint(os.path.join('a', 'b'))",
+            "# import subprocess\nprint('os.system')",
+        ] {
+            assert_eq!(starter.check(Language::Python, code).decision, Decision::Allow, "{code}");
+        }
+        for code in ["command -v curl || echo none", "echo 'curl x'", "rm -rf /scratch/out", "awk '{print \"curl\"}' f", "cat <<EOF\ncurl x\nEOF\n"] {
+            assert_eq!(starter.check(Language::Shell, code).decision, Decision::Allow, "{code}");
+        }
+    }
+
+    /// A session's turns run in one interpreter: what one turn imported, the next may call.
+    #[test]
+    fn names_carry_over_between_turns_but_not_from_a_denied_one() {
+        let starter = starter();
+        let mut bindings = Bindings::default();
+        assert_eq!(starter.check_in(Language::Python, "import os as o", &mut bindings).decision, Decision::Allow);
+        assert_eq!(starter.check_in(Language::Python, "o.popen('id')", &mut bindings).decision, Decision::Deny);
+        let mut bindings = Bindings::default();
+        assert_eq!(starter.check_in(Language::Python, "import subprocess as s\ns.run(['x'])", &mut bindings).decision, Decision::Deny);
+        assert_eq!(bindings, Bindings::default(), "a denied turn did not run: its imports are not there");
+        let mut bindings = Bindings::default();
+        starter.check_in(Language::Javascript, "import * as o from 'qjs:os'", &mut bindings);
+        assert_eq!(starter.check_in(Language::Javascript, "o.exec(['ls'])", &mut bindings).decision, Decision::Deny);
+    }
+
     /// What a static check cannot see: listed so that they are known limits, not surprises.
     #[test]
     fn documented_limits_of_a_static_check() {
@@ -833,7 +1211,7 @@ mod tests {
             assert_eq!(python.check(Language::Python, unseen).decision, Decision::Allow, "{unseen}");
         }
         let shell = policy(Language::Shell, Some(Risk::Medium), None, vec![rule("curl", Kind::Command, "curl", Risk::High)]);
-        for unseen in ["c=curl; $c http://x", "$(printf cu)rl http://x", "bash -c \"$CMD\""] {
+        for unseen in ["c=curl; $c http://x", "$(printf cu)rl http://x", "bash -c \"$CMD\"", "bash < <(echo curl x)", "bash script.sh"] {
             assert_eq!(shell.check(Language::Shell, unseen).decision, Decision::Allow, "{unseen}");
         }
     }

@@ -1,58 +1,68 @@
 //! Python's sites: imports (`import x`, `from x import y`, aliases, `__import__("x")`,
-//! `importlib.import_module("x")` with a literal), calls by dotted name with aliases resolved,
-//! and attribute reads.
+//! `importlib.import_module("x")` with a literal), calls by dotted name with aliases resolved
+//! (also through `from x import *`), and attribute reads (`from x import y` reads `x.y`).
 
-use std::collections::HashMap;
-
+use std::borrow::Cow;
 use std::time::Instant;
 
 use tree_sitter::{Node, Tree};
 use unicode_normalization::UnicodeNormalization;
 
-use super::{field, inner, site, walk, Kind, Site};
+use super::{field, inner, site, walk, Bindings, Kind, Site, Step};
 
 /// The ids of the fields read on every node.
 struct Fields {
     object: u16,
     attribute: u16,
     function: u16,
+    arguments: u16,
 }
 
-/// The sites of `tree`; `None` if `deadline` passed first.
-pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant) -> Option<Vec<Site>> {
+/// The most `from x import *` modules a bare call is also read in.
+const MAX_STAR: usize = 16;
+
+/// The functions that import the module their first argument names.
+const IMPORTERS: &[&str] = &["__import__", "importlib.import_module", "importlib.__import__"];
+
+/// The sites of `tree`, its imports added to `bindings`; `None` if `deadline` passed first.
+pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut Bindings) -> Option<Vec<Site>> {
     let src = code.as_bytes();
-    let fields = Fields { object: field(tree, "object"), attribute: field(tree, "attribute"), function: field(tree, "function") };
+    let fields = Fields { object: field(tree, "object"), attribute: field(tree, "attribute"), function: field(tree, "function"), arguments: field(tree, "arguments") };
     // Python reads identifiers in NFKC form: `ｅｖａｌ` is `eval`.
     let text = |n: Node<'_>| nfkc(n.utf8_text(src).unwrap_or(""));
     let mut sites = Vec::new();
     // First the imports, which also say what each local name stands for.
-    let mut aliases: HashMap<String, String> = HashMap::new();
     let complete = walk(tree, deadline, |node| match node.kind() {
         "import_statement" => {
             let mut cursor = node.walk();
             for name in node.children_by_field_name("name", &mut cursor) {
-                let (module, local) = match name.kind() {
+                match name.kind() {
                     "aliased_import" => {
                         let module = name.child_by_field_name("name").map(text).unwrap_or_default();
-                        (module.clone(), name.child_by_field_name("alias").map(text).unwrap_or(module))
+                        if let Some(alias) = name.child_by_field_name("alias").map(text) {
+                            bindings.bind(alias, module.clone());
+                        }
+                        sites.push(site(Kind::Import, module, node));
                     }
-                    // `import os.path` binds `os`.
+                    // `import os.path` binds `os`, to the module `os`.
                     _ => {
                         let module = text(name);
-                        let first = module.split('.').next().unwrap_or("").to_owned();
-                        (module, first)
+                        bindings.bind(module.split('.').next().unwrap_or("").to_owned(), module.split('.').next().unwrap_or("").to_owned());
+                        sites.push(site(Kind::Import, module, node));
                     }
-                };
-                if local != module {
-                    aliases.insert(local, module.clone());
                 }
-                sites.push(site(Kind::Import, module, node));
             }
         }
         "import_from_statement" => {
             let module = node.child_by_field_name("module_name").map(text).unwrap_or_default();
             sites.push(site(Kind::Import, module.clone(), node));
             let mut cursor = node.walk();
+            if node.children(&mut cursor).any(|c| c.kind() == "wildcard_import") {
+                if !bindings.star.contains(&module) && bindings.star.len() < MAX_STAR {
+                    bindings.star.push(module.clone());
+                }
+                return;
+            }
             for name in node.children_by_field_name("name", &mut cursor) {
                 let (imported, local) = match name.kind() {
                     "aliased_import" => {
@@ -61,51 +71,58 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant) -> Option<Vec<Si
                     }
                     _ => (text(name), text(name)),
                 };
-                // `from os import path` imports the module os.path when there is one.
+                // `from os import path` imports the module os.path when there is one, and
+                // reads the name `path` of `os` otherwise.
                 let full = format!("{module}.{imported}");
                 sites.push(site(Kind::Import, full.clone(), name));
-                aliases.insert(local, full);
+                sites.push(site(Kind::Attribute, full.clone(), name));
+                bindings.bind(local, full);
+            }
+        }
+        // `f = os.system` makes `f` stand for `os.system`.
+        "assignment" => {
+            let (Some(left), Some(right)) = (node.child_by_field_name("left"), node.child_by_field_name("right")) else { return };
+            if left.kind() == "identifier" && matches!(right.kind(), "identifier" | "attribute") {
+                if let Some(source) = dotted(right, src, &fields, bindings) {
+                    bindings.bind(text(left), source);
+                }
             }
         }
         _ => {}
     });
-    let resolve = |dotted: String| match dotted.split_once('.') {
-        Some((first, rest)) => match aliases.get(first) {
-            Some(full) => format!("{full}.{rest}"),
-            None => dotted,
-        },
-        None => aliases.get(&dotted).cloned().unwrap_or(dotted),
-    };
-    let complete = complete && walk(tree, deadline, |node| match node.kind() {
-        "call" => {
-            let Some(function) = node.child_by_field_id(fields.function) else { return };
-            let Some(name) = dotted(function, src, &fields) else { return };
-            let name = resolve(name);
-            // `eval.__call__(...)` calls `eval`.
-            let name = name.strip_suffix(".__call__").map(str::to_owned).unwrap_or(name);
-            // `builtins.eval` is `eval`.
-            let name = match name.strip_prefix("builtins.").or_else(|| name.strip_prefix("__builtins__.")) {
-                Some(builtin) => builtin.to_owned(),
-                None => name,
-            };
-            if matches!(name.as_str(), "__import__" | "importlib.import_module") {
-                if let Some(module) = node.child_by_field_name("arguments").and_then(|a| a.named_child(0)).and_then(|a| literal(a, src)) {
-                    sites.push(site(Kind::Import, module, node));
+    let bindings = &*bindings;
+    let complete = complete
+        && walk(tree, deadline, |node| match node.kind() {
+            "call" => {
+                let Some(function) = node.child_by_field_id(fields.function) else { return };
+                let Some(name) = dotted(function, src, &fields, bindings) else { return };
+                // `builtins.eval` and `eval.__call__` are `eval`.
+                let name = name.strip_prefix("builtins.").or_else(|| name.strip_prefix("__builtins__.")).map(str::to_owned).unwrap_or(name);
+                let name = name.strip_suffix(".__call__").map(str::to_owned).unwrap_or(name);
+                if IMPORTERS.contains(&name.as_str()) {
+                    if let Some(module) = imported(node, src, &fields) {
+                        sites.push(site(Kind::Import, module, node));
+                    }
                 }
-            }
-            sites.push(site(Kind::Call, name, node));
-        }
-        "attribute" => match dotted(node, src, &fields) {
-            Some(name) => sites.push(site(Kind::Attribute, resolve(name), node)),
-            // `f().__globals__`, `x[0].environ`: the attribute alone.
-            None => {
-                if let Some(attribute) = node.child_by_field_id(fields.attribute) {
-                    sites.push(site(Kind::Attribute, format!(".{}", text(attribute)), node));
+                // After `from os import *`, `system()` may be `os.system()`.
+                if !name.contains('.') {
+                    for module in &bindings.star {
+                        sites.push(site(Kind::Call, format!("{module}.{name}"), node));
+                    }
                 }
+                sites.push(site(Kind::Call, name, node));
             }
-        },
-        _ => {}
-    });
+            "attribute" => match dotted(node, src, &fields, bindings) {
+                Some(name) => sites.push(site(Kind::Attribute, name, node)),
+                // `f().__globals__`, `x[0].environ`: the attribute alone.
+                None => {
+                    if let Some(attribute) = node.child_by_field_id(fields.attribute) {
+                        sites.push(site(Kind::Attribute, format!(".{}", text(attribute)), node));
+                    }
+                }
+            },
+            _ => {}
+        });
     complete.then_some(sites)
 }
 
@@ -117,34 +134,63 @@ fn nfkc(name: &str) -> String {
     }
 }
 
-/// The dotted name an expression spells (`os.path.join`), when it is one; `(eval)` is `eval`.
-fn dotted(node: Node<'_>, src: &[u8], fields: &Fields) -> Option<String> {
-    let name = super::dotted(node, src, |node| match node.kind() {
-        "identifier" => Some(None),
-        "parenthesized_expression" => Some(Some((inner(node, false)?, ""))),
+/// The dotted name an expression spells (`os.path.join`), aliases resolved, when it is one;
+/// `(eval)` is `eval`, and `__import__("os").system` is `os.system`.
+fn dotted(node: Node<'_>, src: &[u8], fields: &Fields, bindings: &Bindings) -> Option<String> {
+    let name = super::dotted(node, |node| match node.kind() {
+        "identifier" => Some(Step::Name(Cow::Borrowed(node.utf8_text(src).ok()?))),
+        "parenthesized_expression" => Some(Step::Member(inner(node, false)?, Cow::Borrowed(""))),
         "attribute" => {
             let object = node.child_by_field_id(fields.object)?;
             let attribute = node.child_by_field_id(fields.attribute)?.utf8_text(src).ok()?;
-            Some(Some((object, attribute)))
+            Some(Step::Member(object, Cow::Borrowed(attribute)))
+        }
+        "call" => {
+            let function = node.child_by_field_id(fields.function)?;
+            let name = bindings.resolve(nfkc(function.utf8_text(src).ok()?));
+            IMPORTERS.contains(&name.as_str()).then(|| imported(node, src, fields)).flatten().map(|m| Step::Name(Cow::Owned(m)))
         }
         _ => None,
     })?;
-    Some(nfkc(&name))
+    Some(bindings.resolve(nfkc(&name)))
 }
 
-/// The value of a plain string literal (no interpolation, no concatenation).
-fn literal(node: Node<'_>, src: &[u8]) -> Option<String> {
-    if node.kind() != "string" {
-        return None;
-    }
-    let mut cursor = node.walk();
-    let mut value = String::new();
-    for part in node.named_children(&mut cursor) {
-        match part.kind() {
-            "string_start" | "string_end" => {}
-            "string_content" => value.push_str(part.utf8_text(src).ok()?),
-            _ => return None,
+/// The module a call of `__import__` (or `importlib.import_module`) imports, when its first
+/// argument (or `name=`) is a literal.
+fn imported(call: Node<'_>, src: &[u8], fields: &Fields) -> Option<String> {
+    let arguments = call.child_by_field_id(fields.arguments)?;
+    let mut cursor = arguments.walk();
+    let mut given = arguments.named_children(&mut cursor).filter(|a| a.kind() != "comment");
+    let first = given.next()?;
+    let value = match first.kind() {
+        "keyword_argument" => {
+            let mut cursor = arguments.walk();
+            let named = arguments.named_children(&mut cursor).find(|a| {
+                a.kind() == "keyword_argument" && a.child_by_field_name("name").and_then(|n| n.utf8_text(src).ok()) == Some("name")
+            })?;
+            named.child_by_field_name("value")?
         }
+        _ => first,
+    };
+    literal(value, src)
+}
+
+/// The value of a plain string literal (no interpolation; adjacent literals joined).
+fn literal(node: Node<'_>, src: &[u8]) -> Option<String> {
+    let mut cursor = node.walk();
+    match node.kind() {
+        "concatenated_string" => node.named_children(&mut cursor).map(|part| literal(part, src)).collect(),
+        "string" => {
+            let mut value = String::new();
+            for part in node.named_children(&mut cursor) {
+                match part.kind() {
+                    "string_start" | "string_end" => {}
+                    "string_content" => value.push_str(part.utf8_text(src).ok()?),
+                    _ => return None,
+                }
+            }
+            Some(value)
+        }
+        _ => None,
     }
-    Some(value)
 }

@@ -5,9 +5,9 @@
 
 use std::time::Instant;
 
-use tree_sitter::Tree;
+use tree_sitter::{Node, Tree};
 
-use super::{walk, Kind, Site};
+use super::{inner, walk, Kind, Site};
 
 /// Commands that run the command named by their first argument that is not an option, with the
 /// options of each that take a value (skipped with it: `sudo -u root curl` runs curl).
@@ -18,6 +18,7 @@ const WRAPPERS: &[(&str, &[&str])] = &[
     ("command", &[]),
     ("exec", &["-a"]),
     ("builtin", &[]),
+    ("coproc", &[]),
     ("nohup", &[]),
     ("nice", &["-n", "--adjustment"]),
     ("ionice", &["-c", "-n", "-p", "-P", "-u"]),
@@ -38,52 +39,180 @@ const WRAPPERS: &[(&str, &[&str])] = &[
     ("runuser", &["-u", "-g", "-G", "--user", "--group"]),
 ];
 
-/// Shells whose `-c` argument is code.
-const SHELLS: &[&str] = &["bash", "sh", "dash", "zsh", "ksh", "ash", "busybox"];
+/// Shells whose `-c` argument (or, without one, whose standard input) is code.
+const SHELLS: &[&str] = &["bash", "sh", "dash", "zsh", "ksh", "ash", "busybox", "rbash"];
 
 /// How deep `bash -c 'bash -c ...'` is followed.
 const MAX_DEPTH: usize = 3;
 
-/// The sites of `tree`, `None` if `deadline` passed first; `depth` counts the `-c` strings it
-/// was found in. The sites of code found inside a string are placed at the command that runs
-/// it.
-pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, depth: usize) -> Option<Vec<Site>> {
-    let src = code.as_bytes();
-    let mut sites = Vec::new();
-    let mut late = false;
-    let mut complete = walk(tree, deadline, |node| {
-        if node.kind() != "command" {
-            return;
-        }
-        let Some(name) = node.child_by_field_name("name").and_then(|n| n.utf8_text(src).ok()) else { return };
+/// One command as it runs: its name and arguments, what it runs in turn (wrappers, `find
+/// -exec`), and the code it hands to a shell (`bash -c`, `eval`, `trap`), if any.
+struct Command {
+    name: String,
+    args: Vec<String>,
+    /// Commands it runs: `sudo -u x curl` runs curl.
+    runs: Vec<(String, Vec<String>)>,
+    /// Code it runs from a string.
+    code: Option<String>,
+    /// Whether it is a shell that reads its code from standard input.
+    reads_code: bool,
+}
+
+impl Command {
+    fn of(node: Node<'_>, src: &[u8]) -> Option<Command> {
+        let name = command_name(node.child_by_field_name("name")?.utf8_text(src).ok()?);
         let mut cursor = node.walk();
         let args: Vec<String> = node.children_by_field_name("argument", &mut cursor).filter_map(|a| a.utf8_text(src).ok()).map(word).collect();
-        let name = command_name(name);
-        let place = |name: String, args: Vec<String>| Site { kind: Kind::Command, name, args, start: node.start_byte(), end: node.end_byte() };
-        // What runs through a wrapper: `sudo -u x env A=1 curl ...` runs env, then curl.
+        let mut runs = Vec::new();
         let mut inner = (name.clone(), args.as_slice());
         for _ in 0..4 {
             let Some(run) = wrapped(&inner.0, inner.1) else { break };
             inner = (command_name(&inner.1[run]), &inner.1[run + 1..]);
-            sites.push(place(inner.0.clone(), inner.1.to_vec()));
+            runs.push((inner.0.clone(), inner.1.to_vec()));
         }
-        // Code in a string: `bash -c '...'`, `eval '...'`.
-        let nested = match inner.0.as_str() {
-            "eval" => Some(inner.1.join(" ")),
-            shell if SHELLS.contains(&shell) => inner.1.iter().position(|a| a == "-c").and_then(|c| inner.1.get(c + 1)).cloned(),
-            _ => None,
-        };
-        sites.push(place(name, args));
-        if let Some(nested) = nested.filter(|_| depth < MAX_DEPTH) {
-            let found = super::parse(&tree_sitter_bash::LANGUAGE.into(), &nested, deadline).and_then(|tree| self::sites(&tree, &nested, deadline, depth + 1));
-            match found {
-                Some(found) => sites.extend(found.into_iter().map(|s| place(s.name, s.args))),
-                None => late = true,
+        // `find . -exec curl {} \;` runs curl.
+        if inner.0 == "find" {
+            let mut rest = inner.1;
+            while let Some(at) = rest.iter().position(|a| matches!(a.as_str(), "-exec" | "-execdir" | "-ok" | "-okdir")) {
+                let Some(run) = rest.get(at + 1) else { break };
+                let end = rest[at + 1..].iter().position(|a| a == ";" || a == "+").map_or(rest.len(), |e| at + 1 + e);
+                runs.push((command_name(run), rest[at + 2..end].to_vec()));
+                rest = &rest[end..];
             }
         }
+        let (code, reads_code) = match inner.0.as_str() {
+            "eval" => (Some(inner.1.join(" ")), false),
+            // `trap 'curl x' EXIT`, `watch 'curl x'`: code run later.
+            "trap" => (inner.1.iter().find(|a| !a.starts_with('-')).cloned(), false),
+            _ if inner.0.contains(char::is_whitespace) => (Some(inner.0.clone()), false),
+            shell if SHELLS.contains(&shell) => match shell_code(inner.1) {
+                Some(code) => (Some(code), false),
+                None => (None, true),
+            },
+            _ => (None, false),
+        };
+        Some(Command { name, args, runs, code, reads_code })
+    }
+}
+
+/// The code a shell's arguments give with `-c` (also `-lc`, `-ec`, `-c --`); `None` when it
+/// has none (it reads its standard input, or a script file).
+fn shell_code(args: &[String]) -> Option<String> {
+    let mut with_c = false;
+    let mut at = 0;
+    while let Some(arg) = args.get(at) {
+        if arg == "--" {
+            at += 1;
+            break;
+        }
+        let short = arg.strip_prefix('-').or_else(|| arg.strip_prefix('+'));
+        match short {
+            Some(flags) if !flags.is_empty() && !flags.starts_with('-') => {
+                with_c |= arg.starts_with('-') && flags.contains('c');
+                // `-o pipefail`, `-O extglob` take a value.
+                at += if flags.ends_with('o') || flags.ends_with('O') { 2 } else { 1 };
+            }
+            Some(_) => at += 1,
+            None => break,
+        }
+    }
+    with_c.then(|| args.get(at).cloned()).flatten()
+}
+
+/// The sites of `tree`, `None` if `deadline` passed first; `depth` counts the strings of code
+/// it was found in. The sites of code found inside a string (`bash -c '...'`, a here-document
+/// fed to a shell) are placed at the statement that runs it.
+pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, depth: usize) -> Option<Vec<Site>> {
+    let src = code.as_bytes();
+    let mut sites = Vec::new();
+    let mut late = false;
+    let mut nested = |text: &str, node: Node<'_>, sites: &mut Vec<Site>| {
+        if depth >= MAX_DEPTH {
+            return;
+        }
+        let found = super::parse(&tree_sitter_bash::LANGUAGE.into(), text, deadline).and_then(|tree| self::sites(&tree, text, deadline, depth + 1));
+        match found {
+            Some(found) => sites.extend(found.into_iter().map(|s| Site { start: node.start_byte(), end: node.end_byte(), ..s })),
+            None => late = true,
+        }
+    };
+    let complete = walk(tree, deadline, |node| match node.kind() {
+        "command" => {
+            let Some(command) = Command::of(node, src) else { return };
+            let place = |name: String, args: Vec<String>| Site { kind: Kind::Command, name, args, start: node.start_byte(), end: node.end_byte() };
+            for (name, args) in &command.runs {
+                sites.push(place(name.clone(), args.clone()));
+            }
+            sites.push(place(command.name.clone(), command.args.clone()));
+            if let Some(code) = &command.code {
+                nested(code, node, &mut sites);
+            }
+            // `bash <<< 'curl x'`.
+            if command.reads_code {
+                let mut cursor = node.walk();
+                for redirect in node.children_by_field_name("redirect", &mut cursor).filter(|r| r.kind() == "herestring_redirect") {
+                    if let Some(text) = inner(redirect, false).and_then(|t| t.utf8_text(src).ok()) {
+                        nested(&word(text), node, &mut sites);
+                    }
+                }
+            }
+        }
+        // A here-document or here-string a shell reads as its code: `bash <<EOF`, `cat <<EOF | sh`.
+        "redirected_statement" => {
+            let mut cursor = node.walk();
+            let mut shell_reads = node.child_by_field_name("body").is_some_and(|body| feeds_a_shell(body, src));
+            let redirects: Vec<Node<'_>> = node.children_by_field_name("redirect", &mut cursor).collect();
+            for redirect in &redirects {
+                let mut cursor = redirect.walk();
+                shell_reads |= redirect.named_children(&mut cursor).any(|c| c.kind() == "pipeline" && feeds_a_shell(c, src));
+            }
+            if !shell_reads {
+                return;
+            }
+            for redirect in redirects {
+                let mut cursor = redirect.walk();
+                for part in redirect.named_children(&mut cursor) {
+                    let text = match part.kind() {
+                        "heredoc_body" => part.utf8_text(src).ok().map(str::to_owned),
+                        "raw_string" | "string" | "word" | "concatenation" if redirect.kind() == "herestring_redirect" => part.utf8_text(src).ok().map(word),
+                        _ => None,
+                    };
+                    if let Some(text) = text {
+                        nested(&text, node, &mut sites);
+                    }
+                }
+            }
+        }
+        // `echo 'curl x' | bash`, `printf '%s' 'curl x' | sh`.
+        "pipeline" => {
+            let mut cursor = node.walk();
+            let stages: Vec<Node<'_>> = node.named_children(&mut cursor).filter(|c| c.kind() != "comment").collect();
+            for pair in stages.windows(2) {
+                let reader = Command::of(pair[1], src).filter(|c| c.reads_code);
+                let writer = Command::of(pair[0], src).filter(|c| matches!(c.name.as_str(), "echo" | "printf"));
+                if let (Some(_), Some(writer)) = (reader, writer) {
+                    let text = writer.args.iter().filter(|a| !a.starts_with('-')).cloned().collect::<Vec<_>>().join("\n");
+                    nested(&text, node, &mut sites);
+                }
+            }
+        }
+        _ => {}
     });
-    complete &= !late;
-    complete.then_some(sites)
+    (complete && !late).then_some(sites)
+}
+
+/// Whether `node` (a command, or a pipeline ending in one) is a shell reading its code from
+/// standard input.
+fn feeds_a_shell(node: Node<'_>, src: &[u8]) -> bool {
+    match node.kind() {
+        "command" => Command::of(node, src).is_some_and(|c| c.reads_code),
+        "pipeline" => {
+            let mut cursor = node.walk();
+            let last = node.named_children(&mut cursor).filter(|c| c.kind() != "comment").last();
+            last.is_some_and(|last| feeds_a_shell(last, src))
+        }
+        _ => false,
+    }
 }
 
 /// Where in `args` the command that wrapper `name` runs is, if `name` is a wrapper that runs one.
@@ -94,8 +223,15 @@ fn wrapped(name: &str, args: &[String]) -> Option<usize> {
         return None;
     }
     let mut at = 0;
+    // `coproc NAME { ...; }` names the coprocess first.
+    if name == "coproc" && args.get(1).is_some_and(|a| a == "{" || a == "(") {
+        at = 1;
+    }
     while let Some(arg) = args.get(at) {
-        if valued.contains(&arg.as_str()) {
+        if matches!(arg.as_str(), "{" | "(" | "!") {
+            // The grammar reads `time { curl x; }` as arguments of `time`.
+            at += 1;
+        } else if valued.contains(&arg.as_str()) {
             at += 2;
         } else if arg == "--" {
             return (at + 1 < args.len()).then_some(at + 1);
