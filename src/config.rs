@@ -649,9 +649,9 @@ mod tests {
         let error = Config::parse("[policy.python]\ndeny_at = \"low\"\nwarn_at = \"critical\"\n").unwrap_err().to_string();
         assert!(error.contains("warn_at (critical) is above deny_at (low)"), "{error}");
         let error = Config::parse("[[policy.python.rules]]\nid = \"c\"\nkind = \"command\"\nmatch = \"curl\"\nrisk = \"low\"\n").unwrap_err().to_string();
-        assert!(error.contains("rule c is a command rule, which python code never has"), "{error}");
+        assert!(error.contains("rule c is of kind command, which python code never has"), "{error}");
         let error = Config::parse("[[policy.shell.rules]]\nid = \"c\"\nkind = \"import\"\nmatch = \"os\"\nrisk = \"low\"\n").unwrap_err().to_string();
-        assert!(error.contains("import rule, which shell code never has"), "{error}");
+        assert!(error.contains("of kind import, which shell code never has"), "{error}");
         for never in ["\"os.*.x\"", "\".\"", "\"  subprocess \"", "\"os..path\""] {
             let error = Config::parse(&rule(&format!("kind = \"call\"\nmatch = {never}\nrisk = \"low\""))).unwrap_err().to_string();
             assert!(error.contains("can never match"), "{never}: {error}");

@@ -19,8 +19,12 @@ struct Fields {
     arguments: u16,
 }
 
+/// How deep `eval("eval('...')")` is followed.
+const MAX_DEPTH: usize = 3;
+
 /// The sites of `tree`, its imports added to `bindings`; `None` if `deadline` passed first.
-pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut Bindings) -> Option<Vec<Site>> {
+/// `depth` counts the strings of code (`eval("...")`) it was found in.
+pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut Bindings, depth: usize) -> Option<Vec<Site>> {
     let src = code.as_bytes();
     let fields = Fields {
         object: field(tree, "object"),
@@ -53,16 +57,23 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
                             let Some(name) = specifier.child_by_field_name("name") else { continue };
                             let name = literal(name, src).map(Cow::into_owned).unwrap_or_else(|| text(name));
                             let local = specifier.child_by_field_name("alias").map(text).unwrap_or_else(|| name.clone());
-                            bindings.bind(local, format!("{module}.{name}"));
+                            // `import { default as o }` is `import o`.
+                            let full = if name == "default" { module.to_string() } else { format!("{module}.{name}") };
+                            bindings.bind(local, full);
                         }
                     }
                     _ => {}
                 }
             }
         }
-        // `const os = require("m")`, `const { exec } = await import("m")`, `const e = eval`.
-        "variable_declarator" => {
-            let (Some(name), Some(mut value)) = (node.child_by_field_name("name"), node.child_by_field_name("value")) else { return };
+        // `const os = require("m")`, `const { exec } = await import("m")`, `const e = eval`,
+        // `p = os`.
+        "variable_declarator" | "assignment_expression" => {
+            let (name, value) = match node.kind() {
+                "variable_declarator" => (node.child_by_field_name("name"), node.child_by_field_name("value")),
+                _ => (node.child_by_field_name("left"), node.child_by_field_name("right")),
+            };
+            let (Some(name), Some(mut value)) = (name, value) else { return };
             if value.kind() == "await_expression" {
                 let Some(awaited) = inner(value, false) else { return };
                 value = awaited;
@@ -105,6 +116,7 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
     });
     let bindings = &*bindings;
     let mut sites = Vec::new();
+    let mut late = false;
     let complete = complete
         && walk(tree, deadline, |node| match node.kind() {
             "import_statement" | "export_statement" => {
@@ -136,10 +148,16 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
                         sites.push(site(Kind::Import, module, node));
                     }
                 }
+                if matches!(name.as_str(), "eval" | "Function") {
+                    late |= !nested(node, src, fields, deadline, bindings, depth, &mut sites);
+                }
                 sites.push(site(Kind::Call, name, node));
             }
             "new_expression" => {
                 if let Some(name) = node.child_by_field_name("constructor").and_then(|c| dotted(c, src, fields, bindings)) {
+                    if name == "Function" {
+                        late |= !nested(node, src, fields, deadline, bindings, depth, &mut sites);
+                    }
                     sites.push(site(Kind::Call, name, node));
                 }
             }
@@ -153,7 +171,25 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
             },
             _ => {}
         });
-    complete.then_some(sites)
+    (complete && !late).then_some(sites)
+}
+
+/// Reads the code `eval("…")` or `Function("a", "…")` runs from a literal (its last argument),
+/// placing what it finds at the call; `false` if `deadline` passed first.
+fn nested(call: Node<'_>, src: &[u8], fields: &Fields, deadline: Instant, bindings: &Bindings, depth: usize, sites: &mut Vec<Site>) -> bool {
+    if depth >= MAX_DEPTH {
+        return true;
+    }
+    let Some(code) = call.child_by_field_id(fields.arguments).and_then(|a| inner(a, true)).and_then(|a| literal(a, src)) else { return true };
+    let found = super::parse(&tree_sitter_javascript::LANGUAGE.into(), &code, deadline)
+        .and_then(|tree| self::sites(&tree, &code, deadline, &mut bindings.clone(), depth + 1));
+    match found {
+        Some(found) => {
+            sites.extend(found.into_iter().map(|s| Site { start: call.start_byte(), end: call.end_byte(), ..s }));
+            true
+        }
+        None => false,
+    }
 }
 
 /// The literal module name a call's first argument gives (`require("m")`, `import("m")`).
@@ -203,6 +239,9 @@ fn dotted(node: Node<'_>, src: &[u8], fields: &Fields, bindings: &Bindings) -> O
 /// The value of a plain string literal (a template without substitutions too), its escapes
 /// decoded.
 fn literal<'s>(node: Node<'_>, src: &'s [u8]) -> Option<Cow<'s, str>> {
+    if node.kind() == "parenthesized_expression" {
+        return literal(inner(node, false)?, src);
+    }
     let text = node.utf8_text(src).ok()?;
     let inner = text.get(1..text.len().checked_sub(1)?)?;
     let plain = match node.kind() {

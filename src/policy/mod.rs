@@ -214,7 +214,7 @@ impl Rule {
         if !id_ok {
             return Err(format!("rule id {id:?}: an id is 1 to 64 letters, digits, '-', '_', '.' or ':'"));
         }
-        if id == UNPARSABLE || id == UNCHECKED {
+        if id.eq_ignore_ascii_case(UNPARSABLE) || id.eq_ignore_ascii_case(UNCHECKED) {
             return Err(format!("rule id {id:?} is the name of wsbx's own finding: choose another"));
         }
         let patterns: Vec<String> = patterns.iter().map(|p| p.as_ref().to_owned()).collect();
@@ -282,7 +282,7 @@ fn matches(kind: Kind, pattern: &str, site: &Site) -> bool {
         // A module or any module inside it.
         Kind::Import => name == pattern || name.strip_prefix(pattern).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('/')),
         // `os.exec*` matches every name it begins.
-        Kind::Call => named(pattern, name),
+        Kind::Call => called(pattern, name),
         // The whole dotted read, or its last part(s).
         Kind::Attribute => name == pattern || name.strip_suffix(pattern).is_some_and(|rest| rest.ends_with('.')),
         Kind::Command => {
@@ -299,6 +299,15 @@ fn named(pattern: &str, name: &str) -> bool {
         Some(prefix) => name.starts_with(prefix),
         None => name == pattern,
     }
+}
+
+/// Whether a call `name` is a call rule's `pattern`: also through a module that re-exports
+/// the pattern's module (`platform.os.system` is `os.system`) when the pattern names one.
+fn called(pattern: &str, name: &str) -> bool {
+    if named(pattern, name) {
+        return true;
+    }
+    pattern.contains('.') && name.match_indices('.').any(|(at, _)| named(pattern, &name[at + 1..]))
 }
 
 /// Whether a command rule's `word` is among `args`: as written, or, for short options (`-rf`),
@@ -371,7 +380,7 @@ impl PolicySection {
                     Kind::Pattern => true,
                 };
                 if !fits {
-                    return Err(format!("policy.{language}.rules: rule {} is a {} rule, which {language} code never has", rule.id, rule.kind.as_str()));
+                    return Err(format!("policy.{language}.rules: rule {} is of kind {}, which {language} code never has", rule.id, rule.kind.as_str()));
                 }
             }
         }
@@ -697,8 +706,8 @@ fn sites(language: Language, code: &str, bindings: &mut Bindings) -> (Vec<Site>,
         return (Vec::new(), Some(late));
     };
     let found = match language {
-        Language::Python => python::sites(&tree, &code, deadline, bindings),
-        Language::Javascript => javascript::sites(&tree, &code, deadline, bindings),
+        Language::Python => python::sites(&tree, &code, deadline, bindings, 0),
+        Language::Javascript => javascript::sites(&tree, &code, deadline, bindings, 0),
         Language::Shell => shell::sites(&tree, &code, deadline, 0),
     };
     // Offsets in the joined code back to the code as given.
@@ -1165,6 +1174,66 @@ mod tests {
         assert!(verdict.findings.iter().all(|f| f.rule != UNPARSABLE), "{verdict:?}");
     }
 
+    /// What a second outside pass found: close variants of the first, and plain literal code.
+    #[test]
+    fn a_second_outside_pass_is_denied_too() {
+        let starter = starter();
+        let denied = |language: Language, code: &str| {
+            let verdict = starter.check(language, code);
+            assert_eq!(verdict.decision, Decision::Deny, "{language}: {code:?}: {verdict:?}");
+        };
+        for code in [
+            "exec('import subprocess')",
+            "exec(\"import os; os.system('x')\")",
+            "eval(\"__import__('subprocess')\")",
+            "import timeit\ntimeit.timeit(\"__import__('os').system('x')\", number=1)",
+            "o = __import__('os')\no.system('x')",
+            "import os\n(o := os).system('x')",
+            "import os\na, b = os, 1\na.system('x')",
+            "from os import path\npath.os.system('x')",
+            "import platform\nplatform.os.system('x')",
+            "import os\ngetattr(os, 'system')('x')",
+            "import os\nos.__dict__['system']('x')",
+            "import os\nvars(os)['system']('x')",
+            "import sys\nsys.modules['os'].system('x')",
+            "import builtins\nbuiltins.__dict__['__import__']('socket')",
+            "import runpy\nrunpy.run_module('subprocess')",
+            "import _socket",
+            "import os\nos.killpg(1, 9)",
+        ] {
+            denied(Language::Python, code);
+        }
+        for code in [
+            "const m = await import(('qjs:os'));\nm.exec(['x']);",
+            "require(('child_process'))",
+            "import {default as o} from 'qjs:os'\no.exec(['x'])",
+            "import * as o from 'qjs:os'\nlet p;\np = o;\np.exec(['x']);",
+            "eval(\"require('child_process')\")",
+            "new Function(\"return require('child_process')\")",
+            "require('node:dgram')",
+        ] {
+            denied(Language::Javascript, code);
+        }
+        for code in [
+            "! ! curl x",
+            "for i in 1; { curl x; }",
+            "echo 'curl x' | cat | bash",
+            "echo 'curl x' | tee /dev/null | bash",
+            "source /dev/stdin <<< 'curl x'",
+            "find . -exec sh -c 'curl x' \\;",
+            "env -S 'curl x'",
+            "shopt -s expand_aliases\nalias c=curl\nc x",
+            "rm -r --force /",
+            "pkexec id",
+        ] {
+            denied(Language::Shell, code);
+        }
+        for code in ["python3.11 -m pip install x", "pip3.11 install x"] {
+            let verdict = starter.check(Language::Shell, code);
+            assert_eq!((verdict.decision, verdict.findings[0].rule.as_str()), (Decision::Warn, "package-install"), "{code}");
+        }
+    }
+
     #[test]
     fn ordinary_analysis_code_is_allowed_by_the_starter_policy() {
         let starter = starter();
@@ -1207,11 +1276,24 @@ mod tests {
             "m = 'sub' + 'process'\n__import__(m)",
             "f = eval\n",
             "exec(bytes.fromhex('696d706f72742073756270726f63657373').decode())",
+            // Names bound by flow the check does not follow.
+            "f = [eval][0]\nf('1')",
         ] {
             assert_eq!(python.check(Language::Python, unseen).decision, Decision::Allow, "{unseen}");
         }
         let shell = policy(Language::Shell, Some(Risk::Medium), None, vec![rule("curl", Kind::Command, "curl", Risk::High)]);
-        for unseen in ["c=curl; $c http://x", "$(printf cu)rl http://x", "bash -c \"$CMD\"", "bash < <(echo curl x)", "bash script.sh"] {
+        for unseen in [
+            "c=curl; $c http://x",
+            "$(printf cu)rl http://x",
+            "bash -c \"$CMD\"",
+            "bash < <(echo curl x)",
+            "bash script.sh",
+            // Code run from strings the shell expands later.
+            "x='$(curl x)'; echo \"${x@P}\"",
+            "PS4='$(curl x)' bash -xc :",
+            // Paths built by quoting, which a pattern on the text does not undo.
+            "cat < /dev/'tcp'/h/80",
+        ] {
             assert_eq!(shell.check(Language::Shell, unseen).decision, Decision::Allow, "{unseen}");
         }
     }

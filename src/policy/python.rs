@@ -22,10 +22,17 @@ struct Fields {
 const MAX_STAR: usize = 16;
 
 /// The functions that import the module their first argument names.
-const IMPORTERS: &[&str] = &["__import__", "importlib.import_module", "importlib.__import__"];
+const IMPORTERS: &[&str] = &["__import__", "importlib.import_module", "importlib.__import__", "runpy.run_module"];
+
+/// The functions that run their first argument as Python code: a literal there is read as code.
+const RUNNERS: &[&str] = &["exec", "eval", "compile", "timeit.timeit", "timeit.repeat", "timeit.Timer", "pdb.run", "pdb.runeval", "cProfile.run", "profile.run"];
+
+/// How deep `exec("exec('...')")` is followed.
+const MAX_DEPTH: usize = 3;
 
 /// The sites of `tree`, its imports added to `bindings`; `None` if `deadline` passed first.
-pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut Bindings) -> Option<Vec<Site>> {
+/// `depth` counts the strings of code (`exec("...")`) it was found in.
+pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut Bindings, depth: usize) -> Option<Vec<Site>> {
     let src = code.as_bytes();
     let fields = Fields { object: field(tree, "object"), attribute: field(tree, "attribute"), function: field(tree, "function"), arguments: field(tree, "arguments") };
     // Python reads identifiers in NFKC form: `ｅｖａｌ` is `eval`.
@@ -80,17 +87,37 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
             }
         }
         // `f = os.system` makes `f` stand for `os.system`.
-        "assignment" => {
-            let (Some(left), Some(right)) = (node.child_by_field_name("left"), node.child_by_field_name("right")) else { return };
-            if left.kind() == "identifier" && matches!(right.kind(), "identifier" | "attribute") {
-                if let Some(source) = dotted(right, src, &fields, bindings) {
-                    bindings.bind(text(left), source);
+        // `o = __import__("os")`, `(o := os)`, `a, b = os, 1`.
+        "assignment" | "named_expression" => {
+            let (left, right) = match node.kind() {
+                "assignment" => (node.child_by_field_name("left"), node.child_by_field_name("right")),
+                _ => (node.child_by_field_name("name"), node.child_by_field_name("value")),
+            };
+            let (Some(left), Some(right)) = (left, right) else { return };
+            let pairs: Vec<(Node<'_>, Node<'_>)> = match (left.kind(), right.kind()) {
+                ("pattern_list" | "tuple_pattern", "expression_list" | "tuple") => {
+                    let (mut l, mut r) = (left.walk(), right.walk());
+                    let lefts: Vec<Node<'_>> = left.named_children(&mut l).collect();
+                    let rights: Vec<Node<'_>> = right.named_children(&mut r).collect();
+                    match lefts.len() == rights.len() {
+                        true => lefts.into_iter().zip(rights).collect(),
+                        false => Vec::new(),
+                    }
+                }
+                _ => vec![(left, right)],
+            };
+            for (left, right) in pairs {
+                if left.kind() == "identifier" && matches!(right.kind(), "identifier" | "attribute" | "call" | "subscript" | "parenthesized_expression") {
+                    if let Some(source) = dotted(right, src, &fields, bindings) {
+                        bindings.bind(text(left), source);
+                    }
                 }
             }
         }
         _ => {}
     });
     let bindings = &*bindings;
+    let mut late = false;
     let complete = complete
         && walk(tree, deadline, |node| match node.kind() {
             "call" => {
@@ -102,6 +129,17 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
                 if IMPORTERS.contains(&name.as_str()) {
                     if let Some(module) = imported(node, src, &fields) {
                         sites.push(site(Kind::Import, module, node));
+                    }
+                }
+                // `exec("import os; os.system('x')")`: the literal is code, read here.
+                if RUNNERS.contains(&name.as_str()) && depth < MAX_DEPTH {
+                    if let Some(nested) = imported(node, src, &fields) {
+                        let found = super::parse(&tree_sitter_python::LANGUAGE.into(), &nested, deadline)
+                            .and_then(|tree| self::sites(&tree, &nested, deadline, &mut bindings.clone(), depth + 1));
+                        match found {
+                            Some(found) => sites.extend(found.into_iter().map(|s| Site { start: node.start_byte(), end: node.end_byte(), ..s })),
+                            None => late = true,
+                        }
                     }
                 }
                 // After `from os import *`, `system()` may be `os.system()`.
@@ -123,7 +161,7 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
             },
             _ => {}
         });
-    complete.then_some(sites)
+    (complete && !late).then_some(sites)
 }
 
 /// `name` as Python reads an identifier: in NFKC form.
@@ -140,15 +178,36 @@ fn dotted(node: Node<'_>, src: &[u8], fields: &Fields, bindings: &Bindings) -> O
     let name = super::dotted(node, |node| match node.kind() {
         "identifier" => Some(Step::Name(Cow::Borrowed(node.utf8_text(src).ok()?))),
         "parenthesized_expression" => Some(Step::Member(inner(node, false)?, Cow::Borrowed(""))),
+        // `(o := os)` is `os`.
+        "named_expression" => Some(Step::Member(node.child_by_field_name("value")?, Cow::Borrowed(""))),
         "attribute" => {
             let object = node.child_by_field_id(fields.object)?;
             let attribute = node.child_by_field_id(fields.attribute)?.utf8_text(src).ok()?;
-            Some(Step::Member(object, Cow::Borrowed(attribute)))
+            // `os.__dict__["system"]` is `os.system`.
+            Some(Step::Member(object, Cow::Borrowed(if attribute == "__dict__" { "" } else { attribute })))
+        }
+        // `x["name"]` with a literal: `sys.modules["os"]` is `os`, `vars(os)["system"]` is
+        // `os.system`.
+        "subscript" => {
+            let value = node.child_by_field_name("value")?;
+            let key = literal(node.child_by_field_name("subscript")?, src)?;
+            match dotted(value, src, fields, bindings).as_deref() {
+                Some("sys.modules") => Some(Step::Name(Cow::Owned(key))),
+                _ => Some(Step::Member(value, Cow::Owned(key))),
+            }
         }
         "call" => {
             let function = node.child_by_field_id(fields.function)?;
             let name = bindings.resolve(nfkc(function.utf8_text(src).ok()?));
-            IMPORTERS.contains(&name.as_str()).then(|| imported(node, src, fields)).flatten().map(|m| Step::Name(Cow::Owned(m)))
+            let arguments = node.child_by_field_id(fields.arguments)?;
+            let mut cursor = arguments.walk();
+            let given: Vec<Node<'_>> = arguments.named_children(&mut cursor).filter(|a| a.kind() != "comment").collect();
+            match (name.as_str(), given.as_slice()) {
+                // `getattr(os, "system")` is `os.system`; `vars(os)` is `os`.
+                ("getattr" | "builtins.getattr", [object, key, ..]) => Some(Step::Member(*object, Cow::Owned(literal(*key, src)?))),
+                ("vars" | "builtins.vars", [object]) => Some(Step::Member(*object, Cow::Borrowed(""))),
+                _ => IMPORTERS.contains(&name.as_str()).then(|| imported(node, src, fields)).flatten().map(|m| Step::Name(Cow::Owned(m))),
+            }
         }
         _ => None,
     })?;

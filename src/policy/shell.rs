@@ -19,6 +19,7 @@ const WRAPPERS: &[(&str, &[&str])] = &[
     ("exec", &["-a"]),
     ("builtin", &[]),
     ("coproc", &[]),
+    ("!", &[]),
     ("nohup", &[]),
     ("nice", &["-n", "--adjustment"]),
     ("ionice", &["-c", "-n", "-p", "-P", "-u"]),
@@ -80,18 +81,40 @@ impl Command {
                 rest = &rest[end..];
             }
         }
-        let (code, reads_code) = match inner.0.as_str() {
-            "eval" => (Some(inner.1.join(" ")), false),
-            // `trap 'curl x' EXIT`, `watch 'curl x'`: code run later.
-            "trap" => (inner.1.iter().find(|a| !a.starts_with('-')).cloned(), false),
-            _ if inner.0.contains(char::is_whitespace) => (Some(inner.0.clone()), false),
-            shell if SHELLS.contains(&shell) => match shell_code(inner.1) {
-                Some(code) => (Some(code), false),
-                None => (None, true),
-            },
-            _ => (None, false),
-        };
+        let (mut code, reads_code) = code_of(&inner.0, inner.1);
+        // `find . -exec sh -c 'curl x' \;`.
+        for (run, args) in &runs {
+            if code.is_none() {
+                code = code_of(run, args).0;
+            }
+        }
+        // `env -S 'curl x'` splits its string into a command.
+        if name == "env" {
+            if let Some(at) = args.iter().position(|a| a == "-S" || a == "--split-string") {
+                code = code.or_else(|| args.get(at + 1).cloned());
+            }
+        }
         Some(Command { name, args, runs, code, reads_code })
+    }
+}
+
+/// The code command `name` runs from a string among `args`, and whether it reads code from
+/// its standard input instead.
+fn code_of(name: &str, args: &[String]) -> (Option<String>, bool) {
+    match name {
+        "eval" => (Some(args.join(" ")), false),
+        // `trap 'curl x' EXIT`, `watch 'curl x'`: code run later.
+        "trap" => (args.iter().find(|a| !a.starts_with('-')).cloned(), false),
+        // `alias c=curl`: the alias's text runs where `c` is written.
+        "alias" => (Some(args.iter().filter_map(|a| a.split_once('=').map(|(_, v)| v)).collect::<Vec<_>>().join("\n")), false),
+        // `source /dev/stdin <<< '...'`, `. /dev/stdin`: code from standard input.
+        "source" | "." => (None, args.first().is_none_or(|f| matches!(f.as_str(), "/dev/stdin" | "/proc/self/fd/0" | "/dev/fd/0" | "-"))),
+        _ if name.contains(char::is_whitespace) => (Some(name.to_owned()), false),
+        shell if SHELLS.contains(&shell) => match shell_code(args) {
+            Some(code) => (Some(code), false),
+            None => (None, args.iter().all(|a| a.starts_with('-') || a.starts_with('+')) || args.iter().any(|a| a == "-s")),
+        },
+        _ => (None, false),
     }
 }
 
@@ -187,10 +210,14 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, depth: usize) ->
         "pipeline" => {
             let mut cursor = node.walk();
             let stages: Vec<Node<'_>> = node.named_children(&mut cursor).filter(|c| c.kind() != "comment").collect();
-            for pair in stages.windows(2) {
-                let reader = Command::of(pair[1], src).filter(|c| c.reads_code);
-                let writer = Command::of(pair[0], src).filter(|c| matches!(c.name.as_str(), "echo" | "printf"));
-                if let (Some(_), Some(writer)) = (reader, writer) {
+            for (at, stage) in stages.iter().enumerate() {
+                if !Command::of(*stage, src).is_some_and(|c| c.reads_code) {
+                    continue;
+                }
+                // Back through what passes its input on (`echo 'curl x' | cat | bash`) to
+                // what writes it.
+                let writer = stages[..at].iter().rev().filter_map(|s| Command::of(*s, src)).find(|c| !matches!(c.name.as_str(), "cat" | "tee" | "head" | "tail" | "dd" | "stdbuf"));
+                if let Some(writer) = writer.filter(|c| matches!(c.name.as_str(), "echo" | "printf")) {
                     let text = writer.args.iter().filter(|a| !a.starts_with('-')).cloned().collect::<Vec<_>>().join("\n");
                     nested(&text, node, &mut sites);
                 }
