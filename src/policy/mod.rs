@@ -235,7 +235,10 @@ impl Rule {
                 Kind::Import | Kind::Attribute => name_ok(pattern) && !pattern.ends_with('*'),
                 Kind::Call => name_ok(pattern),
                 Kind::Command => {
-                    let command = |name: &str| name.strip_suffix('*').unwrap_or(name).chars().all(|c| !c.is_control()) && !name[..name.len().saturating_sub(1)].contains('*');
+                    let command = |name: &str| {
+                        let body = name.strip_suffix('*').unwrap_or(name);
+                        !body.is_empty() && body.chars().all(|c| !c.is_control()) && !body.contains('*')
+                    };
                     pattern.split_whitespace().next().is_some_and(command) && pattern.trim() == pattern
                 }
                 Kind::Pattern => true,
@@ -1058,6 +1061,11 @@ mod tests {
         assert!(Rule::new("x", Kind::Call, &[" "], Risk::Low).is_err());
         assert!(Rule::new("x", Kind::Call, &[] as &[&str], Risk::Low).is_err());
         assert!(Rule::new("x", Kind::Call, &["eval"], Risk::None).is_err());
+        // Names of any script, never a panic.
+        assert!(Rule::new("x", Kind::Command, &["é"], Risk::Low).is_ok());
+        assert!(Rule::new("x", Kind::Command, &["é*"], Risk::Low).is_ok());
+        assert!(Rule::new("x", Kind::Command, &["*"], Risk::Low).is_err());
+        assert!(Rule::new("x", Kind::Call, &["ü.é"], Risk::Low).is_ok());
         // A list, and a call pattern ending in `*`.
         let exec = Rule::new("x", Kind::Call, &["os.exec*", "os.system"], Risk::High).unwrap();
         let site = |name: &str| Site { kind: Kind::Call, name: name.into(), args: Vec::new(), start: 0, end: 0 };
@@ -1267,6 +1275,32 @@ mod tests {
         assert_eq!(starter.check_in(Language::Javascript, "o.exec(['ls'])", &mut bindings).decision, Decision::Deny);
     }
 
+    /// Random programs of each language's trickiest tokens: always a verdict, never a panic.
+    #[test]
+    fn random_token_soup_never_panics() {
+        let starter = starter();
+        let tokens: [&[&str]; 3] = [
+            &["import", "from", "as", "*", "os", ".", "system", "(", ")", "'", "\"", "exec", "__import__", "=", ":=", ",", "[", "]", "getattr", "vars", "sys.modules", "\n", " ", "\\", "#", "ｅ", "lambda", "def", ":"],
+            &["import", "*", "as", "o", "from", "'qjs:os'", "`", "${", "}", "{", "(", ")", "eval", "Function", "new", ".", "[", "]", "=", "const", "require", "\\u0065", "\n", ";", "await", "default", ","],
+            &["find", "-exec", ";", "+", "\\;", "sudo", "-u", "env", "-S", "bash", "-c", "-lc", "--", "<<", "EOF", "<<<", "|", "&&", "'", "\"", "$'", "\\x63", "$(", ")", "`", "{", "}", "!", "coproc", "alias", "trap", "\\\n", "\n", " ", "curl", "rm", "-rf", "/"],
+        ];
+        let mut state = 0x243f_6a88_85a3_08d3u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for (language, vocabulary) in Language::ALL.into_iter().zip(tokens) {
+            for _ in 0..3000 {
+                let length = 1 + next(12);
+                let code: String = (0..length).map(|_| vocabulary[next(vocabulary.len())]).collect::<Vec<_>>().join(if next(2) == 0 { " " } else { "" });
+                let verdict = starter.check(language, &code);
+                assert!(verdict.findings.len() <= MAX_FINDINGS, "{code:?}");
+            }
+        }
+    }
+
     /// What a static check cannot see: listed so that they are known limits, not surprises.
     #[test]
     fn documented_limits_of_a_static_check() {
@@ -1315,6 +1349,10 @@ mod tests {
                 char::from_u32((state % 0x3000) as u32).unwrap_or('x')
             })
             .collect();
+        // Commands cut short where their words are counted: `find -exec` with nothing after it.
+        for code in ["find . -exec \\;", "find . -exec", "find -exec ';' +", "find . -ok -exec", "sudo", "env -S", "bash -c", "xargs --", "coproc N {", "trap", "alias", "! !"] {
+            policy.check(Language::Shell, code);
+        }
         let chain = format!("x{}()", ".y".repeat(200_000));
         let nested = format!("{}1{}", "(".repeat(100_000), ")".repeat(100_000));
         for language in Language::ALL {

@@ -76,7 +76,8 @@ impl Command {
             let mut rest = inner.1;
             while let Some(at) = rest.iter().position(|a| matches!(a.as_str(), "-exec" | "-execdir" | "-ok" | "-okdir")) {
                 let Some(run) = rest.get(at + 1) else { break };
-                let end = rest[at + 1..].iter().position(|a| a == ";" || a == "+").map_or(rest.len(), |e| at + 1 + e);
+                // The command's words end at `;` or `+` (the command itself never does).
+                let end = rest[at + 2..].iter().position(|a| a == ";" || a == "+").map_or(rest.len(), |e| at + 2 + e);
                 runs.push((command_name(run), rest[at + 2..end].to_vec()));
                 rest = &rest[end..];
             }
