@@ -145,17 +145,78 @@ fn raw_mcp(tmpdir: Option<&std::path::Path>) -> std::process::Child {
 
 /// The status of an unauthenticated POST, with a plain HTTP/1.1 request.
 fn raw_post_status(url: &str) -> u16 {
+    raw_post(url, "application/json", "{}").0
+}
+
+/// A POST of `body` as `content_type` that accepts what MCP answers, with a plain HTTP/1.1
+/// request: the status and the body.
+fn raw_post(url: &str, content_type: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').expect("path");
+    let mut stream = std::net::TcpStream::connect(host).expect("connects");
+    write!(
+        stream,
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, answer.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default())
+}
+
+/// Over stdio, every bad line gets its JSON-RPC error (with the request's id when it has one)
+/// and good lines around them are answered as usual.
+#[test]
+fn bad_json_rpc_on_stdio_gets_json_rpc_errors() {
+    let mut child = raw_mcp(None);
     {
-        use std::io::{Read, Write};
-        let rest = url.strip_prefix("http://").expect("http url");
-        let (host, path) = rest.split_once('/').expect("path");
-        let mut stream = std::net::TcpStream::connect(host).expect("connects");
-        let body = "{}";
-        write!(stream, "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        let lines = [
+            INITIALIZE,
+            "this is not json",
+            "[1, 2]",
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":5}"#,
+            r#"{"jsonrpc":"2.0","id":8,"method":"no/such/method"}"#,
+            r#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#,
+        ];
+        writeln!(stdin, "{}", lines.join("\n")).unwrap();
     }
+    let out = child.wait_with_output().expect("ends at end of input");
+    let answers: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON lines")).collect();
+    let code = |id: Value| -> Vec<i64> { answers.iter().filter(|a| a["id"] == id).filter_map(|a| a["error"]["code"].as_i64()).collect() };
+    assert_eq!(code(Value::Null), [-32700, -32600], "{answers:?}");
+    assert_eq!(code(7.into()), [-32602], "{answers:?}");
+    assert_eq!(code(8.into()), [-32601], "{answers:?}");
+    assert!(answers.iter().any(|a| a["id"] == 9 && a["result"]["tools"].is_array()), "still serving: {answers:?}");
+    assert_eq!(answers.len(), 6, "one answer per request: {answers:?}");
+}
+
+/// Over HTTP, a body that is not JSON-RPC is a 400 carrying the JSON-RPC error; a wrong content
+/// type stays 415, an oversized body 413; the server serves on.
+#[test]
+fn bad_json_rpc_over_http_gets_json_rpc_errors() {
+    let server = Server::start(&["--max-body-bytes", "4096"]);
+    let url = server.url("/mcp");
+    for (body, code, id) in [
+        ("this is not json", -32700, Value::Null),
+        ("[]", -32600, Value::Null),
+        (r#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":5}"#, -32602, Value::from("a")),
+    ] {
+        let (status, answer) = raw_post(&url, "application/json", body);
+        assert_eq!(status, 400, "{body}: {answer}");
+        let answer: Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{body}: not JSON ({e}): {answer}"));
+        assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+        assert_eq!(answer["id"], id, "{body}: {answer}");
+    }
+    assert_eq!(raw_post(&url, "text/plain", INITIALIZE).0, 415);
+    assert_eq!(raw_post(&url, "application/json", &"x".repeat(5000)).0, 413);
+    let (status, answer) = raw_post(&url, "application/json", INITIALIZE);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("serverInfo"), "{answer}");
 }
 
 /// `wsbx mcp` stopped by a signal (as MCP clients stop their servers) leaves no scratch

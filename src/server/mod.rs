@@ -682,14 +682,16 @@ impl Drop for KillOnDrop {
 
 /// Reads a JSON request body within the body timeout and size cap.
 async fn read_json<T: serde::de::DeserializeOwned>(state: &AppState, body: Body) -> Result<T, ApiError> {
-    let read = tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, state.max_body_bytes));
-    let bytes = read
-        .await
-        .map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {:?}", state.body_timeout)))?
-        .map_err(|_| {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {} bytes", state.max_body_bytes))
-        })?;
+    let bytes = read_body(state, body).await?;
     serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("bad request body: {e}")))
+}
+
+/// Reads a request body within the body timeout and size cap.
+async fn read_body(state: &AppState, body: Body) -> Result<bytes::Bytes, ApiError> {
+    let read = tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, state.max_body_bytes));
+    read.await
+        .map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {:?}", state.body_timeout)))?
+        .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {} bytes", state.max_body_bytes)))
 }
 
 /// A run slot: at once when one is free, after a wait in the queue otherwise; 429 when the

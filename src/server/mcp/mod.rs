@@ -5,10 +5,20 @@
 //! "timeout_ms"?, "session_id"?}`), `create_session` and `close_session`. Each is a thin caller
 //! of the same core as the HTTP routes ([`super::run_once`], [`super::sessions`]): the same
 //! limits, ceilings, run slots and session table. A result is text (status, streams, what was
-//! cut) plus one image for each PNG the run left in its scratch directory.
+//! cut) plus one image for each PNG the run left in its scratch directory. What the SDK leaves
+//! unanswered — bytes that are not a JSON-RPC message — is answered here ([`jsonrpc`]), on
+//! stdio through wsbx's own line framing ([`stdio`]).
+
+mod jsonrpc;
+mod stdio;
 
 use std::sync::Arc;
 
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -260,7 +270,37 @@ impl ServerHandler for Tools {
 /// The `/mcp` route: streamable HTTP, stateless, behind the same token as `/v1/`. Without a
 /// token only loopback `Host` headers are accepted (a web page cannot reach a local server
 /// through DNS rebinding); with one, the token is the defence and any host is.
-pub(super) fn http_service(state: &Arc<AppState>) -> StreamableHttpService<Tools, LocalSessionManager> {
+///
+/// The body is read here, within the server's size cap and body timeout, and a body that is
+/// not a JSON-RPC message is answered `400` with the JSON-RPC error ([`jsonrpc`]).
+pub(super) fn http_service(state: &Arc<AppState>) -> axum::Router {
+    axum::Router::new()
+        .fallback_service(streamable_http(state))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), answer_malformed))
+}
+
+/// Hands a POST's body to the SDK; when the SDK refuses it as unreadable JSON (`415`, which it
+/// also says of a wrong content type), answers what JSON-RPC says instead.
+async fn answer_malformed(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let body = match super::read_body(&state, body).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
+    let response = next.run(Request::from_parts(parts, Body::from(body.clone()))).await;
+    if response.status() != StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        return response;
+    }
+    match jsonrpc::check(&body) {
+        Ok(()) => response,
+        Err(bad) => (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], bad.answer()).into_response(),
+    }
+}
+
+fn streamable_http(state: &Arc<AppState>) -> StreamableHttpService<Tools, LocalSessionManager> {
     // Stateless: every request stands alone (a wsbx session is named by `session_id`, held in
     // the server's own capped and reaped table), so MCP clients cannot pile up transport
     // sessions the server would have to keep. The body cap is the server's.
@@ -278,10 +318,7 @@ pub(super) fn http_service(state: &Arc<AppState>) -> StreamableHttpService<Tools
 
 /// Serves the tools on stdin and stdout until the client closes its end.
 pub(super) async fn serve_stdio(state: &Arc<AppState>) -> std::io::Result<()> {
-    use rmcp::ServiceExt as _;
-    let running = Tools::new(state.clone()).serve(rmcp::transport::stdio()).await.map_err(std::io::Error::other)?;
-    running.waiting().await.map_err(std::io::Error::other)?;
-    Ok(())
+    stdio::serve(Tools::new(state.clone()), state.max_body_bytes).await
 }
 
 /// The input files as given, decoded; why not otherwise.
