@@ -212,6 +212,10 @@ pub struct InstallOptions {
 pub struct Javascript {
     /// The compiled interpreter and driver.
     pub module: wasmtime::Module,
+    /// Its file: what a pre-initialized snapshot is made from.
+    pub module_path: PathBuf,
+    /// That file's pinned sha256.
+    pub module_sha256: String,
 }
 
 /// An installed and loaded Python runtime.
@@ -362,14 +366,15 @@ impl Runtimes {
         })
     }
 
-    /// Loads the pre-initialized snapshot at `snapshot` (see
+    /// Loads the pre-initialized snapshot at `snapshot` of the interpreter `name` (see
     /// [`crate::backend::wasm::preinit`]), building it with `build` first when it is missing,
     /// unfinished or damaged, and compiling it when it is not compiled. Builds run under the
     /// install lock, so concurrent processes make it once.
-    pub fn python_preinit(
+    pub fn preinit(
         &self,
         engine: &WasmEngine,
         snapshot: &Path,
+        name: &str,
         build: impl FnOnce(&mut dyn Write) -> Result<String, String>,
         progress: &mut dyn Write,
     ) -> Result<wasmtime::Module, RuntimeError> {
@@ -390,7 +395,7 @@ impl Runtimes {
             }
         };
         // A compiled file that fails to load is compiled again from the verified snapshot.
-        engine.load_or_compile(snapshot, &sha, &compiled, "python (pre-initialized)", progress).map_err(RuntimeError::Compile)
+        engine.load_or_compile(snapshot, &sha, &compiled, &format!("{name} (pre-initialized)"), progress).map_err(RuntimeError::Compile)
     }
 
     /// Builds JavaScript if it is not built, compiles it if it is not compiled, and loads it.
@@ -409,7 +414,7 @@ impl Runtimes {
         }
         let pin = &self.manifest.javascript;
         let module = self.load_compiled(engine, &module_path, &pin.module_sha256, "javascript", progress)?;
-        Ok(Javascript { module })
+        Ok(Javascript { module, module_path, module_sha256: pin.module_sha256.clone() })
     }
 
     /// Loads a module compiled for `engine`, compiling it first (under the install lock) if

@@ -154,7 +154,8 @@ impl Sandbox {
                 javascript_options = &reinstall;
             }
         }
-        self.runtimes.javascript(&engine, javascript_options, progress)?;
+        let javascript = self.runtimes.javascript(&engine, javascript_options, progress)?;
+        crate::backend::wasm::javascript::preinitialized(&self.runtimes, &engine, &javascript, progress).map_err(RuntimeError::Compile)?;
         Ok(())
     }
 
@@ -180,7 +181,10 @@ impl Sandbox {
                 let engine = self.engine()?;
                 let javascript = self.runtimes.javascript(&engine, &InstallOptions::default(), &mut std::io::stderr());
                 let javascript = javascript.map_err(|e| e.to_string())?;
-                JavascriptBackend::new(engine, javascript, &self.config.scratch_root, self.config.warm_instances)
+                let preinit = crate::backend::wasm::javascript::preinitialized(&self.runtimes, &engine, &javascript, &mut std::io::stderr())
+                    .map_err(|e| eprintln!("wsbx: javascript runs without its pre-initialized snapshot: {e}"))
+                    .ok();
+                JavascriptBackend::new(engine, javascript, preinit, &self.config.scratch_root, self.config.warm_instances)
             }),
             Language::Shell => loaded(
                 &self.shell,

@@ -1,9 +1,9 @@
-//! The pre-initialized Python: what a run sees is fresh each time, errors and imports are
-//! cheap, and a damaged snapshot is rebuilt, never half-used.
+//! The pre-initialized interpreters (Python and JavaScript): what a run sees is fresh each time,
+//! errors and imports are cheap, and a damaged snapshot is rebuilt, never half-used.
 
 mod common;
 
-use common::{assert_status, python, request, sandbox};
+use common::{assert_status, javascript, python, request, sandbox};
 use wsbx::{Language, Status};
 
 #[test]
@@ -60,6 +60,39 @@ fn environment_and_small_memory_caps_still_work_from_the_plain_interpreter() {
     assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "small\n"), "{r:#?}");
 }
 
+#[test]
+fn every_javascript_run_gets_fresh_random_numbers_and_its_own_clock() {
+    let code = "console.log(Math.random(), Math.random())";
+    let (a, b) = (javascript(code), javascript(code));
+    assert_status(&a, Status::Ok);
+    assert_ne!(a.stdout, b.stdout, "two runs drew the same numbers");
+    let numbers: Vec<f64> = a.stdout.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert!(numbers.iter().all(|n| (0.0..1.0).contains(n)) && numbers[0] != numbers[1], "{numbers:?}");
+    // performance.now() counts from the start of this run; timeOrigin is when that was.
+    let r = javascript("const t = performance.now(); console.log(t, performance.timeOrigin + t - Date.now())");
+    let [now, skew]: [f64; 2] = r.stdout.split_whitespace().map(|n| n.parse().unwrap()).collect::<Vec<_>>().try_into().unwrap();
+    assert!((0.0..1000.0).contains(&now), "performance.now() = {now}");
+    assert!(skew.abs() < 50.0, "timeOrigin is {skew} ms off the wall clock");
+}
+
+#[test]
+fn javascript_environment_and_small_memory_caps_still_work_from_the_plain_interpreter() {
+    let mut req = request(Language::Javascript, "console.log(process.env.GREETING, Math.random() < 1)");
+    req.env.insert("GREETING".into(), "hello".into());
+    let r = sandbox().run(&req);
+    assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "hello true\n"), "{r:#?}");
+    let r = javascript("console.log(process.env.GREETING, process.env.HOME)");
+    assert_eq!(r.stdout, "undefined /scratch\n");
+    // The snapshot holds no more memory than the interpreter it was made from (its C stack
+    // alone is 8 MiB): the smallest cap that runs one runs the other.
+    let mut req = request(Language::Javascript, "console.log('small')");
+    req.limits.memory_mb = 9;
+    let r = sandbox().run(&req);
+    assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "small\n"), "{r:#?}");
+    req.limits.memory_mb = 8;
+    assert_status(&sandbox().run(&req), Status::MemoryLimit);
+}
+
 /// The build-and-verify mechanism, on a tiny module so it runs in milliseconds.
 #[test]
 fn a_damaged_snapshot_is_rebuilt_never_used() {
@@ -77,18 +110,18 @@ fn a_damaged_snapshot_is_rebuilt_never_used() {
         Ok(sha)
     };
     let mut progress = Vec::new();
-    runtimes.python_preinit(&engine, &snapshot, build, &mut progress).unwrap();
+    runtimes.preinit(&engine, &snapshot, "test", build, &mut progress).unwrap();
     assert_eq!(builds.get(), 1);
     // Loaded from the compiled cache: no build.
     let again = |_: &mut dyn std::io::Write| -> Result<String, String> { panic!("rebuilt an intact snapshot") };
-    runtimes.python_preinit(&engine, &snapshot, again, &mut progress).unwrap();
+    runtimes.preinit(&engine, &snapshot, "test", again, &mut progress).unwrap();
     // The compiled file and the snapshot both damaged: rebuilt.
     for entry in std::fs::read_dir(home.path().join("compiled")).unwrap() {
         std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
     }
     std::fs::write(&snapshot, b"\0asm garbage").unwrap();
     let fresh = wsbx::backend::wasm::WasmEngine::new().unwrap();
-    runtimes.python_preinit(&fresh, &snapshot, build, &mut progress).unwrap();
+    runtimes.preinit(&fresh, &snapshot, "test", build, &mut progress).unwrap();
     assert_eq!(builds.get(), 2);
 }
 

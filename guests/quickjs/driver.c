@@ -24,14 +24,20 @@
  *
  * Globals: `console` (log/info/debug to stdout, error/warn to stderr, objects shown as
  * JSON-like text), `setTimeout`/`clearTimeout`, `process` (`exit`, `argv`, `env`), `print`,
- * `scriptArgs`. Modules `qjs:std` and `qjs:os` give file access inside the sandbox; built for
+ * `scriptArgs`, `performance` (`now()` counts from the start of the run, `timeOrigin` is when
+ * that was). `Math.random` is reseeded from the host's entropy at the start of every run.
+ *
+ * Nothing wsbx_prepare leaves in memory depends on when or where it ran (the clock, a seed),
+ * so the host may snapshot an instance after it and start every run from that snapshot. Modules `qjs:std` and `qjs:os` give file access inside the sandbox; built for
  * WASI they have no `exec`, no signals and no sockets. Everything written goes straight to the
  * file descriptor, unbuffered, so nothing is lost when the host ends the run at a limit.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "quickjs-libc.h"
@@ -113,6 +119,80 @@ static JSValue js_write(JSContext *ctx, JSValueConst this_val, int argc, JSValue
     }
     JS_FreeCString(ctx, s);
     return JS_UNDEFINED;
+}
+
+/* Math.random's state. QuickJS seeds its own generator once, from the clock, when the context
+ * is made: in instances started from one snapshot that seed would repeat in every run. This
+ * one is reseeded from the host's entropy at the start of each run. */
+static uint64_t rng[2];
+
+static void reseed(void)
+{
+    if (getentropy(rng, sizeof rng) != 0 || (rng[0] | rng[1]) == 0) {
+        /* Never all zero: xorshift would stay there. */
+        rng[0] ^= (uint64_t)clock();
+        rng[1] = 0x9e3779b97f4a7c15u;
+    }
+}
+
+/* Math.random(): xorshift128+ (as V8 and SpiderMonkey), 53 random bits in [0, 1). */
+static JSValue js_random(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    uint64_t s1 = rng[0];
+    const uint64_t s0 = rng[1];
+    const uint64_t result = s0 + s1;
+
+    (void)this_val, (void)argc, (void)argv;
+    rng[0] = s0;
+    s1 ^= s1 << 23;
+    rng[1] = s1 ^ s0 ^ (s1 >> 18) ^ (s0 >> 5);
+    return JS_NewFloat64(ctx, (double)(result >> 11) * 0x1.0p-53);
+}
+
+static double ms(const struct timespec *t)
+{
+    return (double)t->tv_sec * 1e3 + (double)t->tv_nsec / 1e6;
+}
+
+/* performance.now(): milliseconds on the monotonic clock, which the host starts at zero with
+ * each run. (QuickJS's own counts from when the context was made: negative once the host
+ * restarts the clock for the run, and frozen in a snapshot.) */
+static JSValue js_perf_now(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    struct timespec mono;
+
+    (void)this_val, (void)argc, (void)argv;
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    return JS_NewFloat64(ctx, ms(&mono));
+}
+
+/* performance.timeOrigin: the wall-clock time (ms since the epoch) at which performance.now()
+ * read zero. */
+static JSValue js_time_origin(JSContext *ctx, JSValueConst this_val, int argc, JSValueConst *argv)
+{
+    struct timespec real, mono;
+
+    (void)this_val, (void)argc, (void)argv;
+    clock_gettime(CLOCK_REALTIME, &real);
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    return JS_NewFloat64(ctx, ms(&real) - ms(&mono));
+}
+
+/* Replaces Math.random and the performance object with the ones above. */
+static int add_clock_and_random(JSContext *ctx, JSValueConst global)
+{
+    JSValue math = JS_GetPropertyStr(ctx, global, "Math");
+    int failed = JS_SetPropertyStr(ctx, math, "random", JS_NewCFunction(ctx, js_random, "random", 0)) < 0;
+    JS_FreeValue(ctx, math);
+
+    JSValue performance = JS_NewObject(ctx);
+    JSAtom origin = JS_NewAtom(ctx, "timeOrigin");
+    failed |= JS_SetPropertyStr(ctx, performance, "now", JS_NewCFunction(ctx, js_perf_now, "now", 0)) < 0;
+    failed |= JS_DefinePropertyGetSet(ctx, performance, origin, JS_NewCFunction(ctx, js_time_origin, "get timeOrigin", 0),
+                                      JS_UNDEFINED, JS_PROP_ENUMERABLE | JS_PROP_CONFIGURABLE) < 0;
+    JS_FreeAtom(ctx, origin);
+    failed |= JS_SetPropertyStr(ctx, global, "performance", performance) < 0;
+    return failed;
 }
 
 /* Prints the pending exception with its stack on stderr, through the bootstrap's formatter
@@ -243,7 +323,10 @@ int wsbx_prepare(void)
     js_std_add_helpers(the_ctx, 1, no_args);
     JSValue global = JS_GetGlobalObject(the_ctx);
     JS_SetPropertyStr(the_ctx, global, "__wsbx_write", JS_NewCFunction(the_ctx, js_write, "write", 2));
+    int failed = add_clock_and_random(the_ctx, global);
     JS_FreeValue(the_ctx, global);
+    if (failed)
+        return 1;
 
     JSValue val = eval_module(the_ctx, BOOTSTRAP, sizeof(BOOTSTRAP) - 1, "<wsbx>");
     if (JS_IsException(val)) {
@@ -275,6 +358,7 @@ int wsbx_run(char *code, size_t len, int mode)
         return 1;
     }
     code[len] = '\0';
+    reseed();
     if (mode == 3)
         JS_SetHostPromiseRejectionTracker(the_rt, turn_tracker, NULL);
     if (mode == 2) {

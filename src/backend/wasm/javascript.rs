@@ -1,45 +1,97 @@
 //! JavaScript: QuickJS-NG with our driver (`guests/quickjs/driver.c`), a WASI reactor, one
-//! fresh instance per run — prepared ahead of the request when the sandbox keeps guests warm.
+//! fresh instance per run. A run starts from the pre-initialized snapshot (runtime, context and
+//! globals already made, see [`super::preinit`]) when it can, or from a guest prepared ahead of
+//! the request when the sandbox keeps guests warm.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use wasmtime::{Instance, InstancePre, Linker, Store};
 
 use super::wasi::{self, Grants};
-use super::{run_guest, run_warm, start_live, warm_pool, Guest, GuestState, WasmEngine};
+use super::{preinit, run_guest, run_warm, start_live, warm_pool, Guest, GuestState, Init, Preinit, WasmEngine};
 use crate::backend::pool::WarmPool;
 use crate::scratch::Scratch;
 use crate::backend::{Backend, LiveGuest, Outcome};
 use crate::request::ExecRequest;
-use crate::runtimes::Javascript;
+use crate::runtimes::{Javascript, Runtimes};
 use crate::scratch::ScratchSlot;
 
 /// Runs JavaScript jobs.
 pub struct JavascriptBackend {
     engine: Arc<WasmEngine>,
+    /// The interpreter as built: runs that set environment variables (the snapshot froze
+    /// `process.env`) or cap memory below the snapshot's start here, with [`prepare`].
     pre: InstancePre<GuestState>,
+    /// The pre-initialized snapshot, when it could be built: every other run starts here.
+    preinit: Option<Preinit>,
     warm: Option<WarmPool<(Guest, Scratch)>>,
 }
 
 impl JavascriptBackend {
-    /// Links the interpreter once; every run instantiates from the result. With `warm` > 0, a
-    /// background thread keeps that many guests prepared (runtime, context and globals made).
-    pub fn new(engine: Arc<WasmEngine>, javascript: Javascript, scratch_root: &Path, warm: usize) -> Result<JavascriptBackend, String> {
+    /// Links the interpreter (and the pre-initialized snapshot, when given) once; every run
+    /// instantiates from the result. With `warm` > 0, a background thread keeps that many
+    /// guests ready (instantiated, each with a fresh scratch directory).
+    pub fn new(
+        engine: Arc<WasmEngine>,
+        javascript: Javascript,
+        preinitialized: Option<wasmtime::Module>,
+        scratch_root: &Path,
+        warm: usize,
+    ) -> Result<JavascriptBackend, String> {
         let mut linker = Linker::new(engine.engine());
         wasi::link(&mut linker).map_err(|e| format!("linking WASI: {e}"))?;
         let pre = linker
             .instantiate_pre(&javascript.module)
             .map_err(|e| format!("linking the javascript module: {e}"))?;
-        let no_env = std::collections::BTreeMap::new();
-        let warm = warm_pool(warm, engine.clone(), pre.clone(), scratch_root, move |scratch: &Path| grants(scratch, &no_env), prepare);
-        Ok(JavascriptBackend { engine, pre, warm })
+        let preinit = preinitialized.map(|module| Preinit::new(&linker, &module)).transpose()?;
+        let warm_grants = move |scratch: &Path| grants(scratch, &BTreeMap::new());
+        let warm = match &preinit {
+            Some(p) => warm_pool(warm, engine.clone(), p.pre.clone(), scratch_root, warm_grants, started),
+            None => warm_pool(warm, engine.clone(), pre.clone(), scratch_root, warm_grants, prepare),
+        };
+        Ok(JavascriptBackend { engine, pre, preinit, warm })
     }
+
+    /// The interpreter a guest for `request` starts from, and what makes it ready.
+    fn interpreter(&self, request: &ExecRequest) -> (&InstancePre<GuestState>, Init) {
+        match &self.preinit {
+            Some(p) if p.fits(request) => (&p.pre, started),
+            _ => (&self.pre, prepare),
+        }
+    }
+}
+
+/// Loads the pre-initialized interpreter for `javascript` (`wsbx_prepare` done), building it
+/// first (once per machine, under the install lock) when it is missing or damaged.
+pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, javascript: &Javascript, progress: &mut dyn std::io::Write) -> Result<wasmtime::Module, String> {
+    let dir = javascript.module_path.parent().unwrap_or(Path::new("."));
+    let snapshot = preinit::snapshot_path(dir, "javascript", &javascript.module_sha256, &[]);
+    let build = |progress: &mut dyn std::io::Write| {
+        let scratch = tempfile::tempdir().map_err(|e| format!("creating a scratch directory for the snapshot: {e}"))?;
+        let grants = grants(scratch.path(), &BTreeMap::new());
+        let recipe = preinit::Recipe {
+            name: "javascript",
+            base: &javascript.module_path,
+            grants: &grants,
+            link: wasi::link,
+            what: "runtime, context and globals made",
+        };
+        let set_up = |store: &mut Store<GuestState>, instance: &Instance, io: &wasi::GuestIo| {
+            prepare(store, instance).map_err(|e| {
+                let (stderr, _) = io.stderr.take();
+                format!("preparing the interpreter: {e:#} {}", String::from_utf8_lossy(&stderr))
+            })
+        };
+        preinit::build(&recipe, set_up, &snapshot, progress)
+    };
+    runtimes.preinit(engine, &snapshot, "javascript", build, progress).map_err(|e| e.to_string())
 }
 
 /// What a JavaScript guest is granted: its scratch directory read-write at /scratch and an
 /// environment of HOME plus what the request sets.
-fn grants(scratch: &Path, env: &std::collections::BTreeMap<String, String>) -> Grants {
+fn grants(scratch: &Path, env: &BTreeMap<String, String>) -> Grants {
     let mut all: Vec<(String, String)> = vec![("HOME".into(), "/scratch".into())];
     all.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
     Grants { args: vec!["qjs".to_owned()], env: all, dirs: vec![(scratch.to_owned(), "/scratch", true)] }
@@ -54,6 +106,12 @@ fn prepare(store: &mut Store<GuestState>, instance: &Instance) -> wasmtime::Resu
         0 => Ok(()),
         status => Err(wasmtime::format_err!("the javascript driver failed to start ({status})")),
     }
+}
+
+/// A fresh instance of the snapshot is ready as it is: the driver reseeds and restarts what the
+/// snapshot froze at the start of each run.
+fn started(_: &mut Store<GuestState>, _: &Instance) -> wasmtime::Result<()> {
+    Ok(())
 }
 
 /// How the driver takes a program (`wsbx_run`'s mode).
@@ -102,13 +160,14 @@ impl Backend for JavascriptBackend {
             Err(e) => return e.into(),
         };
         let grants = grants(scratch.path(), &request.env);
-        run_guest(&self.engine, &self.pre, request, &grants, prepare, code)
+        let (pre, init) = self.interpreter(request);
+        run_guest(&self.engine, pre, request, &grants, init, code)
     }
 
     /// A session keeps one runtime and context: each turn is evaluated in it, so globals,
     /// functions and resolved promises stay; a turn's jobs and timers run to its end.
     fn start_live(&self, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Option<Result<Box<dyn LiveGuest>, Outcome>> {
         let grants = |dir: &Path| grants(dir, &request.env);
-        Some(start_live(&self.engine, self.warm.as_ref(), (&self.pre, prepare), grants, request, scratch, run_turn))
+        Some(start_live(&self.engine, self.warm.as_ref(), self.interpreter(request), grants, request, scratch, run_turn))
     }
 }

@@ -126,6 +126,26 @@ fn on_guest_thread<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R, String> {
 /// Makes a fresh instance of an interpreter ready for its first run.
 pub(crate) type Init = fn(&mut Store<GuestState>, &Instance) -> wasmtime::Result<()>;
 
+/// A pre-initialized interpreter ([`preinit`]), linked, and the memory it starts with.
+pub(crate) struct Preinit {
+    pub(crate) pre: InstancePre<GuestState>,
+    footprint: u64,
+}
+
+impl Preinit {
+    pub(crate) fn new(linker: &wasmtime::Linker<GuestState>, module: &wasmtime::Module) -> Result<Preinit, String> {
+        let footprint = module.exports().find_map(|e| e.ty().memory().map(|m| m.minimum().saturating_mul(65_536))).unwrap_or(0);
+        let pre = linker.instantiate_pre(module).map_err(|e| format!("linking the pre-initialized module: {e}"))?;
+        Ok(Preinit { pre, footprint })
+    }
+
+    /// Whether `request` can start here: not when it sets environment variables (the snapshot
+    /// froze the environment) or caps memory below the snapshot's own.
+    pub(crate) fn fits(&self, request: &ExecRequest) -> bool {
+        request.env.is_empty() && self.footprint <= request.limits.memory_bytes()
+    }
+}
+
 /// Fuel a guest may spend setting its interpreter up (CPython's first turn and prelude take
 /// about 4 million, QuickJS's runtime and globals about 4 million). Set-up is wsbx's code, not
 /// the request's: it is metered separately so that `fuel` and `fuel_consumed` count only the

@@ -1,66 +1,40 @@
-//! A pre-initialized Python: the interpreter's memory snapshotted with wsbx's prelude run and
-//! the modules agents use most already imported, so a run starts where they left off.
+//! Pre-initialized interpreters: an interpreter's memory snapshotted once it is set up (for
+//! Python: wsbx's prelude run and the modules agents use most imported; for JavaScript: the
+//! runtime, context and globals made), so a run starts where the set-up left off.
 //!
-//! Built once per machine (at install, or the first time Python is loaded) with
+//! Built once per machine (at install, or the first time the interpreter is loaded) with
 //! `wasmtime-wizer`: instrument the pinned module, instantiate it with the same grants a run
 //! has (the preopen table is baked into the snapshot, so the order and guest paths must match),
-//! run the prelude and the imports of [`IMPORTS`], snapshot the instance into a new module,
-//! then compile that like the original. Every run still gets a fresh instance of it
-//! (copy-on-write): nothing of one run reaches another. What a snapshot would freeze is
-//! refreshed at the start of each run by [`RESEED`].
+//! run the set-up, snapshot the instance into a new module, then compile that like the
+//! original. Every run still gets a fresh instance of it (copy-on-write): nothing of one run
+//! reaches another. What a snapshot would freeze (seeds, clocks) each interpreter refreshes at
+//! the start of a run.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
-use wasmtime::{Config, Engine, Linker, Store};
+use wasmtime::{Config, Engine, Instance, Linker, Store};
 use wasmtime_wizer::{InstanceState, SnapshotVal, Wizer};
 
 use super::limits::MemoryCap;
 use super::wasi::{self, GuestIo, Grants};
 use super::GuestState;
 
-/// Modules imported into the snapshot: the traceback machinery an uncaught exception needs
-/// (92 M fuel, 40 ms on a fresh interpreter), and the data stack (`import pandas` alone is
-/// 4.4 G fuel, a second).
-pub const IMPORTS: &[&str] = &["traceback", "linecache", "json", "re", "random", "numpy", "pandas", "matplotlib", "matplotlib.pyplot"];
-
-/// Defines, in the snapshot, what [`RESEED`] calls: fresh seeds for `random` and numpy's
-/// global generator (a snapshot would otherwise give every run the same numbers), and the turn
-/// counter back at zero so the user's code is `<turn 1>`. Compiled once here, so a run only
-/// compiles the one-line call (compiling the body on every run was a tenth of a hello).
-///
-/// The seeds are fixed-size draws from the host's entropy, so that seeding leaves the heap the
-/// same shape in every run and the user's code costs the same fuel each time.
-const RESEED_SETUP: &str = "
-def _wsbx_reseed(os=os, random=random, numpy=numpy, reactor=_reactor):
-    random.seed(int.from_bytes(os.urandom(8)) | 1 << 63)
-    numpy.random.seed(int.from_bytes(os.urandom(4)) & 0x7fffffff | 1 << 30)
-    reactor._turns = 0
-_reactor._wsbx_reseed = _wsbx_reseed
-del _wsbx_reseed
-";
-
-/// Run at the start of every run of the snapshot: see [`RESEED_SETUP`].
-pub const RESEED: &str = "_reactor._wsbx_reseed()\n";
-
-/// Bumped whenever what goes into a snapshot changes in a way the inputs below do not show.
+/// Bumped whenever what goes into a snapshot changes in a way the inputs do not show.
 const RECIPE: &str = "wsbx-preinit-2";
 
-/// Where the snapshot of `base_sha256` with `prelude` lives under `dir`: its name carries
+/// Where the snapshot of the module `base_sha256` of interpreter `name`, set up from `inputs`
+/// (the code its set-up runs, the modules it imports), lives under `dir`: its name carries
 /// everything it was made from, so a change to any of it makes a new one.
-pub fn snapshot_path(dir: &Path, base_sha256: &str, prelude: &str) -> PathBuf {
+pub fn snapshot_path(dir: &Path, name: &str, base_sha256: &str, inputs: &[&str]) -> PathBuf {
     let mut hasher = Sha256::new();
-    for part in [RECIPE, base_sha256, prelude, RESEED_SETUP, env!("CARGO_PKG_VERSION")] {
+    for part in [RECIPE, base_sha256, env!("CARGO_PKG_VERSION")].iter().chain(inputs) {
         hasher.update(part.as_bytes());
         hasher.update([0]);
     }
-    for module in IMPORTS {
-        hasher.update(module.as_bytes());
-        hasher.update([0]);
-    }
-    dir.join(format!("python-preinit-{}.wasm", &hex::encode(hasher.finalize())[..16]))
+    dir.join(format!("{name}-preinit-{}.wasm", &hex::encode(hasher.finalize())[..16]))
 }
 
 /// The file holding the snapshot's own sha256, written after the snapshot itself: a snapshot
@@ -69,14 +43,33 @@ pub fn stamp_path(snapshot: &Path) -> PathBuf {
     snapshot.with_extension("sha256")
 }
 
-/// Builds the snapshot of the module at `base` into `out` (and its stamp), given the grants a
-/// run has with a throwaway scratch directory. Returns the snapshot's sha256.
-pub fn build(base: &Path, grants: &Grants, prelude: &str, out: &Path, progress: &mut dyn Write) -> Result<String, String> {
+/// How a snapshot is made: which interpreter, what it links, and its set-up.
+pub struct Recipe<'a> {
+    /// The interpreter, as messages name it: "python", "javascript".
+    pub name: &'static str,
+    /// The pinned module the snapshot is made from.
+    pub base: &'a Path,
+    /// What a run's guest is granted (with a throwaway scratch directory).
+    pub grants: &'a Grants,
+    /// Defines the module's imports, as the run engine's linker does.
+    pub link: fn(&mut Linker<GuestState>) -> wasmtime::Result<()>,
+    /// What "set up" means, for the progress line.
+    pub what: &'a str,
+}
+
+/// Builds the snapshot `recipe` describes into `out` (and its stamp): `set_up` runs in the
+/// instance (given the guest's streams, to report what failed), then its memory and globals
+/// become the snapshot. Returns the snapshot's sha256.
+pub fn build<S>(recipe: &Recipe<'_>, set_up: S, out: &Path, progress: &mut dyn Write) -> Result<String, String>
+where
+    S: FnOnce(&mut Store<GuestState>, &Instance, &GuestIo) -> Result<(), String> + Send,
+{
     let started = Instant::now();
-    let _ = writeln!(progress, "wsbx: pre-initializing python (prelude and {} modules imported, once per machine)", IMPORTS.len());
-    let wasm = std::fs::read(base).map_err(|e| format!("reading {}: {e}", base.display()))?;
+    let name = recipe.name;
+    let _ = writeln!(progress, "wsbx: pre-initializing {name} ({}, once per machine)", recipe.what);
+    let wasm = std::fs::read(recipe.base).map_err(|e| format!("reading {}: {e}", recipe.base.display()))?;
     let wizer = Wizer::new();
-    let (cx, instrumented) = wizer.instrument(&wasm).map_err(|e| format!("instrumenting the python module: {e}"))?;
+    let (cx, instrumented) = wizer.instrument(&wasm).map_err(|e| format!("instrumenting the {name} module: {e}"))?;
 
     // The instrumented module runs once: compile it fast rather than well.
     let mut config = Config::new();
@@ -86,33 +79,23 @@ pub fn build(base: &Path, grants: &Grants, prelude: &str, out: &Path, progress: 
     config.max_wasm_stack(super::engine::MAX_WASM_STACK);
     config.cranelift_opt_level(wasmtime::OptLevel::None);
     let engine = Engine::new(&config).map_err(|e| format!("creating the snapshot engine: {e}"))?;
-    let heartbeat = super::engine::Heartbeat::start("pre-initializing python", progress);
+    let heartbeat = super::engine::Heartbeat::start(&format!("pre-initializing {name}"), progress);
     let module = wasmtime::Module::new(&engine, &instrumented).map_err(|e| format!("compiling the instrumented module: {e}"));
     drop(instrumented);
     let module = module?;
 
     let mut linker = Linker::new(&engine);
-    wasi::link(&mut linker).map_err(|e| format!("linking WASI: {e}"))?;
-    linker
-        .func_wrap("host", "call", |_: i32, _: i32, _: i32, _: i32| -1i32)
-        .map_err(|e| format!("linking host.call: {e}"))?;
+    (recipe.link)(&mut linker).map_err(|e| format!("linking the {name} module's imports: {e}"))?;
     let io = GuestIo::new(1 << 20);
     let clock = wasi::RunClock::starting_now();
-    let ctx = wasi::context(grants, &io, &clock)?;
+    let ctx = wasi::context(recipe.grants, &io, &clock)?;
     let state = GuestState::new(ctx, MemoryCap::new(u64::MAX), clock, Instant::now() + std::time::Duration::from_secs(3600));
     let mut store = Store::new(&engine, state);
     store.limiter(|s| &mut s.memory);
 
     let snapshot = super::on_guest_thread(move || -> Result<Vec<u8>, String> {
         let instance = linker.instantiate(&mut store, &module).map_err(|e| format!("instantiating: {e}"))?;
-        let imports = format!("import os, {}\n{RESEED_SETUP}", IMPORTS.join(", "));
-        for (what, code) in [("the prelude", prelude), ("the imports", imports.as_str())] {
-            let status = super::python::turn(&mut store, &instance, code.as_bytes()).map_err(|e| format!("running {what}: {e:#}"))?;
-            if status != 0 {
-                let (stderr, _) = io.stderr.take();
-                return Err(format!("{what} failed ({status}): {}", String::from_utf8_lossy(&stderr)));
-            }
-        }
+        set_up(&mut store, &instance, &io)?;
         let mut state = Snapshotting { store: &mut store, instance };
         block_on(wizer.snapshot(&cx, &mut state)).map_err(|e| format!("snapshotting: {e}"))
     })??;
@@ -126,7 +109,7 @@ pub fn build(base: &Path, grants: &Grants, prelude: &str, out: &Path, progress: 
         .map_err(|e| format!("writing {}: {e}", out.display()))?;
     let _ = writeln!(
         progress,
-        "wsbx: pre-initialized python in {:.1} s ({} MB)",
+        "wsbx: pre-initialized {name} in {:.1} s ({} MB)",
         started.elapsed().as_secs_f64(),
         snapshot.len() >> 20
     );

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use wasmtime::{Instance, InstancePre, Linker, Store};
 
 use super::wasi::{self, Grants};
-use super::{preinit, run_guest, run_warm, start_live, warm_pool, Guest, GuestState, Init, WasmEngine};
+use super::{preinit, run_guest, run_warm, start_live, warm_pool, Guest, GuestState, Init, Preinit, WasmEngine};
 use crate::backend::pool::WarmPool;
 use crate::scratch::Scratch;
 use crate::backend::{Backend, LiveGuest, Outcome};
@@ -115,12 +115,6 @@ impl Base {
     }
 }
 
-/// The pre-initialized interpreter and the memory it starts with.
-struct Preinit {
-    pre: InstancePre<GuestState>,
-    footprint: u64,
-}
-
 impl PythonBackend {
     /// Links the interpreter (and the pre-initialized snapshot, when given) once; every run
     /// instantiates from the result. With `warm` > 0, a background thread keeps that many
@@ -134,21 +128,8 @@ impl PythonBackend {
         warm: usize,
     ) -> Result<PythonBackend, String> {
         let mut linker = Linker::new(engine.engine());
-        wasi::link(&mut linker).map_err(|e| format!("linking WASI: {e}"))?;
-        linker
-            .func_wrap("host", "call", |_ptr: i32, _len: i32, _out_ptr: i32, _out_len: i32| NO_HOST)
-            .map_err(|e| format!("linking host.call: {e}"))?;
-        let preinit = match preinitialized {
-            Some(module) => {
-                let footprint = module
-                    .exports()
-                    .find_map(|e| e.ty().memory().map(|m| m.minimum().saturating_mul(65_536)))
-                    .unwrap_or(0);
-                let pre = linker.instantiate_pre(&module).map_err(|e| format!("linking the pre-initialized python module: {e}"))?;
-                Some(Preinit { pre, footprint })
-            }
-            None => None,
-        };
+        link(&mut linker).map_err(|e| format!("linking the python module's imports: {e}"))?;
+        let preinit = preinitialized.map(|module| Preinit::new(&linker, &module)).transpose()?;
         let (lib_dir, mpl_data_dir) = (python.lib_dir.clone(), python.mpl_data_dir.clone());
         let (warm_lib, warm_mpl) = (lib_dir.clone(), mpl_data_dir.clone());
         let warm_grants = move |scratch: &Path| grants(&warm_lib, &warm_mpl, scratch, &BTreeMap::new());
@@ -162,17 +143,64 @@ impl PythonBackend {
     }
 }
 
-/// Loads the pre-initialized interpreter for `python`, building it first (once per machine,
-/// under the install lock) when it is missing or damaged; see [`super::preinit`].
+/// Defines the python module's imports: WASI, and `host.call`.
+fn link(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    wasi::link(linker)?;
+    linker.func_wrap("host", "call", |_ptr: i32, _len: i32, _out_ptr: i32, _out_len: i32| NO_HOST)?;
+    Ok(())
+}
+
+/// Modules imported into the snapshot: the traceback machinery an uncaught exception needs
+/// (92 M fuel, 40 ms on a fresh interpreter), and the data stack (`import pandas` alone is
+/// 4.4 G fuel, a second).
+pub const PREINIT_IMPORTS: &[&str] = &["traceback", "linecache", "json", "re", "random", "numpy", "pandas", "matplotlib", "matplotlib.pyplot"];
+
+/// Defines, in the snapshot, what [`RESEED`] calls: fresh seeds for `random` and numpy's
+/// global generator (a snapshot would otherwise give every run the same numbers), and the turn
+/// counter back at zero so the user's code is `<turn 1>`. Compiled once here, so a run only
+/// compiles the one-line call (compiling the body on every run was a tenth of a hello).
+///
+/// The seeds are fixed-size draws from the host's entropy, so that seeding leaves the heap the
+/// same shape in every run and the user's code costs the same fuel each time.
+const RESEED_SETUP: &str = "
+def _wsbx_reseed(os=os, random=random, numpy=numpy, reactor=_reactor):
+    random.seed(int.from_bytes(os.urandom(8)) | 1 << 63)
+    numpy.random.seed(int.from_bytes(os.urandom(4)) & 0x7fffffff | 1 << 30)
+    reactor._turns = 0
+_reactor._wsbx_reseed = _wsbx_reseed
+del _wsbx_reseed
+";
+
+/// Run at the start of every run of the snapshot: see [`RESEED_SETUP`].
+const RESEED: &str = "_reactor._wsbx_reseed()\n";
+
+/// Loads the pre-initialized interpreter for `python` (the prelude run, [`PREINIT_IMPORTS`]
+/// imported), building it first (once per machine, under the install lock) when it is missing
+/// or damaged; see [`super::preinit`].
 pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python, progress: &mut dyn std::io::Write) -> Result<wasmtime::Module, String> {
     let dir = python.module_path.parent().unwrap_or(Path::new("."));
-    let snapshot = preinit::snapshot_path(dir, &runtimes.manifest().python.module.sha256, PRELUDE);
+    let base_sha256 = &runtimes.manifest().python.module.sha256;
+    let inputs: Vec<&str> = [PRELUDE, RESEED_SETUP].iter().chain(PREINIT_IMPORTS).copied().collect();
+    let snapshot = preinit::snapshot_path(dir, "python", base_sha256, &inputs);
     let build = |progress: &mut dyn std::io::Write| {
         let scratch = tempfile::tempdir().map_err(|e| format!("creating a scratch directory for the snapshot: {e}"))?;
         let grants = grants(&python.lib_dir, &python.mpl_data_dir, scratch.path(), &BTreeMap::new());
-        preinit::build(&python.module_path, &grants, PRELUDE, &snapshot, progress)
+        let what = format!("prelude and {} modules imported", PREINIT_IMPORTS.len());
+        let recipe = preinit::Recipe { name: "python", base: &python.module_path, grants: &grants, link, what: &what };
+        let imports = format!("import os, {}\n{RESEED_SETUP}", PREINIT_IMPORTS.join(", "));
+        let set_up = |store: &mut Store<GuestState>, instance: &Instance, io: &wasi::GuestIo| {
+            for (what, code) in [("the prelude", PRELUDE), ("the imports", imports.as_str())] {
+                let status = turn(store, instance, code.as_bytes()).map_err(|e| format!("running {what}: {e:#}"))?;
+                if status != 0 {
+                    let (stderr, _) = io.stderr.take();
+                    return Err(format!("{what} failed ({status}): {}", String::from_utf8_lossy(&stderr)));
+                }
+            }
+            Ok(())
+        };
+        preinit::build(&recipe, set_up, &snapshot, progress)
     };
-    runtimes.python_preinit(engine, &snapshot, build, progress).map_err(|e| e.to_string())
+    runtimes.preinit(engine, &snapshot, "python", build, progress).map_err(|e| e.to_string())
 }
 
 /// What a Python guest is granted: the stdlib read-only at /usr/local/lib, matplotlib's data
@@ -215,7 +243,7 @@ pub(super) fn turn(store: &mut Store<GuestState>, instance: &Instance, code: &[u
 
 /// Refreshes what the snapshot froze, in a fresh instance of the pre-initialized interpreter.
 fn reseed(store: &mut Store<GuestState>, instance: &Instance) -> wasmtime::Result<()> {
-    match turn(store, instance, preinit::RESEED.as_bytes())? {
+    match turn(store, instance, RESEED.as_bytes())? {
         0 => Ok(()),
         status => Err(wasmtime::format_err!("reseeding the pre-initialized python failed with status {status}")),
     }
@@ -241,7 +269,7 @@ impl PythonBackend {
     /// the base interpreter and the prelude.
     fn interpreter(&self, request: &ExecRequest) -> Result<(&InstancePre<GuestState>, Init), Outcome> {
         match &self.preinit {
-            Some(p) if request.env.is_empty() && p.footprint <= request.limits.memory_bytes() => Ok((&p.pre, reseed)),
+            Some(p) if p.fits(request) => Ok((&p.pre, reseed)),
             _ => match self.base.get(&self.engine) {
                 Ok(pre) => Ok((pre, prelude)),
                 Err(e) => Err(Outcome::failed(crate::Status::InternalError, format!("loading the python interpreter: {e}"))),
