@@ -93,6 +93,13 @@ pub struct Sandbox {
     shell: Loaded<FirejailBackend>,
 }
 
+impl Drop for Sandbox {
+    /// Removes the empty mount points its runs left for reuse ([`Scratch::recycle`]).
+    fn drop(&mut self) {
+        crate::scratch::release_idle();
+    }
+}
+
 impl Sandbox {
     /// A sandbox with `config`. Nothing is loaded yet.
     ///
@@ -198,9 +205,14 @@ impl Sandbox {
     }
 
     /// Runs `request` and returns its result. Never panics on anything in the request or
-    /// anything the guest does; the scratch directory is gone when this returns.
+    /// anything the guest does; the scratch directory's files are gone when this returns (its
+    /// empty mount point may be kept for the next run: [`Scratch::recycle`]).
     pub fn run(&self, request: &ExecRequest) -> ExecResult {
-        self.run_keeping_scratch(request).0
+        let (result, scratch) = self.run_keeping_scratch(request);
+        if let Some(scratch) = scratch {
+            scratch.recycle();
+        }
+        result
     }
 
     /// Like [`Sandbox::run`], and says where the host's time went around the guest: what the
@@ -209,7 +221,9 @@ impl Sandbox {
         let mut phases = Phases::default();
         let (result, scratch) = self.run_inner(request, &mut phases);
         let started = Instant::now();
-        drop(scratch);
+        if let Some(scratch) = scratch {
+            scratch.recycle();
+        }
         phases.teardown = started.elapsed();
         (result, phases)
     }
