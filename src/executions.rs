@@ -93,6 +93,11 @@ impl Executions {
         runs
     }
 
+    /// Whether no run is registered.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// The run `id`.
     pub fn get(&self, id: Uuid) -> Option<Running> {
         self.lock().get(&id).map(|e| view(id, e))

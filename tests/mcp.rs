@@ -214,9 +214,126 @@ fn bad_json_rpc_over_http_gets_json_rpc_errors() {
     }
     assert_eq!(raw_post(&url, "text/plain", INITIALIZE).0, 415);
     assert_eq!(raw_post(&url, "application/json", &"x".repeat(5000)).0, 413);
+    // A byte order mark before the JSON is ignored, as on stdio.
+    let (status, answer) = raw_post(&url, "application/json", &format!("\u{feff}{INITIALIZE}"));
+    assert_eq!(status, 200, "{answer}");
+    // A declared length over the cap is refused before any of the body is sent.
+    {
+        use std::io::{Read, Write};
+        let host = url.strip_prefix("http://").unwrap().split_once('/').unwrap().0;
+        let mut stream = std::net::TcpStream::connect(host).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(stream, "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: 999999999\r\n\r\n").unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).expect("an answer without the body");
+        assert_eq!(&head, b"HTTP/1.1 413");
+    }
     let (status, answer) = raw_post(&url, "application/json", INITIALIZE);
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("serverInfo"), "{answer}");
+}
+
+/// A line of JSON-RPC for a `tools/call` of `tool` with `arguments`, with id `id`.
+fn call_line(id: u32, tool: &str, arguments: Value) -> String {
+    serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}).to_string()
+}
+
+/// Command lines of the processes whose command line holds `marker`.
+fn running_with(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(marker) && !c.contains("cargo"))
+        .collect()
+}
+
+/// SIGTERM or SIGINT to `wsbx mcp` while a shell call runs: the job dies before wsbx exits (a
+/// shell job must never outlive its supervisor).
+#[test]
+fn stopping_wsbx_mcp_mid_call_ends_its_shell_job() {
+    use std::io::{BufRead, BufReader, Write};
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let marker = format!("wsbx-mcp-orphan-{}-{signal}", std::process::id());
+        let mut child = raw_mcp(None);
+        let mut stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        writeln!(stdin, "{INITIALIZE}").unwrap();
+        assert!(lines.next().expect("an answer").unwrap().contains("serverInfo"));
+        let code = format!("# {marker}\nsleep 25");
+        writeln!(stdin, "{}", call_line(2, "run_shell", serde_json::json!({"code": code, "timeout_ms": 30000}))).unwrap();
+        let started = std::time::Instant::now();
+        while running_with(&marker).is_empty() && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!running_with(&marker).is_empty(), "the job never started");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+        assert!(running_with(&marker).is_empty(), "left running after wsbx mcp exited: {:?}", running_with(&marker));
+    }
+}
+
+/// A client that sends requests and never reads the answers is not read past a bounded number
+/// of them: the process does not grow with what it is sent.
+#[test]
+fn a_client_that_never_reads_cannot_grow_wsbx_mcp() {
+    let mut child = raw_mcp(None);
+    let mut stdin = child.stdin.take().unwrap();
+    let _unread = child.stdout.take().unwrap();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = writeln!(stdin, "{INITIALIZE}");
+        // Blocks for good once wsbx stops reading; ends when the process is killed.
+        for id in 2.. {
+            let ping = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#);
+            if writeln!(stdin, "{ping}").is_err() {
+                return;
+            }
+        }
+    });
+    let rss_mib = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+        kib >> 10
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let early = rss_mib();
+    std::thread::sleep(Duration::from_secs(3));
+    let late = rss_mib();
+    let _ = child.kill();
+    let _ = child.wait();
+    // Unbounded, it grew by ~70 MiB a second here.
+    assert!(late < early + 30 && late < 200, "RSS {early} MiB after 1 s, {late} MiB after 4 s");
+}
+
+/// A request id still in progress cannot be used again: the second request gets an error with
+/// that id, and the first is still answered.
+#[test]
+fn a_reused_id_is_refused_while_its_request_runs() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = raw_mcp(None);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    writeln!(stdin, "{INITIALIZE}").unwrap();
+    let slow = call_line(7, "run_javascript", serde_json::json!({"code": "const t = Date.now(); while (Date.now() - t < 1500) {} console.log('first')"}));
+    let again = r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#;
+    writeln!(stdin, "{slow}\n{again}").unwrap();
+    let mut sevens = Vec::new();
+    while sevens.len() < 2 {
+        let line = lines.next().expect("answers").unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["id"] == 7 {
+            sevens.push(v);
+        }
+    }
+    assert_eq!(sevens[0]["error"]["code"], -32600, "{sevens:?}");
+    assert!(sevens[1]["result"]["content"][0]["text"].as_str().unwrap_or("").contains("first"), "{sevens:?}");
+    drop(stdin);
+    let _ = child.wait();
 }
 
 /// `wsbx mcp` stopped by a signal (as MCP clients stop their servers) leaves no scratch

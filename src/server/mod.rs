@@ -382,6 +382,13 @@ pub async fn serve_mcp_stdio(config: ServeConfig) -> std::io::Result<()> {
         () = shutdown_signal() => Ok(()),
     };
     state.stop.cancel();
+    // Calls still running end now, and the process waits (briefly) for them to be gone: a shell
+    // job must not outlive the process that supervises it.
+    state.executions.kill_where(None, None, "wsbx mcp is stopping");
+    let waited = std::time::Instant::now();
+    while !state.executions.is_empty() && waited.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let _ = tokio::task::spawn_blocking(move || {
         sessions::close_all(&state);
         if let Some(audit) = &state.audit {
@@ -686,12 +693,17 @@ async fn read_json<T: serde::de::DeserializeOwned>(state: &AppState, body: Body)
     serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("bad request body: {e}")))
 }
 
-/// Reads a request body within the body timeout and size cap.
+/// Reads a request body within the body timeout and size cap (refused at once when its
+/// declared length is over the cap).
 async fn read_body(state: &AppState, body: Body) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {} bytes", state.max_body_bytes));
+    if axum::body::HttpBody::size_hint(&body).lower() > state.max_body_bytes as u64 {
+        return Err(too_large());
+    }
     let read = tokio::time::timeout(state.body_timeout, axum::body::to_bytes(body, state.max_body_bytes));
     read.await
         .map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {:?}", state.body_timeout)))?
-        .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {} bytes", state.max_body_bytes)))
+        .map_err(|_| too_large())
 }
 
 /// A run slot: at once when one is free, after a wait in the queue otherwise; 429 when the

@@ -287,6 +287,8 @@ async fn answer_malformed(State(state): State<Arc<AppState>>, request: Request, 
     }
     let (parts, body) = request.into_parts();
     let body = match super::read_body(&state, body).await {
+        // RFC 8259 lets a parser ignore a byte order mark; the SDK does on stdio only.
+        Ok(body) if body.starts_with(b"\xEF\xBB\xBF") => body.slice(3..),
         Ok(body) => body,
         Err(e) => return e.into_response(),
     };
@@ -295,7 +297,7 @@ async fn answer_malformed(State(state): State<Arc<AppState>>, request: Request, 
         return response;
     }
     match jsonrpc::check(&body) {
-        Ok(()) => response,
+        Ok(_) => response,
         Err(bad) => (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], bad.answer()).into_response(),
     }
 }

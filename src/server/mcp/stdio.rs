@@ -2,13 +2,22 @@
 //!
 //! Each line the client sends is checked ([`jsonrpc::check`]) before the SDK reads it: a bad
 //! one is answered here, a good one is handed on. The SDK's output and these answers share
-//! stdout a whole line at a time. Every buffer is bounded: a line longer than the server's
-//! body cap is skipped (and answered), and a client that stops reading stops being read.
+//! stdout a whole line at a time.
+//!
+//! Every buffer is bounded: a line longer than the server's body cap is skipped (and
+//! answered), and at most [`MAX_IN_FLIGHT`] requests are handed on before their answers are
+//! written — so a client that stops reading stdout stops being read (the SDK would otherwise
+//! queue answers without end). An id still in progress cannot be used again: the SDK would
+//! forget the first request, which would never be answered.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use serde::de::IgnoredAny;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
-use super::jsonrpc::{self, Malformed};
+use super::jsonrpc::{self, Malformed, Message};
 
 /// The in-process pipes between the framing and the SDK.
 const PIPE_BYTES: usize = 64 << 10;
@@ -18,14 +27,51 @@ const PIPE_BYTES: usize = 64 << 10;
 /// SDK gives for answering none.
 const ANSWERS_IN_A_ROW: u32 = 64;
 
+/// Requests handed to the SDK and not answered yet, at most: past it the client's input waits.
+/// (More than the server would run or queue at once anyway.)
+const MAX_IN_FLIGHT: usize = 128;
+
+/// The ids of the requests handed to the SDK and not answered yet.
+#[derive(Default)]
+struct InFlight {
+    ids: Mutex<HashSet<String>>,
+    /// Told whenever an id leaves.
+    left: Notify,
+}
+
+impl InFlight {
+    fn ids(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Enters `id`; false when it is in progress already.
+    fn enter(&self, id: String) -> bool {
+        self.ids().insert(id)
+    }
+
+    fn leave(&self, id: &str) {
+        if self.ids().remove(id) {
+            self.left.notify_one();
+        }
+    }
+
+    /// Waits until fewer than [`MAX_IN_FLIGHT`] requests are in progress.
+    async fn room(&self) {
+        while self.ids().len() >= MAX_IN_FLIGHT {
+            self.left.notified().await;
+        }
+    }
+}
+
 /// Serves `tools` on stdin and stdout until the client closes its end (or the service ends).
 pub(super) async fn serve(tools: super::Tools, max_line: usize) -> std::io::Result<()> {
     use rmcp::ServiceExt as _;
     let (client_end, service_in) = tokio::io::duplex(PIPE_BYTES);
     let (service_out, from_service) = tokio::io::duplex(PIPE_BYTES);
     let (answers, answered) = mpsc::channel(16);
-    tokio::spawn(read_client(tokio::io::stdin(), client_end, answers, max_line));
-    let writer = tokio::spawn(write_client(from_service, answered, tokio::io::stdout()));
+    let in_flight = Arc::new(InFlight::default());
+    tokio::spawn(read_client(tokio::io::stdin(), client_end, answers, in_flight.clone(), max_line));
+    let writer = tokio::spawn(write_client(from_service, answered, in_flight, tokio::io::stdout()));
     let running = tools.serve((service_in, service_out)).await.map_err(std::io::Error::other)?;
     running.waiting().await.map_err(std::io::Error::other)?;
     writer.await.map_err(std::io::Error::other)?
@@ -43,11 +89,18 @@ enum Line {
 
 /// Reads the client's lines and hands each good one to the SDK; answers the bad ones. Ends at
 /// the end of input, which the SDK then sees.
-async fn read_client(input: impl AsyncRead + Unpin, mut to_service: DuplexStream, answers: mpsc::Sender<String>, max_line: usize) {
+async fn read_client(
+    input: impl AsyncRead + Unpin,
+    mut to_service: DuplexStream,
+    answers: mpsc::Sender<String>,
+    in_flight: Arc<InFlight>,
+    max_line: usize,
+) {
     let mut input = BufReader::with_capacity(PIPE_BYTES, input);
     let mut line = Vec::new();
     let mut in_a_row = 0;
     loop {
+        in_flight.room().await;
         let bad = match read_line(&mut input, &mut line, max_line).await {
             Ok(Line::End) => return,
             Err(e) => {
@@ -60,8 +113,16 @@ async fn read_client(input: impl AsyncRead + Unpin, mut to_service: DuplexStream
                     continue;
                 }
                 match jsonrpc::check(&line) {
-                    Err(bad) if !bad.is_notification() => bad,
-                    _ => {
+                    // JSON-RPC answers no notification, even a bad one.
+                    Err(bad) if bad.is_notification() => continue,
+                    Err(bad) => bad,
+                    // The guard enters the id: a request that gets past it is in flight.
+                    Ok(Message::Request(id)) if !in_flight.enter(id.clone()) => Malformed::id_in_use(&id),
+                    Ok(message) => {
+                        if let Message::Cancelled(Some(id)) = &message {
+                            // A cancelled request may go unanswered.
+                            in_flight.leave(id);
+                        }
                         in_a_row = 0;
                         line.push(b'\n');
                         if to_service.write_all(&line).await.is_err() {
@@ -114,8 +175,13 @@ async fn read_line(input: &mut (impl AsyncBufRead + Unpin), line: &mut Vec<u8>, 
 }
 
 /// Writes the SDK's lines and the framing's answers to the client, whole lines at a time,
-/// until the SDK's output ends.
-async fn write_client(from_service: DuplexStream, mut answered: mpsc::Receiver<String>, mut out: impl AsyncWrite + Unpin) -> std::io::Result<()> {
+/// until the SDK's output ends. A request whose answer is written leaves `in_flight`.
+async fn write_client(
+    from_service: DuplexStream,
+    mut answered: mpsc::Receiver<String>,
+    in_flight: Arc<InFlight>,
+    mut out: impl AsyncWrite + Unpin,
+) -> std::io::Result<()> {
     let mut from_service = BufReader::with_capacity(PIPE_BYTES, from_service);
     // Kept across iterations: a read cut short by an answer resumes where it stopped.
     let mut line = Vec::new();
@@ -127,6 +193,9 @@ async fn write_client(from_service: DuplexStream, mut answered: mpsc::Receiver<S
                     break;
                 }
                 out.write_all(&line).await?;
+                if let Some(id) = answered_id(&line) {
+                    in_flight.leave(&id);
+                }
                 line.clear();
             }
             answer = answered.recv(), if answering => match answer {
@@ -140,6 +209,22 @@ async fn write_client(from_service: DuplexStream, mut answered: mpsc::Receiver<S
         out.write_all(format!("{answer}\n").as_bytes()).await?;
     }
     out.flush().await
+}
+
+/// The id (as JSON text) of the request a line of the SDK's output answers; `None` for the
+/// SDK's own requests and notifications. Reads only the envelope: the rest of a line (a
+/// result with images, say) is skipped, not built.
+fn answered_id(line: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        id: Option<serde_json::Value>,
+        method: Option<IgnoredAny>,
+    }
+    let envelope: Envelope = serde_json::from_slice(line).ok()?;
+    match (envelope.id, envelope.method) {
+        (Some(id), None) if !id.is_null() => serde_json::to_string(&id).ok(),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -176,23 +261,69 @@ mod tests {
         assert_eq!(lines(b"0123456789", 4).await, vec![(Line::TooLong, Vec::new())]);
     }
 
-    #[tokio::test]
-    async fn bad_lines_are_answered_good_ones_handed_on_and_a_storm_is_cut_short() {
-        let good = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
-        let mut input = format!("not json\n{good}\n");
-        input.push_str(&"x\n".repeat(200));
-        input.push_str(good);
+    /// Runs the reader over `input` to its end: what it handed on, and what it answered.
+    async fn read_all(input: &str, in_flight: Arc<InFlight>) -> (String, Vec<String>) {
         let (client_end, mut service_in) = tokio::io::duplex(1 << 20);
         let (answers, mut answered) = mpsc::channel(1000);
-        read_client(input.as_bytes(), client_end, answers, 1024).await;
+        read_client(input.as_bytes(), client_end, answers, in_flight, 1024).await;
         let mut handed = String::new();
         tokio::io::AsyncReadExt::read_to_string(&mut service_in, &mut handed).await.unwrap();
-        assert_eq!(handed, format!("{good}\n{good}\n"));
-        let mut count = 0;
+        let mut said = Vec::new();
         while let Ok(answer) = answered.try_recv() {
-            assert!(answer.contains("-32700"), "{answer}");
-            count += 1;
+            said.push(answer);
         }
-        assert_eq!(count, 1 + ANSWERS_IN_A_ROW);
+        (handed, said)
+    }
+
+    fn ping(id: u32) -> String {
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#)
+    }
+
+    #[tokio::test]
+    async fn bad_lines_are_answered_good_ones_handed_on_and_a_storm_is_cut_short() {
+        let mut input = format!("not json\n{}\n", ping(1));
+        input.push_str(&"x\n".repeat(200));
+        input.push_str(&ping(2));
+        let (handed, said) = read_all(&input, Arc::default()).await;
+        assert_eq!(handed, format!("{}\n{}\n", ping(1), ping(2)));
+        assert!(said.iter().all(|answer| answer.contains("-32700")), "{said:?}");
+        assert_eq!(said.len(), 1 + ANSWERS_IN_A_ROW as usize);
+    }
+
+    #[tokio::test]
+    async fn an_id_in_progress_is_refused_until_answered_or_cancelled_and_bad_notifications_are_dropped() {
+        let in_flight = Arc::new(InFlight::default());
+        let cancel = r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}"#;
+        let bad_note = r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":5}"#;
+        let input = [ping(1), ping(1), bad_note.to_owned(), cancel.to_owned(), ping(1)].join("\n");
+        let (handed, said) = read_all(&input, in_flight.clone()).await;
+        assert_eq!(handed, format!("{}\n{cancel}\n{}\n", ping(1), ping(1)));
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains(r#""id":1"#) && said[0].contains("-32600"), "{said:?}");
+        // Its answer written, the id is free again.
+        assert_eq!(answered_id(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#).as_deref(), Some("1"));
+        assert_eq!(answered_id(br#"{"jsonrpc":"2.0","id":1,"method":"roots/list"}"#), None);
+        in_flight.leave("1");
+        assert!(in_flight.ids().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_answers_is_not_read_past_the_in_flight_cap() {
+        let in_flight = Arc::new(InFlight::default());
+        let input: Vec<String> = (0..MAX_IN_FLIGHT as u32 + 50).map(ping).collect();
+        let input = input.join("\n");
+        let reading = tokio::spawn({
+            let in_flight = in_flight.clone();
+            async move { read_all(&input, in_flight).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!reading.is_finished(), "read past the cap with nothing answered");
+        assert_eq!(in_flight.ids().len(), MAX_IN_FLIGHT);
+        for id in 0..60 {
+            in_flight.leave(&id.to_string());
+        }
+        let (handed, said) = tokio::time::timeout(std::time::Duration::from_secs(5), reading).await.expect("reads on").unwrap();
+        assert_eq!(handed.lines().count(), MAX_IN_FLIGHT + 50);
+        assert!(said.is_empty());
     }
 }
