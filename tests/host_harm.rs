@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{assert_status, request, sandbox, shell};
+use common::{assert_status, request, running_with, sandbox, shell};
 use wsbx::{Language, Status};
 
 fn wsbx(args: &[&str], tmpdir: Option<&std::path::Path>) -> Output {
@@ -201,16 +201,6 @@ fn scratch_directories_and_inputs_are_private_while_a_run_goes_on() {
         assert_eq!(mode(&dirs[0].join("secret/in.txt")), 0o600);
         assert_status(&run.join().unwrap(), Status::Ok);
     });
-}
-
-fn running_with(marker: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(marker) && !c.contains("cargo"))
-        .collect()
 }
 
 #[test]

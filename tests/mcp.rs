@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod common;
+use common::running_with;
 use common::server::Server;
 
 /// The virtual environment's python, made (once per target directory, under a lock) with the
@@ -236,17 +237,6 @@ fn bad_json_rpc_over_http_gets_json_rpc_errors() {
 /// A line of JSON-RPC for a `tools/call` of `tool` with `arguments`, with id `id`.
 fn call_line(id: u32, tool: &str, arguments: Value) -> String {
     serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}).to_string()
-}
-
-/// Command lines of the processes whose command line holds `marker`.
-fn running_with(marker: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(marker) && !c.contains("cargo"))
-        .collect()
 }
 
 /// SIGTERM or SIGINT to `wsbx mcp` while a shell call runs: the job dies before wsbx exits (a

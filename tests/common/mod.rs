@@ -79,3 +79,15 @@ pub fn assert_prepared_guests_match_fresh_ones(language: Language, clock_probe: 
         assert!(got.abs_diff(expected) <= expected / 1_000 + 2_000, "{code}: fuel {got} vs {expected}");
     }
 }
+
+/// Command lines of the processes whose command line holds `marker` (a job's code carries one
+/// as a comment, so a test can tell whether it still runs).
+pub fn running_with(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(marker) && !c.contains("cargo"))
+        .collect()
+}
