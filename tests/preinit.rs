@@ -4,7 +4,7 @@
 mod common;
 
 use common::{assert_status, javascript, python, request, sandbox};
-use wsbx::{Language, Status};
+use wsbx::{Language, Sandbox, SandboxConfig, Status};
 
 #[test]
 fn every_run_gets_fresh_random_numbers() {
@@ -12,6 +12,38 @@ fn every_run_gets_fresh_random_numbers() {
     let (a, b) = (python(code), python(code));
     assert_status(&a, Status::Ok);
     assert_ne!(a.stdout, b.stdout, "two runs drew the same numbers");
+}
+
+/// A guest made in the run is reseeded by a call the host makes before the user's code (not a
+/// compiled turn); a guest prepared ahead by the same call, which also warms the compiler.
+/// Both draw fresh numbers, count the user's code as `<turn 1>` under the same frames, and run
+/// the user's first turn as code, even when its text is the reseed's own.
+#[test]
+fn guests_made_in_the_run_and_prepared_ahead_are_reseeded_alike() {
+    let fresh = Sandbox::new(SandboxConfig { warm_instances: 0, ..SandboxConfig::default() });
+    let prepared = Sandbox::new(SandboxConfig { warm_instances: 1, ..SandboxConfig::default() });
+    prepared.prepare(Language::Python).expect("runtime loads");
+    let draw = "import random, numpy\nprint(random.random(), numpy.random.rand())";
+    let mut drawn = std::collections::BTreeSet::new();
+    let mut stacks = std::collections::BTreeSet::new();
+    for (sandbox, how) in [(&fresh, "made in the run"), (&prepared, "prepared")] {
+        for _ in 0..3 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let (r, phases) = sandbox.run_profiled(&request(Language::Python, draw));
+            assert_status(&r, Status::Ok);
+            assert_eq!(phases.prepared, how == "prepared", "{how}");
+            assert!(drawn.insert(r.stdout.clone()), "{how}: drew {} again", r.stdout);
+            let r = sandbox.run(&request(Language::Python, "import traceback\ntraceback.print_stack()\nraise KeyError(1)"));
+            let (stack, traceback) = r.stderr.split_once("Traceback").unwrap_or_default();
+            assert_eq!(traceback, " (most recent call last):\n  File \"<turn 1>\", line 3, in <module>\n    raise KeyError(1)\nKeyError: 1\n", "{how}: {}", r.stderr);
+            stacks.insert(stack.to_owned());
+            // The reseed's text sent as code runs as code.
+            let r = sandbox.run(&request(Language::Python, "_reactor._wsbx_reseed()\n"));
+            assert_status(&r, Status::Ok);
+        }
+    }
+    // The same frames under the user's code either way: the reseed left nothing behind.
+    assert_eq!(stacks.len(), 1, "{stacks:#?}");
 }
 
 #[test]
@@ -115,11 +147,18 @@ fn a_damaged_snapshot_is_rebuilt_never_used() {
     // Loaded from the compiled cache: no build.
     let again = |_: &mut dyn std::io::Write| -> Result<String, String> { panic!("rebuilt an intact snapshot") };
     runtimes.preinit(&engine, &snapshot, "test", again, &mut progress).unwrap();
-    // The compiled file and the snapshot both damaged: rebuilt.
+    // The compiled file and the snapshot both damaged: rebuilt. Damaged by replacing them:
+    // truncating a file this process has mapped (the shared engine holds the module, and the
+    // unwinder its frame tables) would turn the next panic's backtrace in any test into SIGBUS.
+    let damage = |path: &std::path::Path, bytes: &[u8]| {
+        let garbage = path.with_extension("garbage");
+        std::fs::write(&garbage, bytes).unwrap();
+        std::fs::rename(&garbage, path).unwrap();
+    };
     for entry in std::fs::read_dir(home.path().join("compiled")).unwrap() {
-        std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
+        damage(&entry.unwrap().path(), b"garbage");
     }
-    std::fs::write(&snapshot, b"\0asm garbage").unwrap();
+    damage(&snapshot, b"\0asm garbage");
     let fresh = wsbx::backend::wasm::WasmEngine::new().unwrap();
     runtimes.preinit(&fresh, &snapshot, "test", build, &mut progress).unwrap();
     assert_eq!(builds.get(), 2);

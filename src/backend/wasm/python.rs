@@ -135,7 +135,7 @@ impl PythonBackend {
         let warm_grants = move |scratch: &Path| grants(&warm_lib, &warm_mpl, scratch, &BTreeMap::new());
         let base = Base { python, linker, pre: std::sync::OnceLock::new() };
         let warm = match &preinit {
-            Some(p) => warm_pool(warm, engine.clone(), p.pre.clone(), scratch_root, warm_grants, reseed),
+            Some(p) => warm_pool(warm, engine.clone(), p.pre.clone(), scratch_root, warm_grants, reseed_ahead),
             // Without the snapshot every run needs the base interpreter: link it now.
             None => warm_pool(warm, engine.clone(), base.get(&engine)?.clone(), scratch_root, warm_grants, prelude),
         };
@@ -155,24 +155,49 @@ fn link(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
 /// 4.4 G fuel, a second).
 pub const PREINIT_IMPORTS: &[&str] = &["traceback", "linecache", "json", "re", "random", "numpy", "pandas", "matplotlib", "matplotlib.pyplot"];
 
-/// Defines, in the snapshot, what [`RESEED`] calls: fresh seeds for `random` and numpy's
+/// Defines, in the snapshot, what [`RESEED`] does: fresh seeds for `random` and numpy's
 /// global generator (a snapshot would otherwise give every run the same numbers), and the turn
-/// counter back at zero so the user's code is `<turn 1>`. Compiled once here, so a run only
-/// compiles the one-line call (compiling the body on every run was a tenth of a hello).
+/// counter back at zero so the user's code is `<turn 1>`.
+///
+/// The reseed is the first turn of every run of the snapshot, and that turn is *called*, not
+/// compiled: `_run_turn` is wrapped once, and the wrapper puts the plain `_run_turn` back
+/// before anything else. Compiling even the one-line call was a third of a hello's set-up:
+/// the parser and compiler write pages nothing else in a hello does, each a copy-on-write
+/// fault. A user's code is never the first turn, so the shortcut cannot swallow one.
 ///
 /// The seeds are fixed-size draws from the host's entropy, so that seeding leaves the heap the
 /// same shape in every run and the user's code costs the same fuel each time.
-const RESEED_SETUP: &str = "
+const RESEED_SETUP: &str = r#"
 def _wsbx_reseed(os=os, random=random, numpy=numpy, reactor=_reactor):
     random.seed(int.from_bytes(os.urandom(8)) | 1 << 63)
     numpy.random.seed(int.from_bytes(os.urandom(4)) & 0x7fffffff | 1 << 30)
     reactor._turns = 0
+_wsbx_first = {"_wsbx_reseed": _wsbx_reseed, "_reactor": _reactor}
+exec(compile("""
+def _run_turn(text, name, reseed=_wsbx_reseed, run_turn=_reactor._run_turn, reactor=_reactor, compile=compile):
+    reactor._run_turn = run_turn
+    if text == "_reactor._wsbx_reseed()\\n":
+        reseed()
+    elif text == "_reactor._wsbx_reseed()  # ahead\\n":
+        reseed()
+        compile("f(x, 'y')\\n", "<wsbx>", "exec")
+    else:
+        run_turn(text, name)
+""", "<reactor>", "exec"), _wsbx_first)
+_reactor._run_turn = _wsbx_first["_run_turn"]
 _reactor._wsbx_reseed = _wsbx_reseed
-del _wsbx_reseed
-";
+del _wsbx_reseed, _wsbx_first
+"#;
 
-/// Run at the start of every run of the snapshot: see [`RESEED_SETUP`].
+/// Run at the start of every run of the snapshot: see [`RESEED_SETUP`] (which names this text).
 const RESEED: &str = "_reactor._wsbx_reseed()\n";
+
+/// The same reseed for a guest prepared ahead, off any request's path, which then also
+/// compiles a line it throws away: that writes the pages the compiler uses, so the user's
+/// turn, which compiles first thing, does not fault them in on the request's path. Nothing
+/// else of the interpreter's state changes (no turn, no `linecache` entry), so a run costs
+/// the same fuel on either kind of guest.
+const RESEED_AHEAD: &str = "_reactor._wsbx_reseed()  # ahead\n";
 
 /// Loads the pre-initialized interpreter for `python` (the prelude run, [`PREINIT_IMPORTS`]
 /// imported), building it first (once per machine, under the install lock) when it is missing
@@ -243,7 +268,16 @@ pub(super) fn turn(store: &mut Store<GuestState>, instance: &Instance, code: &[u
 
 /// Refreshes what the snapshot froze, in a fresh instance of the pre-initialized interpreter.
 fn reseed(store: &mut Store<GuestState>, instance: &Instance) -> wasmtime::Result<()> {
-    match turn(store, instance, RESEED.as_bytes())? {
+    reseed_with(store, instance, RESEED)
+}
+
+/// [`reseed`] for a guest prepared ahead: see [`RESEED_AHEAD`].
+fn reseed_ahead(store: &mut Store<GuestState>, instance: &Instance) -> wasmtime::Result<()> {
+    reseed_with(store, instance, RESEED_AHEAD)
+}
+
+fn reseed_with(store: &mut Store<GuestState>, instance: &Instance, text: &str) -> wasmtime::Result<()> {
+    match turn(store, instance, text.as_bytes())? {
         0 => Ok(()),
         status => Err(wasmtime::format_err!("reseeding the pre-initialized python failed with status {status}")),
     }
