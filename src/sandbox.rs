@@ -42,10 +42,10 @@ pub struct SandboxConfig {
     pub max_return_bytes: u64,
 }
 
-/// Native stack a thread needs to run a wasm guest itself. [`Sandbox::run`] called on a
-/// thread with at least this much stack runs the guest right there; from a smaller one (a
-/// default thread has 2 MiB) it hands the guest to a thread of its own and waits. Give the
-/// threads that call `run` this much (tokio: `thread_stack_size`) to save that hand-off.
+/// Native stack a wasm guest runs on. [`Sandbox::run`] called on a thread with at least this
+/// much stack left runs the guest right on it; from a smaller one (a default thread has 2 MiB)
+/// it switches, on the same thread, to a guest stack of this size kept between runs, and back
+/// when the run ends. Either way the caller's thread runs the guest: no hand-off.
 pub const GUEST_THREAD_STACK: usize = crate::backend::wasm::engine::HOST_THREAD_STACK;
 
 /// The default of [`SandboxConfig::max_return_bytes`]: 16 MiB.

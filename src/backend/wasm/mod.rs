@@ -11,7 +11,7 @@ pub mod javascript;
 pub mod limits;
 pub mod preinit;
 pub mod python;
-pub mod threads;
+pub mod stacks;
 pub mod wasi;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -117,10 +117,10 @@ fn arm(store: &mut Store<GuestState>, limits: &Limits, handle: Option<&RunHandle
     limits::arm(store, limits.fuel)
 }
 
-/// Runs `f` on a thread whose native stack is big enough for the wasm stack (one kept between
-/// runs, see [`threads`]), so a guest can be run from any thread.
-fn on_guest_thread<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R, String> {
-    threads::run(f)
+/// Runs `f` with a native stack big enough for the wasm stack below it, on the calling thread
+/// (a stack kept between runs, see [`stacks`]), so a guest can be run from any thread.
+fn on_guest_stack<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    stacks::run(f)
 }
 
 /// Makes a fresh instance of an interpreter ready for its first run.
@@ -165,10 +165,10 @@ pub(crate) fn run_guest<I, F>(
     enter: F,
 ) -> Outcome
 where
-    I: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<()> + Send,
-    F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32> + Send,
+    I: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<()>,
+    F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32>,
 {
-    let ran = on_guest_thread(|| {
+    let ran = on_guest_stack(|| {
         let busy = Busy::new();
         let setup = Limits { fuel: SETUP_FUEL, ..request.limits };
         match Guest::prepare(engine, pre, grants, &setup, init) {
@@ -209,14 +209,14 @@ impl Guest {
         self.store.data().memory.peak()
     }
 
-    /// Runs `request` in this prepared guest on a guest thread, then tears it down off the
+    /// Runs `request` in this prepared guest on a guest stack, then tears it down off the
     /// caller's path; see [`Guest::run_here`].
     pub(crate) fn run<F>(self, request: &ExecRequest, enter: F) -> Outcome
     where
-        F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32> + Send,
+        F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32>,
     {
         let busy = Busy::new();
-        on_guest_thread(move || self.run_here(busy, request, enter)).unwrap_or_else(internal_error)
+        on_guest_stack(move || self.run_here(busy, request, enter)).unwrap_or_else(internal_error)
     }
 
     /// Runs `request` in this guest on the current thread and retires the guest.
@@ -305,7 +305,7 @@ impl crate::backend::LiveGuest for LiveWasm {
             return Outcome::failed(Status::Rejected, self.ended.clone().unwrap_or_default());
         };
         let _busy = Busy::new();
-        let ran = on_guest_thread(|| guest.run_again(request, |store, instance| enter(store, instance, &request.code)));
+        let ran = on_guest_stack(|| guest.run_again(request, |store, instance| enter(store, instance, &request.code)));
         let (outcome, alive) = ran.unwrap_or_else(|e| (internal_error(e), false));
         if !alive {
             let how = outcome.detail.clone().unwrap_or_else(|| match outcome.exit_code {
@@ -355,7 +355,7 @@ pub(crate) fn start_live(
     let scratch = scratch.fresh()?;
     let grants = grants(scratch.path());
     let setup = Limits { fuel: SETUP_FUEL, ..request.limits };
-    let guest = on_guest_thread(|| Guest::prepare(engine, pre, &grants, &setup, init)).unwrap_or_else(|e| Err(internal_error(e)))?;
+    let guest = on_guest_stack(|| Guest::prepare(engine, pre, &grants, &setup, init)).unwrap_or_else(|e| Err(internal_error(e)))?;
     Ok(Box::new(LiveWasm::new(guest, enter)))
 }
 
@@ -445,7 +445,7 @@ fn take_warm(pool: Option<&WarmPool<(Guest, Scratch)>>, request: &ExecRequest, s
 /// the run must prepare its own guest.
 pub(crate) fn run_warm<F>(pool: Option<&WarmPool<(Guest, Scratch)>>, request: &ExecRequest, scratch: &mut ScratchSlot<'_>, enter: F) -> Option<Outcome>
 where
-    F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32> + Send,
+    F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32>,
 {
     Some(match take_warm(pool, request, scratch)? {
         Ok(guest) => guest.run(request, enter),

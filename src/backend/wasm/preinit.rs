@@ -93,7 +93,7 @@ where
     let mut store = Store::new(&engine, state);
     store.limiter(|s| &mut s.memory);
 
-    let snapshot = super::on_guest_thread(move || -> Result<Vec<u8>, String> {
+    let snapshot = super::on_guest_stack(move || -> Result<Vec<u8>, String> {
         let instance = linker.instantiate(&mut store, &module).map_err(|e| format!("instantiating: {e}"))?;
         set_up(&mut store, &instance, &io)?;
         let mut state = Snapshotting { store: &mut store, instance };
