@@ -103,7 +103,11 @@ fn config(pool_instances: u32) -> Result<Config, wasmtime::Error> {
     // hello, about -0.3 ms). Without the scan wasmtime would reset the whole kept range by
     // memset, several times slower than unmapping, so then nothing is kept. At most
     // `KEEP_WARM_SLOTS` idle slots keep memory, bounding what idle slots hold resident.
-    if PoolingAllocationConfig::is_pagemap_scan_available() {
+    //
+    // Not while swap is on: this wasmtime's scan counts only *present* dirty pages, so a page
+    // an instance dirtied that was swapped out since would be left as it is and seen by the
+    // next instance in the slot (wasmtime 50 fixed this; it needs a newer Rust than ours).
+    if PoolingAllocationConfig::is_pagemap_scan_available() && !swap_in_use() {
         pool.pagemap_scan(wasmtime::Enabled::Yes)
             .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
             .table_keep_resident(KEEP_RESIDENT_TABLE)
@@ -111,6 +115,17 @@ fn config(pool_instances: u32) -> Result<Config, wasmtime::Error> {
     }
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Ok(config)
+}
+
+/// Whether the kernel may swap this process's pages out: any active swap area, or no way to
+/// tell (`/proc/swaps` unreadable).
+fn swap_in_use() -> bool {
+    std::fs::read_to_string("/proc/swaps").map_or(true, |swaps| swap_areas(&swaps) > 0)
+}
+
+/// The swap areas `/proc/swaps` lists (a header line, then one line per area).
+fn swap_areas(swaps: &str) -> usize {
+    swaps.lines().skip(1).filter(|line| !line.trim().is_empty()).count()
 }
 
 /// The engine every wasm guest of the process shares, the thread that advances its epoch, and
@@ -337,6 +352,14 @@ pub fn compiled_dir(home: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swap_areas_are_counted_from_proc_swaps() {
+        let header = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+        assert_eq!(swap_areas(header), 0);
+        assert_eq!(swap_areas(&format!("{header}/swapfile  file  8388604  0  -2\n/dev/zram0  partition  4194300  12  100\n")), 2);
+        assert_eq!(swap_areas(""), 0);
+    }
 
     /// A server sizes the pool from its flags; the runtimes compiled once per machine must
     /// still load, so the compiled file's name must not depend on the pool.
