@@ -620,7 +620,11 @@ fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let runs: usize = std::env::var("WSBX_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     let filter = std::env::var("WSBX_BENCH_FILTER").unwrap_or_default();
-    let wanted = |label: &str| label.contains(filter.as_str());
+    // A filter starting with `=` names one bench exactly; otherwise it is a substring.
+    let wanted = |label: &str| match filter.strip_prefix('=') {
+        Some(exact) => label == exact,
+        None => label.contains(filter.as_str()),
+    };
     let cold = Sandbox::new(SandboxConfig { warm_instances: 0, ..SandboxConfig::default() });
     let warm = Sandbox::new(SandboxConfig::default());
     type Bench<'a> = (&'static str, Box<dyn Fn() -> Vec<Row> + 'a>);
