@@ -37,13 +37,31 @@ fn guests_made_in_the_run_and_prepared_ahead_are_reseeded_alike() {
             let (stack, traceback) = r.stderr.split_once("Traceback").unwrap_or_default();
             assert_eq!(traceback, " (most recent call last):\n  File \"<turn 1>\", line 3, in <module>\n    raise KeyError(1)\nKeyError: 1\n", "{how}: {}", r.stderr);
             stacks.insert(stack.to_owned());
-            // The reseed's text sent as code runs as code.
+            // The reseed's text sent as code runs as code: `_reactor` is no name of the user's.
             let r = sandbox.run(&request(Language::Python, "_reactor._wsbx_reseed()\n"));
-            assert_status(&r, Status::Ok);
+            assert_status(&r, Status::Error);
+            assert!(r.stderr.ends_with("NameError: name '_reactor' is not defined\n"), "{how}: {}", r.stderr);
+            // numpy's generator was seeded by array (256 bits): that always sets the first
+            // word of its key so; an int seed (32 bits at most, few enough to search) sets it
+            // to the seed.
+            let r = sandbox.run(&request(Language::Python, "import numpy\nprint(numpy.random.get_state()[1][0])"));
+            assert_eq!(r.stdout, "2147483648\n", "{how}: {r:#?}");
         }
     }
     // The same frames under the user's code either way: the reseed left nothing behind.
     assert_eq!(stacks.len(), 1, "{stacks:#?}");
+}
+
+/// The user's code starts from the globals `python -c` gives it, whichever interpreter it
+/// starts from: nothing of the prelude's or of the snapshot's imports.
+#[test]
+fn a_run_starts_with_the_globals_of_python_c() {
+    let names = "print(sorted(n for n in globals() if not n.startswith('__')), __name__)";
+    let mut plain = request(Language::Python, names);
+    plain.env.insert("X".into(), "1".into());
+    for r in [python(names), sandbox().run(&plain)] {
+        assert_eq!(r.stdout, "[] __main__\n", "{r:#?}");
+    }
 }
 
 #[test]

@@ -25,7 +25,8 @@ const NO_HOST: i32 = -1;
 /// - the working directory is /scratch, so relative paths land there;
 /// - the last expression is not echoed (the `turn` export is notebook-like by default), and
 ///   each turn is compiled straight from source (see `_run_turn` below);
-/// - `sys.argv` is `["-c"]`; the code's frames are named `<turn 1>`.
+/// - `sys.argv` is `["-c"]`; the code's frames are named `<turn 1>`;
+/// - `__main__` holds none of the prelude's names, as under `python -c`.
 const PRELUDE: &str = r#"
 import sys, os, io, _reactor
 os.chdir("/scratch")
@@ -79,6 +80,14 @@ def show(*args, **kwargs):
         exec(cls.SOURCE, module.__dict__)
 sys.meta_path.append(_WsbxMatplotlib)
 del _WsbxMatplotlib
+
+# The user's code starts from the globals `python -c` gives it: none of the names set up here
+# (the turns take what they need as default arguments). Also run after the snapshot's imports.
+def _clean_main(main=sys.modules["__main__"]):
+    for name in [name for name in vars(main) if not name.startswith("__")]:
+        delattr(main, name)
+_reactor._clean_main = _clean_main
+_clean_main()
 "#;
 
 /// The module matplotlib loads as its backend (`MPLBACKEND=module://wsbx_matplotlib`).
@@ -165,12 +174,14 @@ pub const PREINIT_IMPORTS: &[&str] = &["traceback", "linecache", "json", "re", "
 /// the parser and compiler write pages nothing else in a hello does, each a copy-on-write
 /// fault. A user's code is never the first turn, so the shortcut cannot swallow one.
 ///
-/// The seeds are fixed-size draws from the host's entropy, so that seeding leaves the heap the
-/// same shape in every run and the user's code costs the same fuel each time.
+/// The seeds are 256 bits from the host's entropy each: `random`'s as an int with its top bit
+/// set, numpy's as eight 32-bit words (its legacy seeding by array; an int seed would give it
+/// only 32 bits, few enough to search). Fixed sizes leave the heap the same shape in every run,
+/// so the user's code costs the same fuel each time.
 const RESEED_SETUP: &str = r#"
 def _wsbx_reseed(os=os, random=random, numpy=numpy, reactor=_reactor):
-    random.seed(int.from_bytes(os.urandom(8)) | 1 << 63)
-    numpy.random.seed(int.from_bytes(os.urandom(4)) & 0x7fffffff | 1 << 30)
+    random.seed(int.from_bytes(os.urandom(32)) | 1 << 255)
+    numpy.random.seed(numpy.frombuffer(os.urandom(32), dtype=numpy.uint32))
     reactor._turns = 0
 _wsbx_first = {"_wsbx_reseed": _wsbx_reseed, "_reactor": _reactor}
 exec(compile("""
@@ -186,7 +197,7 @@ def _run_turn(text, name, reseed=_wsbx_reseed, run_turn=_reactor._run_turn, reac
 """, "<reactor>", "exec"), _wsbx_first)
 _reactor._run_turn = _wsbx_first["_run_turn"]
 _reactor._wsbx_reseed = _wsbx_reseed
-del _wsbx_reseed, _wsbx_first
+_reactor._clean_main()
 "#;
 
 /// Run at the start of every run of the snapshot: see [`RESEED_SETUP`] (which names this text).
@@ -212,7 +223,7 @@ pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python,
         let grants = grants(&python.lib_dir, &python.mpl_data_dir, scratch.path(), &BTreeMap::new());
         let what = format!("prelude and {} modules imported", PREINIT_IMPORTS.len());
         let recipe = preinit::Recipe { name: "python", base: &python.module_path, grants: &grants, link, what: &what };
-        let imports = format!("import os, {}\n{RESEED_SETUP}", PREINIT_IMPORTS.join(", "));
+        let imports = format!("import os, _reactor, {}\n{RESEED_SETUP}", PREINIT_IMPORTS.join(", "));
         let set_up = |store: &mut Store<GuestState>, instance: &Instance, io: &wasi::GuestIo| {
             for (what, code) in [("the prelude", PRELUDE), ("the imports", imports.as_str())] {
                 let status = turn(store, instance, code.as_bytes()).map_err(|e| format!("running {what}: {e:#}"))?;
