@@ -16,6 +16,27 @@
 //! ```
 #![warn(missing_docs)]
 
+/// `println!` that never panics: when the reader of stdout went away (`wsbx exec … | head`),
+/// the CLI must still finish its run, clean up and exit with the run's code.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics; see [`outln!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub mod agents;
 pub mod audit;
 pub mod backend;

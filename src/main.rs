@@ -367,14 +367,14 @@ fn exec(args: ExecArgs) -> ExitCode {
         match scratch.copy_out(dir, args.max_return_bytes) {
             Ok(report) => {
                 for skipped in &report.skipped {
-                    eprintln!("wsbx: not copied to {}: {}: {}", dir.display(), skipped.path, skipped.reason);
+                    wsbx::errln!("wsbx: not copied to {}: {}: {}", dir.display(), skipped.path, skipped.reason);
                 }
                 if report.truncated {
-                    eprintln!("wsbx: files over --max-return-bytes {} were not copied to {}", args.max_return_bytes, dir.display());
+                    wsbx::errln!("wsbx: files over --max-return-bytes {} were not copied to {}", args.max_return_bytes, dir.display());
                 }
             }
             Err(e) => {
-                eprintln!("wsbx: internal_error: copying the scratch directory to {}: {e}", dir.display());
+                wsbx::errln!("wsbx: internal_error: copying the scratch directory to {}: {e}", dir.display());
                 code = ExitCode::from(EXIT_INTERNAL);
             }
         }
@@ -539,7 +539,7 @@ impl ExecConfig {
             let event = wsbx::audit::Event::of_run(wsbx::audit::Kind::Run, &self.agent, request, result, audit.store_code());
             drop(audit.record(event));
             if !audit.flush(std::time::Duration::from_secs(10)) {
-                eprintln!("wsbx: warning: the audit row of this run could not be written to {}", audit.path().display());
+                wsbx::errln!("wsbx: warning: the audit row of this run could not be written to {}", audit.path().display());
             }
         }
     }
@@ -566,9 +566,9 @@ fn check(args: CheckArgs) -> ExitCode {
     match checked() {
         Ok(verdict) => {
             match serde_json::to_string_pretty(&verdict) {
-                Ok(text) => println!("{text}"),
+                Ok(text) => wsbx::outln!("{text}"),
                 Err(e) => {
-                    eprintln!("wsbx: internal_error: encoding the verdict: {e}");
+                    wsbx::errln!("wsbx: internal_error: encoding the verdict: {e}");
                     return ExitCode::from(EXIT_INTERNAL);
                 }
             }
@@ -578,7 +578,7 @@ fn check(args: CheckArgs) -> ExitCode {
             }
         }
         Err(message) => {
-            eprintln!("wsbx: rejected: {message}");
+            wsbx::errln!("wsbx: rejected: {message}");
             ExitCode::from(EXIT_REJECTED)
         }
     }
@@ -589,7 +589,7 @@ fn refuse(json: bool, language: Option<Language>, message: &str) -> ExitCode {
         let result = ExecResult::not_run(language.unwrap_or(Language::Python), Status::Rejected, message.to_owned());
         print_result(&result, true);
     } else {
-        eprintln!("wsbx: rejected: {message}");
+        wsbx::errln!("wsbx: rejected: {message}");
     }
     ExitCode::from(EXIT_REJECTED)
 }
@@ -597,8 +597,8 @@ fn refuse(json: bool, language: Option<Language>, message: &str) -> ExitCode {
 fn print_result(result: &ExecResult, json: bool) {
     if json {
         match serde_json::to_string(result) {
-            Ok(text) => println!("{text}"),
-            Err(e) => eprintln!("wsbx: internal_error: encoding the result: {e}"),
+            Ok(text) => wsbx::outln!("{text}"),
+            Err(e) => wsbx::errln!("wsbx: internal_error: encoding the result: {e}"),
         }
         return;
     }
@@ -612,14 +612,14 @@ fn print_result(result: &ExecResult, json: bool) {
 /// output was cut), after its streams.
 fn print_status(result: &ExecResult) {
     if let Some(verdict) = result.policy.as_ref().filter(|v| v.decision == wsbx::policy::Decision::Warn) {
-        eprintln!("wsbx: {}", verdict.warning());
+        wsbx::errln!("wsbx: {}", verdict.warning());
     }
     let exited = result.exit_code.is_some();
     if !exited || matches!(result.status, Status::Rejected | Status::InternalError) {
         let detail = result.detail.as_deref().unwrap_or("");
-        eprintln!("wsbx: {}: {detail}", result.status);
+        wsbx::errln!("wsbx: {}: {detail}", result.status);
     } else if result.stdout_truncated || result.stderr_truncated {
-        eprintln!("wsbx: output truncated at --max-output");
+        wsbx::errln!("wsbx: output truncated at --max-output");
     }
 }
 
@@ -639,7 +639,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let (config, addr) = match serve_config(&args) {
         Ok(config) => config,
         Err(message) => {
-            eprintln!("wsbx: rejected: {message}");
+            wsbx::errln!("wsbx: rejected: {message}");
             return ExitCode::from(EXIT_REJECTED);
         }
     };
@@ -652,7 +652,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let listener = match tokio::net::TcpListener::bind(&addr).await {
             Ok(listener) => listener,
             Err(e) => {
-                eprintln!("wsbx: error: cannot listen on {addr}: {e}");
+                wsbx::errln!("wsbx: error: cannot listen on {addr}: {e}");
                 return ExitCode::from(EXIT_INTERNAL);
             }
         };
@@ -661,19 +661,19 @@ fn serve(args: ServeArgs) -> ExitCode {
         let warmed = tokio::task::spawn_blocking(move || {
             for language in Language::ALL {
                 if let Err(e) = warm.prepare(language) {
-                    eprintln!("wsbx: {language} is not available: {e}");
+                    wsbx::errln!("wsbx: {language} is not available: {e}");
                 }
             }
         });
         let _ = warmed.await;
         match listener.local_addr() {
-            Ok(addr) => eprintln!("wsbx: listening on http://{addr}"),
-            Err(_) => eprintln!("wsbx: listening on http://{addr}"),
+            Ok(addr) => wsbx::errln!("wsbx: listening on http://{addr}"),
+            Err(_) => wsbx::errln!("wsbx: listening on http://{addr}"),
         }
         match wsbx::server::serve(listener, config).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("wsbx: error: {e}");
+                wsbx::errln!("wsbx: error: {e}");
                 ExitCode::from(EXIT_INTERNAL)
             }
         }
@@ -691,7 +691,7 @@ fn serve_config(args: &ServeArgs) -> Result<(wsbx::server::ServeConfig, String),
         None => wsbx::config::Config::default(),
     };
     for warning in file.warnings() {
-        eprintln!("wsbx: warning: {warning}");
+        wsbx::errln!("wsbx: warning: {warning}");
     }
     let server = &file.server;
     let mut config = wsbx::server::ServeConfig { token: args.token.clone(), ..Default::default() };
@@ -779,7 +779,7 @@ fn warn_if_sessions_can_outgrow_memory(config: &wsbx::server::ServeConfig) {
     let per_session = (config.ceiling.memory_mb + config.ceiling.disk_mb) << 20;
     let worst = per_session.saturating_mul(config.max_sessions as u64);
     if worst > total {
-        eprintln!(
+        wsbx::errln!(
             "wsbx: warning: {} sessions at --max-memory {} MiB and --max-disk {} MiB could hold {} GiB, more than this machine's {} GiB; lower --max-sessions, --max-memory or --max-disk",
             config.max_sessions,
             config.ceiling.memory_mb,
@@ -799,7 +799,7 @@ fn server_runtime(config: &wsbx::server::ServeConfig) -> Result<tokio::runtime::
         tracing::warn!("{e}");
     }
     tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(wsbx::GUEST_THREAD_STACK).build().map_err(|e| {
-        eprintln!("wsbx: internal_error: starting the async runtime: {e}");
+        wsbx::errln!("wsbx: internal_error: starting the async runtime: {e}");
         ExitCode::from(EXIT_INTERNAL)
     })
 }
@@ -817,7 +817,7 @@ fn mcp(args: McpArgs) -> ExitCode {
                 config.file.limits.ceiling = wsbx::config::PartialLimits::default();
             }
             Err(e) => {
-                eprintln!("wsbx: rejected: {e}");
+                wsbx::errln!("wsbx: rejected: {e}");
                 return ExitCode::from(EXIT_REJECTED);
             }
         }
@@ -834,7 +834,7 @@ fn mcp(args: McpArgs) -> ExitCode {
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("wsbx: error: {e}");
+            wsbx::errln!("wsbx: error: {e}");
             ExitCode::from(EXIT_INTERNAL)
         }
     }
@@ -847,18 +847,18 @@ fn runtime(action: RuntimeAction) -> ExitCode {
             let options = InstallOptions { wheel, force };
             match sandbox.install(&options, &mut std::io::stderr()) {
                 Ok(()) => {
-                    eprintln!("wsbx: runtimes ready in {}", sandbox.config().home.display());
+                    wsbx::errln!("wsbx: runtimes ready in {}", sandbox.config().home.display());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("wsbx: error: {e}");
+                    wsbx::errln!("wsbx: error: {e}");
                     ExitCode::from(EXIT_INTERNAL)
                 }
             }
         }
         RuntimeAction::List { json } => match sandbox.runtimes() {
             Ok(list) if json => {
-                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+                wsbx::outln!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
                 ExitCode::SUCCESS
             }
             Ok(list) => {
@@ -868,12 +868,12 @@ fn runtime(action: RuntimeAction) -> ExitCode {
                         (true, false) => "installed, not compiled",
                         _ => "not installed",
                     };
-                    println!("{:<11} {}=={}  sha256 {}  {state}", r.language, r.package, r.version, r.sha256);
+                    wsbx::outln!("{:<11} {}=={}  sha256 {}  {state}", r.language, r.package, r.version, r.sha256);
                 }
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("wsbx: error: {e}");
+                wsbx::errln!("wsbx: error: {e}");
                 ExitCode::from(EXIT_INTERNAL)
             }
         },

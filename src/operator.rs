@@ -129,17 +129,17 @@ pub enum AuditAction {
 pub fn token(args: TokenArgs) -> ExitCode {
     let mut bytes = [0u8; 32];
     if let Err(e) = getrandom::fill(&mut bytes) {
-        eprintln!("wsbx: internal_error: no randomness: {e}");
+        wsbx::errln!("wsbx: internal_error: no randomness: {e}");
         return ExitCode::from(EXIT_INTERNAL);
     }
     let token = format!("wsbx_{}", hex::encode(bytes));
     let hash = hex::encode(wsbx::config::token_sha256(&token));
     if args.json {
-        println!("{}", serde_json::json!({ "token": token, "token_sha256": hash }));
+        wsbx::outln!("{}", serde_json::json!({ "token": token, "token_sha256": hash }));
     } else {
-        println!("token:        {token}");
-        println!("token_sha256: {hash}");
-        eprintln!("wsbx: give the token to its holder; put only token_sha256 in the config file");
+        wsbx::outln!("token:        {token}");
+        wsbx::outln!("token_sha256: {hash}");
+        wsbx::errln!("wsbx: give the token to its holder; put only token_sha256 in the config file");
     }
     ExitCode::SUCCESS
 }
@@ -151,7 +151,7 @@ fn finish(result: Result<(), Failed>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failed(message, code)) => {
-            eprintln!("wsbx: {message}");
+            wsbx::errln!("wsbx: {message}");
             ExitCode::from(code)
         }
     }
@@ -200,7 +200,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
     let line = |cells: Vec<String>| {
         let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", padded.join("  ").trim_end());
+        wsbx::outln!("{}", padded.join("  ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {
@@ -217,7 +217,7 @@ fn text(value: &serde_json::Value, key: &str) -> String {
 }
 
 fn print_json(value: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    wsbx::outln!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
 pub fn ps(args: PsArgs) -> ExitCode {
@@ -252,7 +252,7 @@ pub fn kill(args: KillArgs) -> ExitCode {
             print_json(&answer);
         } else {
             for run in answer.get("killed").and_then(|k| k.as_array()).into_iter().flatten() {
-                println!("killed {} {} of agent {}", text(run, "kind"), text(run, "id"), text(run, "agent"));
+                wsbx::outln!("killed {} {} of agent {}", text(run, "kind"), text(run, "id"), text(run, "agent"));
             }
         }
         Ok(())
@@ -275,7 +275,7 @@ pub fn agents(action: AgentsAction) -> ExitCode {
             AgentsAction::Kill { id, .. } => {
                 let runs = answer.get("killed").and_then(|k| k.as_array()).map_or(0, Vec::len);
                 let sessions = answer.get("sessions_ended").and_then(|k| k.as_array()).map_or(0, Vec::len);
-                println!("agent {id}: killed {runs} runs, ended {sessions} sessions");
+                wsbx::outln!("agent {id}: killed {runs} runs, ended {sessions} sessions");
             }
             _ => {
                 let list = match answer {
@@ -372,16 +372,16 @@ pub fn audit(action: AuditAction) -> ExitCode {
                 Ok(verified) => {
                     if json {
                         let answer = serde_json::json!({ "intact": true, "rows": verified.rows, "last_id": verified.last_id, "last_hash": verified.last_hash });
-                        println!("{answer}");
+                        wsbx::outln!("{answer}");
                     } else {
-                        println!("the audit log {} is intact: {} rows chain", path.display(), verified.rows);
-                        println!("last row {}: {}  (keep it elsewhere to detect truncation later)", verified.last_id, verified.last_hash);
+                        wsbx::outln!("the audit log {} is intact: {} rows chain", path.display(), verified.rows);
+                        wsbx::outln!("last row {}: {}  (keep it elsewhere to detect truncation later)", verified.last_id, verified.last_hash);
                     }
                     Ok(())
                 }
                 Err(broken) => {
                     if json {
-                        println!("{}", serde_json::json!({ "intact": false, "row": broken.id, "why": broken.why }));
+                        wsbx::outln!("{}", serde_json::json!({ "intact": false, "row": broken.id, "why": broken.why }));
                     }
                     Err(Failed(format!("the audit log {} is broken: {broken}", path.display()), 1))
                 }

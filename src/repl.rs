@@ -35,13 +35,13 @@ pub(super) fn run(args: ReplArgs) -> ExitCode {
         Ok(session) => session,
         Err(e) if e.status == Status::Rejected => return refuse(json, Some(language), &e.detail),
         Err(e) => {
-            eprintln!("wsbx: {}: the session could not start: {}", e.status, e.detail);
+            wsbx::errln!("wsbx: {}: the session could not start: {}", e.status, e.detail);
             return ExitCode::from(super::EXIT_INTERNAL);
         }
     };
     let interactive = std::io::stdin().is_terminal();
     if interactive && !json {
-        eprintln!("wsbx {language} session {} (end with Ctrl-D)", session.id());
+        wsbx::errln!("wsbx {language} session {} (end with Ctrl-D)", session.id());
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -54,7 +54,7 @@ pub(super) fn run(args: ReplArgs) -> ExitCode {
         let line = match lines.next() {
             Some(Ok(line)) => line,
             Some(Err(e)) => {
-                eprintln!("wsbx: reading the input: {e}");
+                wsbx::errln!("wsbx: reading the input: {e}");
                 return ExitCode::from(super::EXIT_INTERNAL);
             }
             None => match block.finish() {
@@ -68,7 +68,7 @@ pub(super) fn run(args: ReplArgs) -> ExitCode {
         print_result(&result, json);
         if session.ended().is_some() {
             if !json && result.status != Status::Rejected {
-                eprintln!("wsbx: the session has ended");
+                wsbx::errln!("wsbx: the session has ended");
             }
             return exit_code(&result);
         }

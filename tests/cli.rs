@@ -244,3 +244,35 @@ fn repl_stops_when_a_turn_ends_the_session() {
     let o = wsbx_with_stdin(&["repl", "--lang", "cobol"], b"");
     assert_eq!(o.status.code(), Some(126));
 }
+
+/// `wsbx exec … | head -c 1`: the reader goes away before wsbx writes. wsbx still ends its
+/// run, exits with the run's code and prints no panic, whether it streams the guest's output
+/// or prints the result at the end — and so do its warnings on a closed stderr.
+#[test]
+fn a_reader_that_goes_away_does_not_crash_exec() {
+    for (args, close_stderr) in [
+        (&["exec", "--lang", "shell", "-c", "seq 1 100000; exit 3"][..], false),
+        (&["exec", "--json", "--lang", "python", "-c", "print('x' * 100000); raise SystemExit(3)"][..], false),
+        (&["exec", "--lang", "shell", "-c", "seq 1 100000 >&2; exit 3"][..], true),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wsbx"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end at once: every write of wsbx's meets a closed pipe.
+        drop(child.stdout.take());
+        let stderr = if close_stderr {
+            drop(child.stderr.take());
+            String::new()
+        } else {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut text).unwrap();
+            text
+        };
+        let status = child.wait().unwrap();
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(status.code(), Some(3), "{args:?}: {status:?} {stderr}");
+    }
+}

@@ -327,7 +327,7 @@ impl Heartbeat {
                 std::thread::sleep(Duration::from_millis(200));
                 if last.elapsed() >= Duration::from_secs(15) {
                     last = Instant::now();
-                    eprintln!("wsbx: still {what} ({} s)", started.elapsed().as_secs());
+                    crate::errln!("wsbx: still {what} ({} s)", started.elapsed().as_secs());
                 }
             }
         });
