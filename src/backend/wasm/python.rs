@@ -197,6 +197,9 @@ def _run_turn(text, name, reseed=_wsbx_reseed, run_turn=_reactor._run_turn, reac
 """, "<reactor>", "exec"), _wsbx_first)
 _reactor._run_turn = _wsbx_first["_run_turn"]
 _reactor._wsbx_reseed = _wsbx_reseed
+# Once here, so the caches numpy's seeding by array fills (casts, ufunc loops) are in the
+# snapshot: without it the reseed cost every run ~1 ms more.
+_wsbx_reseed()
 _reactor._clean_main()
 "#;
 
