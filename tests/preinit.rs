@@ -14,12 +14,12 @@ fn every_run_gets_fresh_random_numbers() {
     assert_ne!(a.stdout, b.stdout, "two runs drew the same numbers");
 }
 
-/// A guest made in the run is reseeded by a call the host makes before the user's code (not a
-/// compiled turn); a guest prepared ahead by the same call, which also warms the compiler.
-/// Both draw fresh numbers, count the user's code as `<turn 1>` under the same frames, and run
-/// the user's first turn as code, even when its text is the reseed's own.
+/// A guest made in the run gets fresh generator states written by the host before the user's
+/// code; a guest prepared ahead too, and then runs a first turn of its own that warms the
+/// compiler. Both draw fresh numbers, start from the globals of `python -c`, and count the
+/// user's code as `<turn 1>` under the same frames.
 #[test]
-fn guests_made_in_the_run_and_prepared_ahead_are_reseeded_alike() {
+fn guests_made_in_the_run_and_prepared_ahead_draw_fresh_numbers_alike() {
     let fresh = Sandbox::new(SandboxConfig { warm_instances: 0, ..SandboxConfig::default() });
     let prepared = Sandbox::new(SandboxConfig { warm_instances: 1, ..SandboxConfig::default() });
     prepared.prepare(Language::Python).expect("runtime loads");
@@ -37,19 +37,61 @@ fn guests_made_in_the_run_and_prepared_ahead_are_reseeded_alike() {
             let (stack, traceback) = r.stderr.split_once("Traceback").unwrap_or_default();
             assert_eq!(traceback, " (most recent call last):\n  File \"<turn 1>\", line 3, in <module>\n    raise KeyError(1)\nKeyError: 1\n", "{how}: {}", r.stderr);
             stacks.insert(stack.to_owned());
-            // The reseed's text sent as code runs as code: `_reactor` is no name of the user's.
-            let r = sandbox.run(&request(Language::Python, "_reactor._wsbx_reseed()\n"));
-            assert_status(&r, Status::Error);
-            assert!(r.stderr.ends_with("NameError: name '_reactor' is not defined\n"), "{how}: {}", r.stderr);
-            // numpy's generator was seeded by array (256 bits): that always sets the first
-            // word of its key so; an int seed (32 bits at most, few enough to search) sets it
-            // to the seed.
-            let r = sandbox.run(&request(Language::Python, "import numpy\nprint(numpy.random.get_state()[1][0])"));
-            assert_eq!(r.stdout, "2147483648\n", "{how}: {r:#?}");
+            let r = sandbox.run(&request(Language::Python, "print(sorted(n for n in globals() if not n.startswith('__')))"));
+            assert_eq!(r.stdout, "[]\n", "{how}: {r:#?}");
+            // The host wrote both states whole (19,937 bits of entropy each, where a seed gives
+            // at most what the seed holds), the first word's top bit set as MT19937's own
+            // seeding does, and each positioned to twist the whole state before its first draw.
+            let state = "import random, numpy\nkey, pos = numpy.random.get_state()[1:3]\nwords = random.getstate()[1]\nprint(key[0], pos, words[0], words[-1], key[1], words[1])";
+            let r = sandbox.run(&request(Language::Python, state));
+            let fields: Vec<&str> = r.stdout.split_whitespace().collect();
+            assert_eq!(fields[..4], ["2147483648", "624", "2147483648", "624"], "{how}: {r:#?}");
+            // And a different state in every run.
+            let again = sandbox.run(&request(Language::Python, state));
+            assert_ne!(r.stdout, again.stdout, "{how}: the same state twice");
         }
     }
-    // The same frames under the user's code either way: the reseed left nothing behind.
+    // The same frames under the user's code either way: preparing left nothing behind.
     assert_eq!(stacks.len(), 1, "{stacks:#?}");
+}
+
+/// A snapshot whose record of where its generators are does not match it is never run: the
+/// run fails and says why, rather than drawing the numbers the snapshot froze.
+#[test]
+fn a_snapshot_whose_generator_record_is_wrong_is_never_run() {
+    let real = SandboxConfig::default().home;
+    let parent = real.parent().expect("the home has a parent");
+    let home = tempfile::tempdir_in(parent).unwrap();
+    // The installed runtimes and compiled modules, linked rather than copied (gigabytes).
+    for dir in ["runtimes", "compiled"] {
+        let status = std::process::Command::new("cp").arg("-al").arg(real.join(dir)).arg(home.path()).status().unwrap();
+        assert!(status.success(), "linking {dir}");
+    }
+    let mut records = 0;
+    for entry in glob(&home.path().join("runtimes"), "python-preinit-", ".seeds") {
+        // Replaced, not written through: the file is a link to the real home's.
+        let wrong = entry.with_extension("wrong");
+        std::fs::write(&wrong, "random=0 numpy=0\n").unwrap();
+        std::fs::rename(&wrong, &entry).unwrap();
+        records += 1;
+    }
+    assert!(records > 0, "no record of the generators under {}", home.path().display());
+    let sandbox = Sandbox::new(SandboxConfig { home: home.path().to_owned(), warm_instances: 0, ..SandboxConfig::default() });
+    let r = sandbox.run(&request(Language::Python, "import random\nprint(random.random())"));
+    assert_eq!((r.status, r.stdout.as_str()), (Status::InternalError, ""), "{r:#?}");
+    assert!(r.detail.as_deref().unwrap_or_default().contains("not where the snapshot's record says"), "{r:#?}");
+}
+
+/// Files under `dir` (one level of subdirectories deep) named `prefix…suffix`.
+fn glob(dir: &std::path::Path, prefix: &str, suffix: &str) -> Vec<std::path::PathBuf> {
+    let matches = |p: &std::path::Path| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(suffix));
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().flatten().map(|e| e.path()))
+        .filter(|p| matches(p))
+        .collect()
 }
 
 /// The user's code starts from the globals `python -c` gives it, whichever interpreter it

@@ -48,8 +48,8 @@ impl JavascriptBackend {
         let preinit = preinitialized.map(|module| Preinit::new(&linker, &module)).transpose()?;
         let warm_grants = move |scratch: &Path| grants(scratch, &BTreeMap::new());
         let warm = match &preinit {
-            Some(p) => warm_pool(warm, engine.clone(), p.pre.clone(), scratch_root, warm_grants, started),
-            None => warm_pool(warm, engine.clone(), pre.clone(), scratch_root, warm_grants, prepare),
+            Some(p) => warm_pool(warm, engine.clone(), p.pre.clone(), scratch_root, warm_grants, Arc::new(started)),
+            None => warm_pool(warm, engine.clone(), pre.clone(), scratch_root, warm_grants, Arc::new(prepare)),
         };
         Ok(JavascriptBackend { engine, pre, preinit, warm })
     }
@@ -57,8 +57,8 @@ impl JavascriptBackend {
     /// The interpreter a guest for `request` starts from, and what makes it ready.
     fn interpreter(&self, request: &ExecRequest) -> (&InstancePre<GuestState>, Init) {
         match &self.preinit {
-            Some(p) if p.fits(request) => (&p.pre, started),
-            _ => (&self.pre, prepare),
+            Some(p) if p.fits(request) => (&p.pre, Arc::new(started)),
+            _ => (&self.pre, Arc::new(prepare)),
         }
     }
 }
@@ -161,7 +161,7 @@ impl Backend for JavascriptBackend {
         };
         let grants = grants(scratch.path(), &request.env);
         let (pre, init) = self.interpreter(request);
-        run_guest(&self.engine, pre, request, &grants, init, code)
+        run_guest(&self.engine, pre, request, &grants, &*init, code)
     }
 
     /// A session keeps one runtime and context: each turn is evaluated in it, so globals,

@@ -11,6 +11,7 @@ pub mod javascript;
 pub mod limits;
 pub mod preinit;
 pub mod python;
+mod seeds;
 pub mod stacks;
 pub mod wasi;
 
@@ -124,7 +125,7 @@ fn on_guest_stack<R>(f: impl FnOnce() -> R) -> Result<R, String> {
 }
 
 /// Makes a fresh instance of an interpreter ready for its first run.
-pub(crate) type Init = fn(&mut Store<GuestState>, &Instance) -> wasmtime::Result<()>;
+pub(crate) type Init = Arc<dyn Fn(&mut Store<GuestState>, &Instance) -> wasmtime::Result<()> + Send + Sync>;
 
 /// A pre-initialized interpreter ([`preinit`]), linked, and the memory it starts with.
 pub(crate) struct Preinit {
@@ -355,7 +356,7 @@ pub(crate) fn start_live(
     let scratch = scratch.fresh()?;
     let grants = grants(scratch.path());
     let setup = Limits { fuel: SETUP_FUEL, ..request.limits };
-    let guest = on_guest_stack(|| Guest::prepare(engine, pre, &grants, &setup, init)).unwrap_or_else(|e| Err(internal_error(e)))?;
+    let guest = on_guest_stack(|| Guest::prepare(engine, pre, &grants, &setup, &*init)).unwrap_or_else(|e| Err(internal_error(e)))?;
     Ok(Box::new(LiveWasm::new(guest, enter)))
 }
 
@@ -412,7 +413,7 @@ pub(crate) fn warm_pool(
     let root = scratch_root.to_owned();
     Some(WarmPool::start(target, "wsbx-warm", Some(engine::HOST_THREAD_STACK), wait_for_quiet, move || {
         let scratch = Scratch::create(&root, Quota::of(&WARM_LIMITS)).map_err(|e| format!("creating a scratch directory: {e}"))?;
-        let guest = Guest::prepare(&engine, &pre, &grants(scratch.path()), &WARM_LIMITS, init)
+        let guest = Guest::prepare(&engine, &pre, &grants(scratch.path()), &WARM_LIMITS, &*init)
             .map_err(|failed| failed.detail.unwrap_or_default())?;
         Ok((guest, scratch))
     }))

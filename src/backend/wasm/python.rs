@@ -8,6 +8,7 @@ use std::sync::Arc;
 use wasmtime::{Instance, InstancePre, Linker, Store};
 
 use super::wasi::{self, Grants};
+use super::seeds::{self, SeedSlots};
 use super::{preinit, run_guest, run_warm, start_live, warm_pool, Guest, GuestState, Init, Preinit, WasmEngine};
 use crate::backend::pool::WarmPool;
 use crate::scratch::Scratch;
@@ -100,8 +101,9 @@ pub struct PythonBackend {
     /// `os.environ`) or whose memory cap is below the snapshot's footprint start here. Linked
     /// on first need: mapping it costs a process ~10 ms that most never need to pay.
     base: Base,
-    /// The pre-initialized snapshot, when it could be built: every other run starts here.
-    preinit: Option<Preinit>,
+    /// The pre-initialized snapshot, when it could be built, and what readies a fresh instance
+    /// of it: every other run starts here.
+    preinit: Option<(Preinit, Init)>,
     lib_dir: PathBuf,
     mpl_data_dir: PathBuf,
     warm: Option<WarmPool<(Guest, Scratch)>>,
@@ -132,22 +134,26 @@ impl PythonBackend {
     pub fn new(
         engine: Arc<WasmEngine>,
         python: Python,
-        preinitialized: Option<wasmtime::Module>,
+        preinitialized: Option<Snapshot>,
         scratch_root: &Path,
         warm: usize,
     ) -> Result<PythonBackend, String> {
         let mut linker = Linker::new(engine.engine());
         link(&mut linker).map_err(|e| format!("linking the python module's imports: {e}"))?;
-        let preinit = preinitialized.map(|module| Preinit::new(&linker, &module)).transpose()?;
+        let preinit = match preinitialized {
+            Some(snapshot) => Some((Preinit::new(&linker, &snapshot.module)?, snapshot.seeds)),
+            None => None,
+        };
         let (lib_dir, mpl_data_dir) = (python.lib_dir.clone(), python.mpl_data_dir.clone());
         let (warm_lib, warm_mpl) = (lib_dir.clone(), mpl_data_dir.clone());
         let warm_grants = move |scratch: &Path| grants(&warm_lib, &warm_mpl, scratch, &BTreeMap::new());
         let base = Base { python, linker, pre: std::sync::OnceLock::new() };
         let warm = match &preinit {
-            Some(p) => warm_pool(warm, engine.clone(), p.pre.clone(), scratch_root, warm_grants, reseed_ahead),
+            Some((p, seeds)) => warm_pool(warm, engine.clone(), p.pre.clone(), scratch_root, warm_grants, seeded_ahead(*seeds)),
             // Without the snapshot every run needs the base interpreter: link it now.
-            None => warm_pool(warm, engine.clone(), base.get(&engine)?.clone(), scratch_root, warm_grants, prelude),
+            None => warm_pool(warm, engine.clone(), base.get(&engine)?.clone(), scratch_root, warm_grants, Arc::new(prelude)),
         };
+        let preinit = preinit.map(|(p, seeds)| (p, seeded(seeds)));
         Ok(PythonBackend { engine, base, preinit, lib_dir, mpl_data_dir, warm })
     }
 }
@@ -164,69 +170,42 @@ fn link(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
 /// 4.4 G fuel, a second).
 pub const PREINIT_IMPORTS: &[&str] = &["traceback", "linecache", "json", "re", "random", "numpy", "pandas", "matplotlib", "matplotlib.pyplot"];
 
-/// Defines, in the snapshot, what [`RESEED`] does: fresh seeds for `random` and numpy's
-/// global generator (a snapshot would otherwise give every run the same numbers), and the turn
-/// counter back at zero so the user's code is `<turn 1>`.
-///
-/// The reseed is the first turn of every run of the snapshot, and that turn is *called*, not
-/// compiled: `_run_turn` is wrapped once, and the wrapper puts the plain `_run_turn` back
-/// before anything else. Compiling even the one-line call was a third of a hello's set-up:
-/// the parser and compiler write pages nothing else in a hello does, each a copy-on-write
-/// fault. A user's code is never the first turn, so the shortcut cannot swallow one.
-///
-/// The seeds are 256 bits from the host's entropy each: `random`'s as an int with its top bit
-/// set, numpy's as eight 32-bit words (its legacy seeding by array; an int seed would give it
-/// only 32 bits, few enough to search). Fixed sizes leave the heap the same shape in every run,
-/// so the user's code costs the same fuel each time.
-const RESEED_SETUP: &str = r#"
-def _wsbx_reseed(os=os, random=random, numpy=numpy, reactor=_reactor):
-    random.seed(int.from_bytes(os.urandom(32)) | 1 << 255)
-    numpy.random.seed(numpy.frombuffer(os.urandom(32), dtype=numpy.uint32))
-    reactor._turns = 0
-_wsbx_first = {"_wsbx_reseed": _wsbx_reseed, "_reactor": _reactor}
-exec(compile("""
-def _run_turn(text, name, reseed=_wsbx_reseed, run_turn=_reactor._run_turn, reactor=_reactor, compile=compile):
-    reactor._run_turn = run_turn
-    if text == "_reactor._wsbx_reseed()\\n":
-        reseed()
-    elif text == "_reactor._wsbx_reseed()  # ahead\\n":
-        reseed()
-        compile("f(x, 'y')\\n", "<wsbx>", "exec")
-    else:
-        run_turn(text, name)
-""", "<reactor>", "exec"), _wsbx_first)
-_reactor._run_turn = _wsbx_first["_run_turn"]
-_reactor._wsbx_reseed = _wsbx_reseed
-# Once here, so the caches numpy's seeding by array fills (casts, ufunc loops) are in the
-# snapshot: without it the reseed cost every run ~1 ms more.
-_wsbx_reseed()
-_reactor._clean_main()
-"#;
+/// The end of the snapshot's set-up: the generators left holding markers for the host to
+/// overwrite in every run ([`seeds`]), the turn counter back at zero so the user's code is
+/// `<turn 1>`, and `__main__` emptied.
+fn snapshot_set_up() -> String {
+    format!("{}_reactor._turns = 0\n_reactor._clean_main()\n", seeds::set_up())
+}
 
-/// Run at the start of every run of the snapshot: see [`RESEED_SETUP`] (which names this text).
-const RESEED: &str = "_reactor._wsbx_reseed()\n";
+/// The first turn of a guest prepared ahead, off any request's path. Compiling it writes the
+/// pages the parser and compiler use, so the user's turn, which compiles first thing, does not
+/// fault them in on the request's path. It binds no name and sets the turn counter back, so
+/// the user's code runs as `<turn 1>` on the same state as on a guest made in the run.
+const AHEAD: &str = "__import__('_reactor')._turns = 0\n";
 
-/// The same reseed for a guest prepared ahead, off any request's path, which then also
-/// compiles a line it throws away: that writes the pages the compiler uses, so the user's
-/// turn, which compiles first thing, does not fault them in on the request's path. Nothing
-/// else of the interpreter's state changes (no turn, no `linecache` entry), so a run costs
-/// the same fuel on either kind of guest.
-const RESEED_AHEAD: &str = "_reactor._wsbx_reseed()  # ahead\n";
+/// The pre-initialized interpreter and where the generators' states are in its memory.
+pub struct Snapshot {
+    module: wasmtime::Module,
+    seeds: SeedSlots,
+}
 
 /// Loads the pre-initialized interpreter for `python` (the prelude run, [`PREINIT_IMPORTS`]
 /// imported), building it first (once per machine, under the install lock) when it is missing
-/// or damaged; see [`super::preinit`].
-pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python, progress: &mut dyn std::io::Write) -> Result<wasmtime::Module, String> {
+/// or damaged, or when the record of its generators beside it is; see [`super::preinit`].
+pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python, progress: &mut dyn std::io::Write) -> Result<Snapshot, String> {
     let dir = python.module_path.parent().unwrap_or(Path::new("."));
     let base_sha256 = &runtimes.manifest().python.module.sha256;
-    let inputs: Vec<&str> = [PRELUDE, RESEED_SETUP].iter().chain(PREINIT_IMPORTS).copied().collect();
+    let set_up_end = snapshot_set_up();
+    let inputs: Vec<&str> = [PRELUDE, set_up_end.as_str()].into_iter().chain(PREINIT_IMPORTS.iter().copied()).collect();
     let snapshot = preinit::snapshot_path(dir, "python", base_sha256, &inputs);
+    let seeds_path = snapshot.with_extension("seeds");
+    let read_seeds = || std::fs::read_to_string(&seeds_path).ok().as_deref().and_then(SeedSlots::parse);
     let build = |progress: &mut dyn std::io::Write| {
         let scratch = tempfile::tempdir().map_err(|e| format!("creating a scratch directory for the snapshot: {e}"))?;
         let grants = grants(&python.lib_dir, &python.mpl_data_dir, scratch.path(), &BTreeMap::new());
         let what = format!("prelude and {} modules imported", PREINIT_IMPORTS.len());
         let recipe = preinit::Recipe { name: "python", base: &python.module_path, grants: &grants, link, what: &what };
-        let imports = format!("import os, _reactor, {}\n{RESEED_SETUP}", PREINIT_IMPORTS.join(", "));
+        let imports = format!("import os, _reactor, {}\n{set_up_end}", PREINIT_IMPORTS.join(", "));
         let set_up = |store: &mut Store<GuestState>, instance: &Instance, io: &wasi::GuestIo| {
             for (what, code) in [("the prelude", PRELUDE), ("the imports", imports.as_str())] {
                 let status = turn(store, instance, code.as_bytes()).map_err(|e| format!("running {what}: {e:#}"))?;
@@ -235,11 +214,24 @@ pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python,
                     return Err(format!("{what} failed ({status}): {}", String::from_utf8_lossy(&stderr)));
                 }
             }
-            Ok(())
+            // The record is written before the snapshot and its stamp: a stamped snapshot
+            // without it is rebuilt below.
+            let (printed, _) = io.stdout.take();
+            let memory = instance.get_memory(&mut *store, "memory").ok_or("the python module exports no memory")?;
+            let seeds = SeedSlots::locate(memory.data(&*store), &String::from_utf8_lossy(&printed))?;
+            std::fs::write(&seeds_path, seeds.record()).map_err(|e| format!("writing {}: {e}", seeds_path.display()))
         };
         preinit::build(&recipe, set_up, &snapshot, progress)
     };
-    runtimes.preinit(engine, &snapshot, "python", build, progress).map_err(|e| e.to_string())
+    let module = runtimes.preinit(engine, &snapshot, "python", build, progress).map_err(|e| e.to_string())?;
+    if let Some(seeds) = read_seeds() {
+        return Ok(Snapshot { module, seeds });
+    }
+    // Without the record no run could be given fresh numbers: build the snapshot again.
+    let _ = std::fs::remove_file(preinit::stamp_path(&snapshot));
+    let module = runtimes.preinit(engine, &snapshot, "python", build, progress).map_err(|e| e.to_string())?;
+    let seeds = read_seeds().ok_or_else(|| format!("{} is missing or damaged after a rebuild", seeds_path.display()))?;
+    Ok(Snapshot { module, seeds })
 }
 
 /// What a Python guest is granted: the stdlib read-only at /usr/local/lib, matplotlib's data
@@ -280,21 +272,27 @@ pub(super) fn turn(store: &mut Store<GuestState>, instance: &Instance, code: &[u
     turn.call(&mut *store, (ptr, len))
 }
 
-/// Refreshes what the snapshot froze, in a fresh instance of the pre-initialized interpreter.
-fn reseed(store: &mut Store<GuestState>, instance: &Instance) -> wasmtime::Result<()> {
-    reseed_with(store, instance, RESEED)
+/// Makes a fresh instance of the snapshot ready for a run: gives its generators fresh states.
+fn seeded(seeds: SeedSlots) -> Init {
+    Arc::new(move |store: &mut Store<GuestState>, instance: &Instance| refresh(store, instance, seeds))
 }
 
-/// [`reseed`] for a guest prepared ahead: see [`RESEED_AHEAD`].
-fn reseed_ahead(store: &mut Store<GuestState>, instance: &Instance) -> wasmtime::Result<()> {
-    reseed_with(store, instance, RESEED_AHEAD)
+/// [`seeded`] for a guest prepared ahead, which then runs [`AHEAD`].
+fn seeded_ahead(seeds: SeedSlots) -> Init {
+    Arc::new(move |store: &mut Store<GuestState>, instance: &Instance| {
+        refresh(store, instance, seeds)?;
+        match turn(store, instance, AHEAD.as_bytes())? {
+            0 => Ok(()),
+            status => Err(wasmtime::format_err!("preparing the pre-initialized python failed with status {status}")),
+        }
+    })
 }
 
-fn reseed_with(store: &mut Store<GuestState>, instance: &Instance, text: &str) -> wasmtime::Result<()> {
-    match turn(store, instance, text.as_bytes())? {
-        0 => Ok(()),
-        status => Err(wasmtime::format_err!("reseeding the pre-initialized python failed with status {status}")),
-    }
+fn refresh(store: &mut Store<GuestState>, instance: &Instance, seeds: SeedSlots) -> wasmtime::Result<()> {
+    let memory = instance
+        .get_memory(&mut *store, "memory")
+        .ok_or_else(|| wasmtime::format_err!("the python module exports no memory"))?;
+    seeds.refresh(memory.data_mut(&mut *store)).map_err(|e| wasmtime::format_err!("{e}"))
 }
 
 /// Runs the prelude in a fresh interpreter.
@@ -312,14 +310,14 @@ fn user_turn(store: &mut Store<GuestState>, instance: &Instance, code: &str) -> 
 
 impl PythonBackend {
     /// The interpreter a guest for `request` starts from, and what makes it ready: the
-    /// pre-initialized snapshot (reseeded) unless the request sets environment variables (the
+    /// pre-initialized snapshot (its generators given fresh states) unless the request sets environment variables (the
     /// snapshot froze `os.environ`) or its memory cap is below the snapshot's footprint; then
     /// the base interpreter and the prelude.
     fn interpreter(&self, request: &ExecRequest) -> Result<(&InstancePre<GuestState>, Init), Outcome> {
         match &self.preinit {
-            Some(p) if p.fits(request) => Ok((&p.pre, reseed)),
+            Some((p, seeded)) if p.fits(request) => Ok((&p.pre, seeded.clone())),
             _ => match self.base.get(&self.engine) {
-                Ok(pre) => Ok((pre, prelude)),
+                Ok(pre) => Ok((pre, Arc::new(prelude))),
                 Err(e) => Err(Outcome::failed(crate::Status::InternalError, format!("loading the python interpreter: {e}"))),
             },
         }
@@ -339,7 +337,7 @@ impl Backend for PythonBackend {
         };
         let grants = grants(&self.lib_dir, &self.mpl_data_dir, scratch.path(), &request.env);
         match self.interpreter(request) {
-            Ok((pre, init)) => run_guest(&self.engine, pre, request, &grants, init, user),
+            Ok((pre, init)) => run_guest(&self.engine, pre, request, &grants, &*init, user),
             Err(failed) => failed,
         }
     }
