@@ -391,7 +391,9 @@ impl Runtimes {
             Some(sha) if sha256_file(snapshot).is_ok_and(|actual| actual == sha) => sha,
             _ => {
                 let _ = fs::remove_file(&stamp);
-                build(progress).map_err(RuntimeError::Compile)?
+                let sha = build(progress).map_err(RuntimeError::Compile)?;
+                remove_stale_snapshots(engine, snapshot, &compiled, progress);
+                sha
             }
         };
         // A compiled file that fails to load is compiled again from the verified snapshot.
@@ -717,6 +719,45 @@ const COMPLETE: &str = ".complete";
 /// Whether an installed Python runtime directory has everything a run needs.
 fn python_installed(dir: &Path) -> bool {
     [MODULE_FILE, STDLIB_FILE, MPL_DATA_ZIP].iter().all(|f| dir.join(f).is_file()) && dir.join(MPL_DATA_DIR).join(COMPLETE).is_file()
+}
+
+/// Removes the snapshots of the same interpreter beside `snapshot` that it replaces (made from
+/// other inputs: an earlier wsbx, or an earlier recipe) and their compiled files: each is
+/// ~150 MB, and its compiled file ~370 MB, that nothing will load again. A process still
+/// running an old one keeps its mapping; started again, it would build its own.
+fn remove_stale_snapshots(engine: &WasmEngine, snapshot: &Path, compiled: &Path, progress: &mut dyn Write) {
+    let (Some(dir), Some(stem)) = (snapshot.parent(), snapshot.file_stem().and_then(|s| s.to_str())) else {
+        return;
+    };
+    let Some((name, _)) = stem.rsplit_once("-preinit-") else {
+        return;
+    };
+    let prefix = format!("{name}-preinit-");
+    let stale: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            let other = path.file_stem().and_then(|s| s.to_str()).unwrap_or(stem);
+            other.starts_with(&prefix) && other != stem
+        })
+        .collect();
+    let mut freed = 0;
+    for path in &stale {
+        if path.extension().is_some_and(|e| e == "sha256") {
+            if let Some(sha) = fs::read_to_string(path).ok().map(|s| s.trim().to_owned()).filter(|s| s.len() == 64) {
+                let cwasm = compiled.join(engine.compiled_name(&sha));
+                freed += fs::metadata(&cwasm).map_or(0, |m| m.len());
+                let _ = fs::remove_file(cwasm);
+            }
+        }
+        freed += fs::metadata(path).map_or(0, |m| m.len());
+        let _ = fs::remove_file(path);
+    }
+    if freed > 0 {
+        let _ = writeln!(progress, "wsbx: removed {} replaced {name} snapshot files ({} MB)", stale.len(), freed >> 20);
+    }
 }
 
 /// Hex sha256 of a file, streamed.

@@ -224,6 +224,50 @@ fn a_damaged_snapshot_is_rebuilt_never_used() {
     assert_eq!(builds.get(), 2);
 }
 
+/// Building a snapshot removes the ones of the same interpreter it replaces (other inputs, an
+/// earlier wsbx), and their compiled files: an upgrade must not leave half a gigabyte behind.
+#[test]
+fn a_new_snapshot_removes_the_ones_it_replaces() {
+    let home = tempfile::tempdir().unwrap();
+    let runtimes = wsbx::runtimes::Runtimes::new(home.path());
+    let engine = wsbx::backend::wasm::WasmEngine::shared().unwrap();
+    let build = |snapshot: &std::path::Path, n: u32| {
+        let snapshot = snapshot.to_owned();
+        move |_: &mut dyn std::io::Write| -> Result<String, String> {
+            std::fs::write(&snapshot, wat_module(n)).unwrap();
+            std::fs::write(snapshot.with_extension("seeds"), "a record\n").unwrap();
+            let sha = wsbx::runtimes::sha256_file(&snapshot).unwrap();
+            std::fs::write(snapshot.with_extension("sha256"), &sha).unwrap();
+            Ok(sha)
+        }
+    };
+    let old = home.path().join("test-preinit-0001.wasm");
+    let other = home.path().join("othertest-preinit-0001.wasm");
+    let mut progress = Vec::new();
+    runtimes.preinit(&engine, &old, "test", build(&old, 1), &mut progress).unwrap();
+    runtimes.preinit(&engine, &other, "othertest", build(&other, 2), &mut progress).unwrap();
+    let files = |dir: &std::path::Path| -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect()
+    };
+    let compiled_before = files(&home.path().join("compiled"));
+    assert_eq!(compiled_before.len(), 2, "{compiled_before:?}");
+
+    let new = home.path().join("test-preinit-0002.wasm");
+    runtimes.preinit(&engine, &new, "test", build(&new, 3), &mut progress).unwrap();
+    let left = files(home.path());
+    for gone in ["test-preinit-0001.wasm", "test-preinit-0001.sha256", "test-preinit-0001.seeds"] {
+        assert!(!left.contains(gone), "{gone} left: {left:?}");
+    }
+    for kept in ["test-preinit-0002.wasm", "test-preinit-0002.sha256", "test-preinit-0002.seeds", "othertest-preinit-0001.wasm"] {
+        assert!(left.contains(kept), "{kept} removed: {left:?}");
+    }
+    // The old compiled file went with it; the other interpreter's stayed; the new one is there.
+    let compiled = files(&home.path().join("compiled"));
+    assert_eq!(compiled.len(), 2, "{compiled:?}");
+    assert_eq!(compiled.intersection(&compiled_before).count(), 1, "{compiled:?} vs {compiled_before:?}");
+    assert!(String::from_utf8_lossy(&progress).contains("removed 3 replaced test snapshot files"), "{}", String::from_utf8_lossy(&progress));
+}
+
 fn wat_module(n: u32) -> Vec<u8> {
     format!("(module (func (export \"f\") (result i32) i32.const {n}))").into_bytes()
 }
