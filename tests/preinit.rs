@@ -14,6 +14,18 @@ fn every_run_gets_fresh_random_numbers() {
     assert_ne!(a.stdout, b.stdout, "two runs drew the same numbers");
 }
 
+/// numpy's global generator keeps the `SeedSequence` it was made with, for `spawn()`: one
+/// frozen in the snapshot would give every run the same spawned streams. Each run's either
+/// differ or cannot be spawned (as after `numpy.random.seed`).
+#[test]
+fn streams_spawned_from_numpys_global_generator_are_never_the_same_twice() {
+    let code = "import numpy\ntry:\n    child = numpy.random.get_bit_generator().spawn(1)[0]\n    print(numpy.random.Generator(child).integers(1 << 62))\nexcept Exception as e:\n    print(type(e).__name__)";
+    let (a, b) = (python(code), python(code));
+    assert_status(&a, Status::Ok);
+    let spawned = a.stdout.trim().parse::<u64>().is_ok();
+    assert!(!spawned || a.stdout != b.stdout, "two runs spawned the same stream: {}", a.stdout);
+}
+
 /// A guest made in the run gets fresh generator states written by the host before the user's
 /// code; a guest prepared ahead too, and then runs a first turn of its own that warms the
 /// compiler. Both draw fresh numbers, start from the globals of `python -c`, and count the

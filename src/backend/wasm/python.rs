@@ -174,14 +174,39 @@ pub const PREINIT_IMPORTS: &[&str] = &["traceback", "linecache", "json", "re", "
 /// overwrite in every run ([`seeds`]), the turn counter back at zero so the user's code is
 /// `<turn 1>`, and `__main__` emptied.
 fn snapshot_set_up() -> String {
-    format!("{}_reactor._turns = 0\n_reactor._clean_main()\n", seeds::set_up())
+    format!("{TRACEBACK_WARM_UP}{}_reactor._turns = 0\n_reactor._clean_main()\n", seeds::set_up())
 }
+
+/// Part of the snapshot's set-up: a traceback printed, to a string, the way an uncaught
+/// exception's is. Agents' code fails often, and a run's first traceback took 3-15 ms where the
+/// next took 0.3-0.6 ms for the same fuel: the first ran code and touched state that no
+/// set-up had, and wrote to it (CPython specializing the traceback machinery's bytecode in
+/// place, its caches filling), each page a copy-on-write fault. Done here, it is in the
+/// snapshot.
+const TRACEBACK_WARM_UP: &str = r#"
+def _wsbx_warm_up():
+    import io, sys
+    stderr, sys.stderr = sys.stderr, io.StringIO()
+    try:
+        for _ in range(3):
+            try:
+                raise ValueError("x")
+            except ValueError as e:
+                sys.excepthook(type(e), e, e.__traceback__)
+    finally:
+        sys.stderr = stderr
+_wsbx_warm_up()
+del _wsbx_warm_up
+"#;
 
 /// The first turn of a guest prepared ahead, off any request's path. Compiling it writes the
 /// pages the parser and compiler use, so the user's turn, which compiles first thing, does not
 /// fault them in on the request's path. It binds no name and sets the turn counter back, so
 /// the user's code runs as `<turn 1>` on the same state as on a guest made in the run.
 const AHEAD: &str = "__import__('_reactor')._turns = 0\n";
+
+/// How many times the snapshot's set-up runs [`AHEAD`].
+const AHEAD_IN_SNAPSHOT: usize = 4;
 
 /// The pre-initialized interpreter and where the generators' states are in its memory.
 pub struct Snapshot {
@@ -196,7 +221,8 @@ pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python,
     let dir = python.module_path.parent().unwrap_or(Path::new("."));
     let base_sha256 = &runtimes.manifest().python.module.sha256;
     let set_up_end = snapshot_set_up();
-    let inputs: Vec<&str> = [PRELUDE, set_up_end.as_str()].into_iter().chain(PREINIT_IMPORTS.iter().copied()).collect();
+    let aheads = AHEAD_IN_SNAPSHOT.to_string();
+    let inputs: Vec<&str> = [PRELUDE, set_up_end.as_str(), AHEAD, aheads.as_str()].into_iter().chain(PREINIT_IMPORTS.iter().copied()).collect();
     let snapshot = preinit::snapshot_path(dir, "python", base_sha256, &inputs);
     let seeds_path = snapshot.with_extension("seeds");
     let read_seeds = || std::fs::read_to_string(&seeds_path).ok().as_deref().and_then(SeedSlots::parse);
@@ -207,16 +233,24 @@ pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python,
         let recipe = preinit::Recipe { name: "python", base: &python.module_path, grants: &grants, link, what: &what };
         let imports = format!("import os, _reactor, {}\n{set_up_end}", PREINIT_IMPORTS.join(", "));
         let set_up = |store: &mut Store<GuestState>, instance: &Instance, io: &wasi::GuestIo| {
-            for (what, code) in [("the prelude", PRELUDE), ("the imports", imports.as_str())] {
+            let mut run = |what: &str, code: &str| -> Result<Vec<u8>, String> {
                 let status = turn(store, instance, code.as_bytes()).map_err(|e| format!("running {what}: {e:#}"))?;
                 if status != 0 {
                     let (stderr, _) = io.stderr.take();
                     return Err(format!("{what} failed ({status}): {}", String::from_utf8_lossy(&stderr)));
                 }
+                Ok(io.stdout.take().0)
+            };
+            run("the prelude", PRELUDE)?;
+            let printed = run("the imports", &imports)?;
+            // A prepared guest's first turn, run until the turn machinery's bytecode is fully
+            // specialized: otherwise the one a prepared guest runs would leave its user's turn
+            // cheaper (measured: 1,500 fuel of a 250,000-fuel hello) than a fresh guest's.
+            for _ in 0..AHEAD_IN_SNAPSHOT {
+                run("a first turn", AHEAD)?;
             }
             // The record is written before the snapshot and its stamp: a stamped snapshot
             // without it is rebuilt below.
-            let (printed, _) = io.stdout.take();
             let memory = instance.get_memory(&mut *store, "memory").ok_or("the python module exports no memory")?;
             let seeds = SeedSlots::locate(memory.data(&*store), &String::from_utf8_lossy(&printed))?;
             std::fs::write(&seeds_path, seeds.record()).map_err(|e| format!("writing {}: {e}", seeds_path.display()))

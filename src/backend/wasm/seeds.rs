@@ -47,13 +47,17 @@ fn marker(salt: u32) -> [u8; STATE_BYTES] {
 /// Python for the end of the snapshot's set-up (with `random` and `numpy` imported): leaves
 /// both global generators holding their markers, positioned to twist before their first draw
 /// (so every number drawn depends on the whole state), and prints the addresses of the two
-/// objects holding the states, for [`SeedSlots::locate`].
+/// objects holding the states, for [`SeedSlots::locate`]. Seeding numpy first drops the
+/// `SeedSequence` its generator was made with and keeps for `spawn()`: left in the snapshot,
+/// it would spawn the same streams in every run (as after `numpy.random.seed`, `spawn()` then
+/// refuses).
 pub(crate) fn set_up() -> String {
     format!(
         r#"
 def _wsbx_marker(salt):
     return [(0x9E3779B9 * (i + 1) ^ salt) & 0xFFFFFFFF for i in range({WORDS})]
 random.setstate((3, tuple(_wsbx_marker({RANDOM_SALT})) + ({WORDS},), None))
+numpy.random.seed(0)
 numpy.random.set_state(("MT19937", _wsbx_marker({NUMPY_SALT}), {WORDS}, 0, 0.0))
 print(id(random._inst), id(numpy.random.mtrand._rand._bit_generator))
 del _wsbx_marker
