@@ -253,7 +253,10 @@ pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python,
             // without it is rebuilt below.
             let memory = instance.get_memory(&mut *store, "memory").ok_or("the python module exports no memory")?;
             let seeds = SeedSlots::locate(memory.data(&*store), &String::from_utf8_lossy(&printed))?;
-            std::fs::write(&seeds_path, seeds.record()).map_err(|e| format!("writing {}: {e}", seeds_path.display()))
+            let partial = seeds_path.with_extension("seeds-partial");
+            std::fs::write(&partial, seeds.record())
+                .and_then(|()| std::fs::rename(&partial, &seeds_path))
+                .map_err(|e| format!("writing {}: {e}", seeds_path.display()))
         };
         preinit::build(&recipe, set_up, &snapshot, progress)
     };
