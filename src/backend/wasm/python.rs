@@ -170,9 +170,9 @@ fn link(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
 /// 4.4 G fuel, a second).
 pub const PREINIT_IMPORTS: &[&str] = &["traceback", "linecache", "json", "re", "random", "numpy", "pandas", "matplotlib", "matplotlib.pyplot"];
 
-/// The end of the snapshot's set-up: the generators left holding markers for the host to
-/// overwrite in every run ([`seeds`]), the turn counter back at zero so the user's code is
-/// `<turn 1>`, and `__main__` emptied.
+/// The end of the snapshot's set-up: a traceback printed ([`TRACEBACK_WARM_UP`]), the
+/// generators left holding markers for the host to overwrite in every run ([`seeds`]), the
+/// turn counter back at zero so the user's code is `<turn 1>`, and `__main__` emptied.
 fn snapshot_set_up() -> String {
     format!("{TRACEBACK_WARM_UP}{}_reactor._turns = 0\n_reactor._clean_main()\n", seeds::set_up())
 }
