@@ -15,7 +15,7 @@ mod seeds;
 pub mod stacks;
 pub mod wasi;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -367,22 +367,32 @@ fn retire(store: Store<GuestState>, busy: Busy) {
     crate::backend::pool::drop_later((store, busy));
 }
 
-/// Guests running or being torn down, process-wide.
-static BUSY: AtomicUsize = AtomicUsize::new(0);
+/// Guests running or being torn down, process-wide, and the signal that their number fell to
+/// zero.
+static BUSY: Mutex<usize> = Mutex::new(0);
+static QUIET: Condvar = Condvar::new();
+
+fn busy() -> std::sync::MutexGuard<'static, usize> {
+    BUSY.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Counts a guest in [`BUSY`] from the start of its run until its store is dropped.
 struct Busy;
 
 impl Busy {
     fn new() -> Busy {
-        BUSY.fetch_add(1, Ordering::SeqCst);
+        *busy() += 1;
         Busy
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        BUSY.fetch_sub(1, Ordering::SeqCst);
+        let mut busy = busy();
+        *busy -= 1;
+        if *busy == 0 {
+            QUIET.notify_all();
+        }
     }
 }
 
@@ -390,11 +400,12 @@ impl Drop for Busy {
 /// one that runs or is torn down slows both: every copy-on-write fault and memory reset of one
 /// interrupts the other core to flush its TLB. Measured on 2 cores, a prepared Python hello
 /// took ~2.3 ms p50 when the replacement was prepared beside it and ~1 ms when after it.
+///
+/// Woken the moment the last guest is torn down: a client that sends its next run as soon as
+/// the last one answered leaves a gap of a few hundred microseconds, which polling missed
+/// (nearly every such run then found no guest prepared and made its own).
 fn wait_for_quiet() {
-    let start = Instant::now();
-    while BUSY.load(Ordering::SeqCst) > 0 && start.elapsed() < Duration::from_millis(20) {
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    let _ = QUIET.wait_timeout_while(busy(), Duration::from_millis(20), |busy| *busy > 0);
 }
 
 /// Keeps `target` guests of one interpreter prepared: each gets a fresh scratch directory under
@@ -431,7 +442,10 @@ fn take_warm(pool: Option<&WarmPool<(Guest, Scratch)>>, request: &ExecRequest, s
     if !request.env.is_empty() || !scratch.can_adopt() {
         return None;
     }
-    let (guest, warm_scratch) = pool?.take()?;
+    let Some((guest, warm_scratch)) = pool?.take() else {
+        tracing::debug!("no guest prepared ahead is ready; the run prepares its own");
+        return None;
+    };
     if guest.memory_bytes() > request.limits.memory_bytes() {
         // The cold path reports a cap below the interpreter's own footprint properly.
         return None;
