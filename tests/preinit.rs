@@ -128,6 +128,26 @@ fn a_run_cannot_see_the_previous_runs_variables() {
     assert_eq!(r.stdout, "False\n");
 }
 
+/// The snapshot's set-up draws a chart, and matplotlib keeps each font it loads open: no file
+/// of the set-up may live on in a run, where its descriptor number could be a file the run
+/// opens. A run sees no open file but the standard streams, its first file gets the first free
+/// number after the grants, and it can still draw text (the fonts load again).
+#[test]
+fn a_run_inherits_no_open_file_from_the_snapshot() {
+    let code = "import gc, io, os\n\
+                print([repr(o) for o in gc.get_objects() if isinstance(o, io.FileIO) and not o.closed and o.fileno() > 2])\n\
+                plain = os.open('probe.txt', os.O_CREAT | os.O_WRONLY)\n\
+                import matplotlib.pyplot as plt\n\
+                plt.title('fonts'); plt.savefig('t.png')\n\
+                print(plain)";
+    let r = python(code);
+    assert_status(&r, Status::Ok);
+    let mut lines = r.stdout.lines();
+    assert_eq!(lines.next(), Some("[]"), "{r:#?}");
+    // Three grants (/usr/local/lib, matplotlib's data, /scratch) after the standard streams.
+    assert_eq!(lines.next(), Some("6"), "{r:#?}");
+}
+
 #[test]
 fn an_uncaught_exception_is_complete_names_the_users_line_and_is_cheap() {
     let r = python("def f():\n    raise ValueError('boom')\n\nf()");
