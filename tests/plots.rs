@@ -52,6 +52,25 @@ fn two_shows_give_two_figures_and_savefig_works_too() {
     assert_eq!(pngs, ["bars.png", "figure-1.png", "figure-2.png"]);
 }
 
+/// A figure that cannot be drawn makes `plt.show()` raise, as matplotlib would; it is closed
+/// with the rest, so the next `show()` saves the next figure, which takes the first free number.
+#[test]
+fn a_figure_that_fails_to_draw_does_not_block_the_next_show() {
+    let code = "import matplotlib.pyplot as plt\n\
+                plt.figure(); plt.title(r'$\\foo$')\n\
+                try:\n    plt.show()\nexcept ValueError:\n    print('the bad one raised')\n\
+                plt.figure(); plt.plot([1, 2]); plt.show()\n\
+                print(plt.get_fignums())";
+    let mut req = request(Language::Python, code);
+    req.limits.timeout_ms = 60_000;
+    req.return_files = true;
+    let r = sandbox().run(&req);
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.stdout, "the bad one raised\n[]\n", "{r:#?}");
+    let pngs: Vec<String> = r.files.unwrap().into_iter().map(|f| f.path).filter(|p| p.ends_with(".png")).collect();
+    assert_eq!(pngs, ["figure-1.png"]);
+}
+
 #[test]
 fn wsbx_exec_out_dir_gets_the_figure() {
     let out = tempfile::tempdir().unwrap();

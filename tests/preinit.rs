@@ -148,6 +148,19 @@ fn a_run_inherits_no_open_file_from_the_snapshot() {
     assert_eq!(lines.next(), Some("6"), "{r:#?}");
 }
 
+/// The snapshot's set-up ran as turns too, and `linecache` keeps each turn's source under its
+/// `<turn N>` name: a run's code, named the same way, must find only its own there, as on the
+/// plain interpreter (which an environment variable selects).
+#[test]
+fn a_run_finds_no_source_of_the_snapshots_set_up() {
+    let code = "import linecache\nprint(sorted(k for k in linecache._interactive_cache if str(k[0]).startswith('<turn ')))";
+    let mut plain = request(Language::Python, code);
+    plain.env.insert("X".into(), "1".into());
+    let (snapshot, plain) = (python(code), sandbox().run(&plain));
+    assert_status(&snapshot, Status::Ok);
+    assert_eq!(snapshot.stdout, plain.stdout, "{snapshot:#?}");
+}
+
 #[test]
 fn an_uncaught_exception_is_complete_names_the_users_line_and_is_cheap() {
     let r = python("def f():\n    raise ValueError('boom')\n\nf()");

@@ -53,7 +53,8 @@ def _run_turn(text, name, compile=compile, exec=exec, modules=sys.modules):
 
 # matplotlib's backend: Agg, with plt.show() saving each open figure as /scratch/figure-<n>.png
 # and closing it. The module is made only when matplotlib asks for it, so a run that does not
-# plot pays nothing.
+# plot pays nothing. A figure that fails to draw raises, is closed with the rest (so the next
+# show() is not stuck on it) and takes no number (so the saved ones stay figure-1, -2, ...).
 class _WsbxMatplotlib:
     SOURCE = """
 from matplotlib.backends.backend_agg import FigureCanvasAgg as FigureCanvas
@@ -62,10 +63,12 @@ _saved = 0
 def show(*args, **kwargs):
     global _saved
     import matplotlib.pyplot as plt
-    for number in plt.get_fignums():
-        _saved += 1
-        plt.figure(number).savefig(f"/scratch/figure-{_saved}.png")
-    plt.close("all")
+    try:
+        for number in plt.get_fignums():
+            plt.figure(number).savefig(f"/scratch/figure-{_saved + 1}.png")
+            _saved += 1
+    finally:
+        plt.close("all")
 """
     @classmethod
     def find_spec(cls, name, path=None, target=None):
@@ -84,9 +87,16 @@ del _WsbxMatplotlib
 
 # The user's code starts from the globals `python -c` gives it: none of the names set up here
 # (the turns take what they need as default arguments). Also run after the snapshot's imports.
+# Nor the source of the turns that set up: linecache keeps each turn's under its `<turn N>`
+# name, which the user's code is named by too (a traceback through a set-up frame would show
+# the user's line).
 def _clean_main(main=sys.modules["__main__"]):
     for name in [name for name in vars(main) if not name.startswith("__")]:
         delattr(main, name)
+    import linecache
+    cache = linecache._interactive_cache
+    for key in [key for key in cache if str(key[0]).startswith("<turn ")]:
+        del cache[key]
 _reactor._clean_main = _clean_main
 _clean_main()
 "#;
@@ -173,10 +183,11 @@ pub const PREINIT_IMPORTS: &[&str] = &["traceback", "linecache", "json", "re", "
 /// The end of the snapshot's set-up: a chart drawn ([`PLOT_WARM_UP`]), a traceback printed
 /// ([`TRACEBACK_WARM_UP`]), the generators left holding markers for the host to overwrite in
 /// every run ([`seeds`]), the turn counter back at zero so the user's code is `<turn 1>`, and
-/// `__main__` emptied.
+/// `__main__` emptied (and the set-up's source forgotten).
 fn snapshot_set_up() -> String {
     format!("{PLOT_WARM_UP}{TRACEBACK_WARM_UP}{}_reactor._turns = 0\n_reactor._clean_main()\n", seeds::set_up())
 }
+
 
 /// Part of the snapshot's set-up: a chart drawn and encoded as PNG in memory, so a run's first
 /// chart skips what only an interpreter's first chart does (the backend and PIL's PNG plugin
