@@ -422,6 +422,9 @@ async fn with_commit_before_answer_sigkill_loses_no_answered_runs_row() {
     }
     let _ = server.child.kill();
     let _ = server.child.wait();
+    // What the dead server left (its prepared guests' scratch directories), as the next wsbx
+    // on this root would.
+    wsbx::scratch::sweep(dir.path());
     let rows = wsbx::audit::list(&dir.path().join("audit.db"), &Default::default()).unwrap();
     for id in &ids {
         assert!(rows.iter().any(|r| r.event.execution_id.as_deref() == Some(id)), "the row of {id} was lost to SIGKILL");

@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-/// A `wsbx serve` process on an ephemeral port, killed on drop.
+/// A `wsbx serve` process on an ephemeral port, stopped on drop.
 pub struct Server {
     pub child: Child,
     pub base: String,
@@ -41,7 +41,22 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops the server as an operator would, with SIGTERM, so it removes what it made: killed
+    /// by SIGKILL it would leave its prepared guests' scratch directories (tmpfs mounts, as
+    /// root) on the machine for the next wsbx on the same root to sweep, and a test's root has
+    /// no next wsbx. Killed after 10 s if it has not exited. Tests of SIGKILL send it themselves.
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own unreaped child: its pid cannot have been reused.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::time::Instant::now() < until {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
