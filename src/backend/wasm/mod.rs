@@ -401,9 +401,9 @@ impl Drop for Busy {
 /// interrupts the other core to flush its TLB. Measured on 2 cores, a prepared Python hello
 /// took ~2.3 ms p50 when the replacement was prepared beside it and ~1 ms when after it.
 ///
-/// Woken the moment the last guest is torn down: a client that sends its next run as soon as
-/// the last one answered leaves a gap of a few hundred microseconds, which polling missed
-/// (nearly every such run then found no guest prepared and made its own).
+/// Woken the moment the last guest is torn down, instead of polling (which woke the refill
+/// thread 5,000 times a second under load). Either way, one client sending runs back to back
+/// finds the pool empty for about a quarter of them (benches/README, 2026-12-02).
 fn wait_for_quiet() {
     let _ = QUIET.wait_timeout_while(busy(), Duration::from_millis(20), |busy| *busy > 0);
 }

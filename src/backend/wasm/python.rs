@@ -188,7 +188,6 @@ fn snapshot_set_up() -> String {
     format!("{PLOT_WARM_UP}{TRACEBACK_WARM_UP}{}_reactor._turns = 0\n_reactor._clean_main()\n", seeds::set_up())
 }
 
-
 /// Part of the snapshot's set-up: a chart drawn and encoded as PNG in memory, so a run's first
 /// chart skips what only an interpreter's first chart does (the backend and PIL's PNG plugin
 /// imported, bytecode specialized, caches filled, their pages written). Measured side by side,
