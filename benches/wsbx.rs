@@ -51,8 +51,14 @@ fn in_process(sandbox: &Sandbox, language: Language, code: &str, runs: usize) ->
 
 /// Like [`in_process`] for code that ends with `status` (an uncaught exception: `Error`).
 fn in_process_ending(sandbox: &Sandbox, language: Language, code: &str, runs: usize, status: Status) -> Row {
+    in_process_with_env(sandbox, language, code, &[], runs, status)
+}
+
+/// Like [`in_process_ending`] for a request that sets environment variables `env`.
+fn in_process_with_env(sandbox: &Sandbox, language: Language, code: &str, env: &[(&str, &str)], runs: usize, status: Status) -> Row {
     let mut request = ExecRequest::new(language, code);
     request.limits.timeout_ms = 60_000;
+    request.env.extend(env.iter().map(|(name, value)| (name.to_string(), value.to_string())));
     if let Err(e) = sandbox.prepare(language) {
         return Row { what: format!("{language} `{code}` in-process"), runs: 0, p50: Duration::ZERO, p99: Duration::ZERO, note: format!("unavailable: {e}") };
     }
@@ -84,7 +90,10 @@ fn in_process_ending(sandbox: &Sandbox, language: Language, code: &str, runs: us
         (false, _) => "fresh instance made in the run",
     };
     Row {
-        what: format!("{language} `{code}`, library, {how}"),
+        what: match env {
+            [] => format!("{language} `{code}`, library, {how}"),
+            _ => format!("{language} `{code}` with `--env {}`, library, {how}", env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")),
+        },
         runs,
         p50,
         p99,
@@ -633,6 +642,15 @@ fn main() {
         ("python library prepared", Box::new(|| vec![in_process(&warm, Language::Python, "print(\"hello\")", runs)])),
         ("python library fresh raise", Box::new(|| vec![in_process_ending(&cold, Language::Python, "raise ValueError(\"x\")", runs, Status::Error)])),
         ("python library fresh pandas", Box::new(|| vec![in_process(&cold, Language::Python, "import pandas as pd; print(pd.__version__)", runs)])),
+        ("python library fresh pandas env", Box::new(|| {
+            let pandas = "import pandas as pd; print(pd.__version__)";
+            // An ordinary variable is set in the snapshot; one matplotlib reads as it imports
+            // takes the plain interpreter (what every variable did before 2026-12-02 evening).
+            vec![
+                in_process_with_env(&cold, Language::Python, pandas, &[("API_KEY", "k")], runs, Status::Ok),
+                in_process_with_env(&cold, Language::Python, pandas, &[("MPLBACKEND", "agg")], 10.min(runs), Status::Ok),
+            ]
+        })),
         ("python library fresh plot", Box::new(|| vec![in_process(&cold, Language::Python, PLOT, 30.min(runs))])),
         ("python process", Box::new(|| vec![process(Language::Python, "print(\"hello\")", 30)])),
         ("javascript library fresh", Box::new(|| vec![in_process(&cold, Language::Javascript, "console.log(1+1)", runs)])),

@@ -106,14 +106,20 @@ fn glob(dir: &std::path::Path, prefix: &str, suffix: &str) -> Vec<std::path::Pat
         .collect()
 }
 
+/// A request for `code` that starts from the plain interpreter: its memory cap is below the
+/// snapshot's footprint (99 MiB).
+fn on_the_plain_interpreter(code: &str) -> wsbx::ExecRequest {
+    let mut req = request(Language::Python, code);
+    req.limits.memory_mb = 64;
+    req
+}
+
 /// The user's code starts from the globals `python -c` gives it, whichever interpreter it
 /// starts from: nothing of the prelude's or of the snapshot's imports.
 #[test]
 fn a_run_starts_with_the_globals_of_python_c() {
     let names = "print(sorted(n for n in globals() if not n.startswith('__')), __name__)";
-    let mut plain = request(Language::Python, names);
-    plain.env.insert("X".into(), "1".into());
-    for r in [python(names), sandbox().run(&plain)] {
+    for r in [python(names), sandbox().run(&on_the_plain_interpreter(names))] {
         assert_eq!(r.stdout, "[] __main__\n", "{r:#?}");
     }
 }
@@ -150,13 +156,11 @@ fn a_run_inherits_no_open_file_from_the_snapshot() {
 
 /// The snapshot's set-up ran as turns too, and `linecache` keeps each turn's source under its
 /// `<turn N>` name: a run's code, named the same way, must find only its own there, as on the
-/// plain interpreter (which an environment variable selects).
+/// plain interpreter.
 #[test]
 fn a_run_finds_no_source_of_the_snapshots_set_up() {
     let code = "import linecache\nprint(sorted(k for k in linecache._interactive_cache if str(k[0]).startswith('<turn ')))";
-    let mut plain = request(Language::Python, code);
-    plain.env.insert("X".into(), "1".into());
-    let (snapshot, plain) = (python(code), sandbox().run(&plain));
+    let (snapshot, plain) = (python(code), sandbox().run(&on_the_plain_interpreter(code)));
     assert_status(&snapshot, Status::Ok);
     assert_eq!(snapshot.stdout, plain.stdout, "{snapshot:#?}");
 }
@@ -185,16 +189,80 @@ fn pandas_and_numpy_are_ready_and_correct() {
     assert!(r.fuel_consumed.unwrap() < 1_000_000_000, "{:?}", r.fuel_consumed);
 }
 
+/// An environment variable nothing read while the snapshot was built is set in the snapshot
+/// before the run's code, so a script given an API key does not pay the imports again. The
+/// code sees the value exactly, in `os.environ` and the C environment, and nothing of the
+/// set-up: no name, no source, its own code as `<turn 1>`, and the fuel of its own code only.
 #[test]
-fn environment_and_small_memory_caps_still_work_from_the_plain_interpreter() {
-    let mut req = request(Language::Python, "import os\nprint(os.environ['GREETING'])");
-    req.env.insert("GREETING".into(), "hello".into());
+fn environment_variables_are_set_in_the_snapshot_and_the_code_sees_nothing_else() {
+    let value = "quote ' double \" backslash \\ newline \n tab \t é 😀 ${HOME} %s '), ('X', '";
+    let code = "import os, sys, linecache\n\
+                print('numpy' in sys.modules)\n\
+                print(os.environ['GREETING'] == os.getenv('GREETING') == os.environb[b'GREETING'].decode() == sys.stdin.read())\n\
+                print(list(os.environ))\n\
+                print(sorted(n for n in globals() if not n.startswith('__')), sorted({k[0] for k in linecache._interactive_cache}))\n\
+                raise KeyError(os.environ['API_KEY'])";
+    let mut req = request(Language::Python, code);
+    req.stdin = value.as_bytes().to_vec();
+    req.env.insert("GREETING".into(), value.into());
+    req.env.insert("API_KEY".into(), "k".into());
     let r = sandbox().run(&req);
-    assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "hello\n"), "{r:#?}");
-    let mut req = request(Language::Python, "print('small')");
+    assert_status(&r, Status::Error);
+    assert_eq!(
+        r.stdout,
+        "True\nTrue\n['HOME', 'TMPDIR', 'MPLBACKEND', 'API_KEY', 'GREETING']\n['linecache', 'os', 'sys'] ['<turn 1>']\n",
+        "{r:#?}"
+    );
+    assert_eq!(
+        r.stderr,
+        "Traceback (most recent call last):\n  File \"<turn 1>\", line 6, in <module>\n    raise KeyError(os.environ['API_KEY'])\nKeyError: 'k'\n",
+        "{r:#?}"
+    );
+    // Setting the variables is set-up, not the request's code: a hello costs what it costs
+    // without them (within what warming the turn machinery moves it, ~0.5 %), not the
+    // set-up turn's compile on top.
+    let hello = |env: &[(&str, &str)]| {
+        let mut req = request(Language::Python, "print('hello')");
+        req.env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let r = sandbox().run(&req);
+        assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "hello\n"), "{r:#?}");
+        r.fuel_consumed.unwrap() as f64
+    };
+    let (without, with) = (hello(&[]), hello(&[("API_KEY", "k"), ("GREETING", value)]));
+    assert!((with - without).abs() / without < 0.01, "a hello cost {without} fuel without variables, {with} with");
+    // A run after it, without variables, sees none of them.
+    let r = python("import os\nprint(sorted(os.environ))");
+    assert_eq!(r.stdout, "['HOME', 'MPLBACKEND', 'TMPDIR']\n", "{r:#?}");
+}
+
+/// A variable the snapshot's modules read as they import would not take effect if set later:
+/// such a run starts from the plain interpreter, which reads it as it starts.
+#[test]
+fn variables_read_at_import_take_the_plain_interpreter_which_reads_them() {
+    let code = "import sys, os\nloaded = 'numpy' in sys.modules\nimport matplotlib\nprint(loaded, matplotlib.get_backend(), os.environ['API_KEY'])";
+    let run = |backend: Option<&str>| {
+        let mut req = request(Language::Python, code);
+        req.env.insert("API_KEY".into(), "k".into());
+        if let Some(backend) = backend {
+            req.env.insert("MPLBACKEND".into(), backend.into());
+        }
+        let r = sandbox().run(&req);
+        assert_status(&r, Status::Ok);
+        r.stdout
+    };
+    assert_eq!(run(Some("agg")), "False agg k\n");
+    assert_eq!(run(None), "True module://wsbx_matplotlib k\n", "an API key alone left the snapshot");
+}
+
+#[test]
+fn small_memory_caps_still_work_from_the_plain_interpreter() {
+    let mut req = request(Language::Python, "import sys\nprint('small', 'numpy' in sys.modules)");
     req.limits.memory_mb = 48;
     let r = sandbox().run(&req);
-    assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "small\n"), "{r:#?}");
+    assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "small False\n"), "{r:#?}");
+    // What the tests above compare the snapshot against is the plain interpreter.
+    let r = sandbox().run(&on_the_plain_interpreter("import sys\nprint('numpy' in sys.modules)"));
+    assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "False\n"), "{r:#?}");
 }
 
 #[test]

@@ -45,7 +45,8 @@ impl JavascriptBackend {
         let pre = linker
             .instantiate_pre(&javascript.module)
             .map_err(|e| format!("linking the javascript module: {e}"))?;
-        let preinit = preinitialized.map(|module| Preinit::new(&linker, &module)).transpose()?;
+        // `process.env` is read into the snapshot: a run that sets any variable starts plain.
+        let preinit = preinitialized.map(|module| Preinit::new(&linker, &module, |_| false)).transpose()?;
         let warm_grants = move |scratch: &Path| grants(scratch, &BTreeMap::new());
         let warm = match &preinit {
             Some(p) => warm_pool(warm, engine.clone(), p.pre.clone(), scratch_root, warm_grants, Arc::new(started)),

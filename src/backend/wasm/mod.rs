@@ -127,23 +127,28 @@ fn on_guest_stack<R>(f: impl FnOnce() -> R) -> Result<R, String> {
 /// Makes a fresh instance of an interpreter ready for its first run.
 pub(crate) type Init = Arc<dyn Fn(&mut Store<GuestState>, &Instance) -> wasmtime::Result<()> + Send + Sync>;
 
-/// A pre-initialized interpreter ([`preinit`]), linked, and the memory it starts with.
+/// A pre-initialized interpreter ([`preinit`]), linked, the memory it starts with, and which
+/// environment variables a run can still set in it.
 pub(crate) struct Preinit {
     pub(crate) pre: InstancePre<GuestState>,
     footprint: u64,
+    settable: fn(&str) -> bool,
 }
 
 impl Preinit {
-    pub(crate) fn new(linker: &wasmtime::Linker<GuestState>, module: &wasmtime::Module) -> Result<Preinit, String> {
+    /// `settable` says which environment variables a run can set in the snapshot before its
+    /// code runs (the snapshot read its environment while it was built): a request that sets
+    /// any other starts from the plain interpreter.
+    pub(crate) fn new(linker: &wasmtime::Linker<GuestState>, module: &wasmtime::Module, settable: fn(&str) -> bool) -> Result<Preinit, String> {
         let footprint = module.exports().find_map(|e| e.ty().memory().map(|m| m.minimum().saturating_mul(65_536))).unwrap_or(0);
         let pre = linker.instantiate_pre(module).map_err(|e| format!("linking the pre-initialized module: {e}"))?;
-        Ok(Preinit { pre, footprint })
+        Ok(Preinit { pre, footprint, settable })
     }
 
-    /// Whether `request` can start here: not when it sets environment variables (the snapshot
-    /// froze the environment) or caps memory below the snapshot's own.
+    /// Whether `request` can start here: not when it sets an environment variable the snapshot
+    /// cannot take, or caps memory below the snapshot's own.
     pub(crate) fn fits(&self, request: &ExecRequest) -> bool {
-        request.env.is_empty() && self.footprint <= request.limits.memory_bytes()
+        request.env.keys().all(|name| (self.settable)(name)) && self.footprint <= request.limits.memory_bytes()
     }
 }
 

@@ -107,9 +107,10 @@ const MPL_BACKEND: &str = "wsbx_matplotlib";
 /// Runs Python jobs.
 pub struct PythonBackend {
     engine: Arc<WasmEngine>,
-    /// The pinned interpreter: runs that set environment variables (a snapshot froze
-    /// `os.environ`) or whose memory cap is below the snapshot's footprint start here. Linked
-    /// on first need: mapping it costs a process ~10 ms that most never need to pay.
+    /// The pinned interpreter: runs that set an environment variable the snapshot's modules
+    /// read as they import (see [`settable_at_run`]) or whose memory cap is below the snapshot's
+    /// footprint start here. Linked on first need: mapping it costs a process ~10 ms that most
+    /// never need to pay.
     base: Base,
     /// The pre-initialized snapshot, when it could be built, and what readies a fresh instance
     /// of it: every other run starts here.
@@ -151,7 +152,7 @@ impl PythonBackend {
         let mut linker = Linker::new(engine.engine());
         link(&mut linker).map_err(|e| format!("linking the python module's imports: {e}"))?;
         let preinit = match preinitialized {
-            Some(snapshot) => Some((Preinit::new(&linker, &snapshot.module)?, snapshot.seeds)),
+            Some(snapshot) => Some((Preinit::new(&linker, &snapshot.module, settable_at_run)?, snapshot.seeds)),
             None => None,
         };
         let (lib_dir, mpl_data_dir) = (python.lib_dir.clone(), python.mpl_data_dir.clone());
@@ -363,6 +364,50 @@ fn seeded_ahead(seeds: SeedSlots) -> Init {
     })
 }
 
+/// Whether a run can set environment variable `name` in the snapshot before its code runs.
+/// Not the variables the modules imported into the snapshot read as they import, whose values
+/// it holds already and setting them later would not undo: matplotlib's (`MPLBACKEND`,
+/// `MPLCONFIGDIR`, `MATPLOTLIBRC`, and `HOME`, where its cache goes), numpy's, pandas' and
+/// Pillow's, and the temporary directory's. A run that sets one starts from the plain
+/// interpreter, which reads them as it starts. CPython itself reads none (the runtime runs it
+/// isolated: `PYTHONPATH` and the like have no effect on either), and the guest has no threads
+/// for `OMP_NUM_THREADS` and the like to size. Any other variable is set in the snapshot
+/// ([`with_env`]), so giving a script an API key does not cost the imports again.
+///
+/// ```text
+/// settable_at_run("API_KEY") == true;  settable_at_run("MPLBACKEND") == false
+/// ```
+pub(crate) fn settable_at_run(name: &str) -> bool {
+    const READ_AT_IMPORT: &[&str] = &["HOME", "TMPDIR", "TEMP", "TMP", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"];
+    const PREFIXES: &[&str] = &["MPL", "MATPLOTLIB", "NPY_", "NUMPY_", "PANDAS_", "PILLOW_"];
+    !READ_AT_IMPORT.contains(&name) && !PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+}
+
+/// `seeded`, then the request's environment variables set in `os.environ` (and so, through
+/// `putenv`, in the C environment), as the plain interpreter would have read them: a set-up
+/// turn, metered as set-up, which leaves the turn counter at zero and `__main__` and
+/// `linecache` as it found them, so the user's code runs as `<turn 1>` on the same state as
+/// without variables. Names and values travel as hex digits, so no value can end the literal.
+fn with_env(seeded: Init, env: &BTreeMap<String, String>) -> Init {
+    use std::fmt::Write;
+    let hex = |text: &str| text.bytes().fold(String::with_capacity(2 * text.len()), |mut out, byte| {
+        let _ = write!(out, "{byte:02x}");
+        out
+    });
+    let mut code = String::from("def _wsbx_env(environ=__import__('os').environ, text=lambda digits: bytes.fromhex(digits).decode()):\n    for name, value in (");
+    for (name, value) in env {
+        let _ = write!(code, "('{}', '{}'), ", hex(name), hex(value));
+    }
+    code.push_str("):\n        environ[text(name)] = text(value)\n_wsbx_env()\n__import__('_reactor')._turns = 0\n__import__('_reactor')._clean_main()\n");
+    Arc::new(move |store: &mut Store<GuestState>, instance: &Instance| {
+        seeded(store, instance)?;
+        match turn(store, instance, code.as_bytes())? {
+            0 => Ok(()),
+            status => Err(wasmtime::format_err!("setting the environment variables failed with status {status}")),
+        }
+    })
+}
+
 fn refresh(store: &mut Store<GuestState>, instance: &Instance, seeds: SeedSlots) -> wasmtime::Result<()> {
     let memory = instance
         .get_memory(&mut *store, "memory")
@@ -385,12 +430,16 @@ fn user_turn(store: &mut Store<GuestState>, instance: &Instance, code: &str) -> 
 
 impl PythonBackend {
     /// The interpreter a guest for `request` starts from, and what makes it ready: the
-    /// pre-initialized snapshot (its generators given fresh states) unless the request sets environment variables (the
-    /// snapshot froze `os.environ`) or its memory cap is below the snapshot's footprint; then
-    /// the base interpreter and the prelude.
+    /// pre-initialized snapshot (its generators given fresh states, the request's environment
+    /// variables set) unless the request sets one the snapshot's modules read as they import
+    /// ([`settable_at_run`]) or its memory cap is below the snapshot's footprint; then the base
+    /// interpreter and the prelude.
     fn interpreter(&self, request: &ExecRequest) -> Result<(&InstancePre<GuestState>, Init), Outcome> {
         match &self.preinit {
-            Some((p, seeded)) if p.fits(request) => Ok((&p.pre, seeded.clone())),
+            Some((p, seeded)) if p.fits(request) => match request.env.is_empty() {
+                true => Ok((&p.pre, seeded.clone())),
+                false => Ok((&p.pre, with_env(seeded.clone(), &request.env))),
+            },
             _ => match self.base.get(&self.engine) {
                 Ok(pre) => Ok((pre, Arc::new(prelude))),
                 Err(e) => Err(Outcome::failed(crate::Status::InternalError, format!("loading the python interpreter: {e}"))),
@@ -426,5 +475,20 @@ impl Backend for PythonBackend {
         };
         let grants = |dir: &Path| grants(&self.lib_dir, &self.mpl_data_dir, dir, &request.env);
         Some(start_live(&self.engine, self.warm.as_ref(), (pre, init), grants, request, scratch, user_turn))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::settable_at_run;
+
+    #[test]
+    fn variables_read_at_import_are_not_settable_later() {
+        for name in ["API_KEY", "GREETING", "DATA_DIR", "home", "PATH", "PYTHONUNBUFFERED", "PYTHONPATH", "LANG", "TZ", "OMP_NUM_THREADS"] {
+            assert!(settable_at_run(name), "{name}");
+        }
+        for name in ["HOME", "TMPDIR", "TMP", "TEMP", "MPLBACKEND", "MPLCONFIGDIR", "MATPLOTLIBRC", "NPY_DISABLE_CPU_FEATURES", "NUMPY_MADVISE_HUGEPAGE", "PANDAS_COPY_ON_WRITE", "XDG_CACHE_HOME"] {
+            assert!(!settable_at_run(name), "{name}");
+        }
     }
 }
