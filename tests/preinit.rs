@@ -252,6 +252,25 @@ fn variables_read_at_import_take_the_plain_interpreter_which_reads_them() {
     };
     assert_eq!(run(Some("agg")), "False agg k\n");
     assert_eq!(run(None), "True module://wsbx_matplotlib k\n", "an API key alone left the snapshot");
+    // The standard library's too: zoneinfo reads its search path as pandas imports it.
+    let mut req = request(Language::Python, "import sys\nloaded = 'numpy' in sys.modules\nimport zoneinfo\nprint(loaded, zoneinfo.TZPATH)");
+    req.env.insert("PYTHONTZPATH".into(), "/scratch/tz".into());
+    let r = sandbox().run(&req);
+    assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "False ('/scratch/tz',)\n"), "{r:#?}");
+}
+
+/// Setting an environment in the snapshot costs memory and time the plain interpreter's start
+/// does not (~12 times its size): a large one starts plain, and fits a cap the snapshot alone
+/// would just fit.
+#[test]
+fn a_large_environment_starts_from_the_plain_interpreter() {
+    let mut req = request(Language::Python, "import sys, os\nprint('numpy' in sys.modules, len(os.environ['A']) + len(os.environ['B']))");
+    req.limits.memory_mb = 100;
+    for name in ["A", "B"] {
+        req.env.insert(name.into(), "x".repeat(150_000));
+    }
+    let r = sandbox().run(&req);
+    assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "False 300000\n"), "{r:#?}");
 }
 
 #[test]

@@ -46,7 +46,7 @@ impl JavascriptBackend {
             .instantiate_pre(&javascript.module)
             .map_err(|e| format!("linking the javascript module: {e}"))?;
         // `process.env` is read into the snapshot: a run that sets any variable starts plain.
-        let preinit = preinitialized.map(|module| Preinit::new(&linker, &module, |_| false)).transpose()?;
+        let preinit = preinitialized.map(|module| Preinit::new(&linker, &module, |env| env.is_empty())).transpose()?;
         let warm_grants = move |scratch: &Path| grants(scratch, &BTreeMap::new());
         let warm = match &preinit {
             Some(p) => warm_pool(warm, engine.clone(), p.pre.clone(), scratch_root, warm_grants, Arc::new(started)),

@@ -15,6 +15,7 @@ mod seeds;
 pub mod stacks;
 pub mod wasi;
 
+use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -132,23 +133,23 @@ pub(crate) type Init = Arc<dyn Fn(&mut Store<GuestState>, &Instance) -> wasmtime
 pub(crate) struct Preinit {
     pub(crate) pre: InstancePre<GuestState>,
     footprint: u64,
-    settable: fn(&str) -> bool,
+    settable: fn(&BTreeMap<String, String>) -> bool,
 }
 
 impl Preinit {
-    /// `settable` says which environment variables a run can set in the snapshot before its
-    /// code runs (the snapshot read its environment while it was built): a request that sets
-    /// any other starts from the plain interpreter.
-    pub(crate) fn new(linker: &wasmtime::Linker<GuestState>, module: &wasmtime::Module, settable: fn(&str) -> bool) -> Result<Preinit, String> {
+    /// `settable` says which environments a run can set in the snapshot before its code runs
+    /// (the snapshot read its environment while it was built): a request whose environment
+    /// it refuses starts from the plain interpreter.
+    pub(crate) fn new(linker: &wasmtime::Linker<GuestState>, module: &wasmtime::Module, settable: fn(&BTreeMap<String, String>) -> bool) -> Result<Preinit, String> {
         let footprint = module.exports().find_map(|e| e.ty().memory().map(|m| m.minimum().saturating_mul(65_536))).unwrap_or(0);
         let pre = linker.instantiate_pre(module).map_err(|e| format!("linking the pre-initialized module: {e}"))?;
         Ok(Preinit { pre, footprint, settable })
     }
 
-    /// Whether `request` can start here: not when it sets an environment variable the snapshot
-    /// cannot take, or caps memory below the snapshot's own.
+    /// Whether `request` can start here: not when it sets an environment the snapshot cannot
+    /// take, or caps memory below the snapshot's own.
     pub(crate) fn fits(&self, request: &ExecRequest) -> bool {
-        request.env.keys().all(|name| (self.settable)(name)) && self.footprint <= request.limits.memory_bytes()
+        (request.env.is_empty() || (self.settable)(&request.env)) && self.footprint <= request.limits.memory_bytes()
     }
 }
 

@@ -152,7 +152,7 @@ impl PythonBackend {
         let mut linker = Linker::new(engine.engine());
         link(&mut linker).map_err(|e| format!("linking the python module's imports: {e}"))?;
         let preinit = match preinitialized {
-            Some(snapshot) => Some((Preinit::new(&linker, &snapshot.module, settable_at_run)?, snapshot.seeds)),
+            Some(snapshot) => Some((Preinit::new(&linker, &snapshot.module, settable_env)?, snapshot.seeds)),
             None => None,
         };
         let (lib_dir, mpl_data_dir) = (python.lib_dir.clone(), python.mpl_data_dir.clone());
@@ -367,20 +367,36 @@ fn seeded_ahead(seeds: SeedSlots) -> Init {
 /// Whether a run can set environment variable `name` in the snapshot before its code runs.
 /// Not the variables the modules imported into the snapshot read as they import, whose values
 /// it holds already and setting them later would not undo: matplotlib's (`MPLBACKEND`,
-/// `MPLCONFIGDIR`, `MATPLOTLIBRC`, and `HOME`, where its cache goes), numpy's, pandas' and
-/// Pillow's, and the temporary directory's. A run that sets one starts from the plain
-/// interpreter, which reads them as it starts. CPython itself reads none (the runtime runs it
-/// isolated: `PYTHONPATH` and the like have no effect on either), and the guest has no threads
-/// for `OMP_NUM_THREADS` and the like to size. Any other variable is set in the snapshot
-/// ([`with_env`]), so giving a script an API key does not cost the imports again.
+/// `MPLCONFIGDIR`, `MATPLOTLIBRC`, `HOME` where its cache goes, `XDG_DATA_HOME` where it
+/// looks for fonts), numpy's, pandas', Pillow's and pyparsing's, the temporary directory's,
+/// and those the standard library's `sysconfig` and `zoneinfo` read (`PYTHONUSERBASE`,
+/// `PYTHONTZPATH`, `_PYTHON_*`), found by logging every read of `os.environ` while the plain
+/// interpreter imports what the snapshot holds. A run that sets one starts from the plain
+/// interpreter, which reads them as it starts. CPython's own start reads none (the runtime
+/// runs it isolated: `PYTHONPATH` and the like have no effect on either), and the guest has no
+/// threads for `OMP_NUM_THREADS` and the like to size. Any other variable is set in the
+/// snapshot ([`with_env`]), so giving a script an API key does not cost the imports again.
 ///
 /// ```text
 /// settable_at_run("API_KEY") == true;  settable_at_run("MPLBACKEND") == false
 /// ```
 pub(crate) fn settable_at_run(name: &str) -> bool {
-    const READ_AT_IMPORT: &[&str] = &["HOME", "TMPDIR", "TEMP", "TMP", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"];
-    const PREFIXES: &[&str] = &["MPL", "MATPLOTLIB", "NPY_", "NUMPY_", "PANDAS_", "PILLOW_"];
+    const READ_AT_IMPORT: &[&str] = &["HOME", "TMPDIR", "TEMP", "TMP", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "PYTHONTZPATH", "PYTHONUSERBASE"];
+    const PREFIXES: &[&str] = &["MPL", "MATPLOTLIB", "NPY_", "NUMPY_", "PANDAS_", "PILLOW_", "PYPARSING", "_PYTHON"];
     !READ_AT_IMPORT.contains(&name) && !PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+}
+
+/// The most environment a run sets in the snapshot, names and values in bytes. Setting it there
+/// takes memory and time the plain interpreter's start does not (the set-up turn's source, its
+/// compiled constants and the decoded strings: ~12 times the environment, measured), so a
+/// bigger one starts from the plain interpreter, whose start it then costs less than the
+/// imports would: at this size the set-up stays under a megabyte and a millisecond or so.
+pub const MAX_ENV_SET_IN_SNAPSHOT: usize = 64 << 10;
+
+/// Whether a run can set `env` in the snapshot: every name [`settable_at_run`], and no more
+/// than [`MAX_ENV_SET_IN_SNAPSHOT`] bytes in all.
+fn settable_env(env: &BTreeMap<String, String>) -> bool {
+    env.iter().map(|(name, value)| name.len() + value.len()).sum::<usize>() <= MAX_ENV_SET_IN_SNAPSHOT && env.keys().all(|name| settable_at_run(name))
 }
 
 /// `seeded`, then the request's environment variables set in `os.environ` (and so, through
@@ -432,7 +448,7 @@ impl PythonBackend {
     /// The interpreter a guest for `request` starts from, and what makes it ready: the
     /// pre-initialized snapshot (its generators given fresh states, the request's environment
     /// variables set) unless the request sets one the snapshot's modules read as they import
-    /// ([`settable_at_run`]) or its memory cap is below the snapshot's footprint; then the base
+    /// ([`settable_at_run`]) or more than [`MAX_ENV_SET_IN_SNAPSHOT`], or its memory cap is below the snapshot's footprint; then the base
     /// interpreter and the prelude.
     fn interpreter(&self, request: &ExecRequest) -> Result<(&InstancePre<GuestState>, Init), Outcome> {
         match &self.preinit {
@@ -480,15 +496,24 @@ impl Backend for PythonBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::settable_at_run;
+    use super::{settable_at_run, settable_env};
 
     #[test]
     fn variables_read_at_import_are_not_settable_later() {
         for name in ["API_KEY", "GREETING", "DATA_DIR", "home", "PATH", "PYTHONUNBUFFERED", "PYTHONPATH", "LANG", "TZ", "OMP_NUM_THREADS"] {
             assert!(settable_at_run(name), "{name}");
         }
-        for name in ["HOME", "TMPDIR", "TMP", "TEMP", "MPLBACKEND", "MPLCONFIGDIR", "MATPLOTLIBRC", "NPY_DISABLE_CPU_FEATURES", "NUMPY_MADVISE_HUGEPAGE", "PANDAS_COPY_ON_WRITE", "XDG_CACHE_HOME"] {
+        for name in ["HOME", "TMPDIR", "TMP", "TEMP", "MPLBACKEND", "MPLCONFIGDIR", "MATPLOTLIBRC", "NPY_DISABLE_CPU_FEATURES", "NUMPY_MADVISE_HUGEPAGE", "PANDAS_COPY_ON_WRITE", "XDG_CACHE_HOME", "XDG_DATA_HOME", "PYTHONTZPATH", "PYTHONUSERBASE", "_PYTHON_HOST_PLATFORM", "PYPARSINGENABLEALLWARNINGS"] {
             assert!(!settable_at_run(name), "{name}");
         }
+    }
+
+    #[test]
+    fn a_large_environment_is_not_set_in_the_snapshot() {
+        let env = |value: usize| std::collections::BTreeMap::from([("A".to_owned(), "x".repeat(value))]);
+        assert!(settable_env(&env(super::MAX_ENV_SET_IN_SNAPSHOT - 1)));
+        assert!(!settable_env(&env(super::MAX_ENV_SET_IN_SNAPSHOT)));
+        let many: std::collections::BTreeMap<String, String> = (0..10_000).map(|i| (format!("V{i}"), i.to_string())).collect();
+        assert!(!settable_env(&many));
     }
 }
