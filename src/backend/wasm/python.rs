@@ -448,8 +448,8 @@ impl PythonBackend {
     /// The interpreter a guest for `request` starts from, and what makes it ready: the
     /// pre-initialized snapshot (its generators given fresh states, the request's environment
     /// variables set) unless the request sets one the snapshot's modules read as they import
-    /// ([`settable_at_run`]) or more than [`MAX_ENV_SET_IN_SNAPSHOT`], or its memory cap is below the snapshot's footprint; then the base
-    /// interpreter and the prelude.
+    /// ([`settable_at_run`]) or more than [`MAX_ENV_SET_IN_SNAPSHOT`], or its memory cap is
+    /// below the snapshot's footprint; then the base interpreter and the prelude.
     fn interpreter(&self, request: &ExecRequest) -> Result<(&InstancePre<GuestState>, Init), Outcome> {
         match &self.preinit {
             Some((p, seeded)) if p.fits(request) => match request.env.is_empty() {
