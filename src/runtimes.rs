@@ -9,7 +9,7 @@
 //!   runtimes/python-0.1.0-3bfb0dcc48ce/    one directory per pinned release, renamed into place
 //!     python-snapshot.wasm                 only once every file in it is verified
 //!     lib/python315.zip
-//!   compiled/<hash>.cwasm                  modules compiled for one engine configuration
+//!   compiled/<module>-<hash>.cwasm         modules compiled for one engine configuration
 //!   install.lock                           serializes installs between processes
 //! ```
 //!

@@ -184,12 +184,15 @@ impl WasmEngine {
     }
 
     /// The file name of `module_sha256` compiled for this engine: the module's hash, wasmtime's
-    /// version and the engine configuration all go into it.
+    /// version, the engine configuration and [`COMPILE_RECIPE`] all go into it. It starts with
+    /// the module's own name ([`module_prefix`]), so the files one module was compiled to by
+    /// other builds of wsbx can be found and removed.
     pub fn compiled_name(&self, module_sha256: &str) -> String {
         let mut hasher = ShaHasher(Sha256::new());
         hasher.write(module_sha256.as_bytes());
+        hasher.write(COMPILE_RECIPE.as_bytes());
         std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut hasher);
-        format!("{}.cwasm", &hex::encode(hasher.0.finalize())[..32])
+        format!("{}-{}.cwasm", module_prefix(module_sha256), &hex::encode(hasher.0.finalize())[..32])
     }
 
     /// Loads a compiled module from `dir`, or compiles `wasm` into it first.
@@ -232,6 +235,7 @@ impl WasmEngine {
             }
         }
         self.compile(wasm, cwasm, what, progress)?;
+        remove_replaced(cwasm, progress);
         self.deserialize(cwasm)
     }
 
@@ -263,6 +267,7 @@ impl WasmEngine {
 
     fn compile(&self, wasm: &Path, cwasm: &Path, what: &str, progress: &mut dyn Write) -> Result<(), String> {
         let bytes = std::fs::read(wasm).map_err(|e| format!("reading {}: {e}", wasm.display()))?;
+        let bytes = without_names(&bytes);
         let dir = cwasm.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let _ = writeln!(
@@ -287,6 +292,120 @@ impl WasmEngine {
             compiled.len() >> 20
         );
         Ok(())
+    }
+}
+
+/// The start of every compiled file name of the module `module_sha256`: 16 of its hex digits.
+fn module_prefix(module_sha256: &str) -> &str {
+    module_sha256.get(..16).filter(|p| p.bytes().all(|b| b.is_ascii_hexdigit())).unwrap_or("module")
+}
+
+/// How long a file the same module was compiled to before must have gone unused before
+/// [`remove_replaced`] removes it. Two builds of wsbx with different wasmtimes can share one
+/// `$WSBX_HOME` (an installed release and a development build): removing the other's file at
+/// once would have each recompile CPython (~2.5 minutes) every time the other ran. Mapping a
+/// file updates its access time (at least daily under `relatime`), so a week unused means
+/// nothing runs from it; what an upgrade replaces goes at the next upgrade.
+const REPLACED_UNUSED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Removes the files in `cwasm`'s directory that the same module was compiled to before (by
+/// another wasmtime, engine configuration or [`COMPILE_RECIPE`]), and those named the way
+/// wsbx named compiled files before they carried the module's name, once unused for
+/// [`REPLACED_UNUSED_FOR`]: CPython's are ~400 MB each. Runs under the install lock, right
+/// after `cwasm` was written; a process still running from a removed file keeps its mapping.
+fn remove_replaced(cwasm: &Path, progress: &mut dyn Write) {
+    let (Some(dir), Some(name)) = (cwasm.parent(), cwasm.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let Some((prefix, _)) = name.split_once('-') else {
+        return;
+    };
+    let replaced = |other: &str| {
+        let Some(stem) = other.strip_suffix(".cwasm") else {
+            return false;
+        };
+        let unnamed = stem.len() == 32 && stem.bytes().all(|b| b.is_ascii_hexdigit());
+        other != name && (unnamed || stem.split_once('-').is_some_and(|(p, _)| p == prefix))
+    };
+    let unused = |meta: &std::fs::Metadata| {
+        let last_used = [meta.accessed(), meta.modified()].into_iter().flatten().max();
+        last_used.and_then(|t| t.elapsed().ok()).is_some_and(|idle| idle >= REPLACED_UNUSED_FOR)
+    };
+    let mut freed = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !entry.file_name().to_str().is_some_and(replaced) {
+            continue;
+        }
+        // `symlink_metadata`: a link is judged (and removed) as itself, never its target.
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else { continue };
+        if unused(&meta) && std::fs::remove_file(entry.path()).is_ok() {
+            freed += meta.len();
+        }
+    }
+    if freed > 0 {
+        let _ = writeln!(progress, "wsbx: removed files earlier builds compiled it to, unused for a week ({} MB)", freed >> 20);
+    }
+}
+
+/// What [`WasmEngine::compile`] does to a module besides compiling it, part of the compiled
+/// file's name so a cache written by an older recipe is compiled again rather than reused.
+const COMPILE_RECIPE: &str = "name section dropped";
+
+/// `wasm` without its `name` custom section; the rest byte for byte.
+///
+/// wasmtime keeps an entry per function from that section in the compiled module's metadata,
+/// and every process that loads the module deserializes them all: CPython's 90,000 functions
+/// were 8 % of a whole `wsbx exec` hello (~1.3 ms). The names only label wasm backtraces and
+/// profiles (`wasm-function[891]` instead of `PyObject_CallFunctionObjArgs`), which no result
+/// shows; the downloaded module on disk keeps them for whoever needs to map an index back.
+///
+/// Anything that does not walk as a module's sections is returned as it is, for wasmtime to
+/// refuse with its own message.
+fn without_names(wasm: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    /// The start and end of each top-level section (header included), and whether it is `name`.
+    fn sections(wasm: &[u8]) -> Option<Vec<(usize, usize, bool)>> {
+        let leb = |at: &mut usize| -> Option<usize> {
+            let mut value = 0u64;
+            for shift in (0..35).step_by(7) {
+                let byte = *wasm.get(*at)?;
+                *at += 1;
+                value |= u64::from(byte & 0x7f) << shift;
+                if byte & 0x80 == 0 {
+                    return usize::try_from(value).ok();
+                }
+            }
+            None
+        };
+        let mut at = 8;
+        let mut found = Vec::new();
+        while at < wasm.len() {
+            let start = at;
+            let id = wasm[at];
+            at += 1;
+            let size = leb(&mut at)?;
+            let end = at.checked_add(size).filter(|&end| end <= wasm.len())?;
+            let is_name = id == 0 && {
+                let len = leb(&mut at)?;
+                at.checked_add(len).filter(|&e| e <= end).is_some_and(|e| &wasm[at..e] == b"name")
+            };
+            found.push((start, end, is_name));
+            at = end;
+        }
+        Some(found)
+    }
+    if wasm.get(..8) != Some(b"\0asm\x01\0\0\0".as_slice()) {
+        return Cow::Borrowed(wasm);
+    }
+    match sections(wasm) {
+        Some(sections) if sections.iter().any(|&(_, _, is_name)| is_name) => {
+            let mut kept = wasm[..8].to_vec();
+            for (start, end, _) in sections.into_iter().filter(|&(_, _, is_name)| !is_name) {
+                kept.extend_from_slice(&wasm[start..end]);
+            }
+            Cow::Owned(kept)
+        }
+        _ => Cow::Borrowed(wasm),
     }
 }
 
@@ -352,6 +471,88 @@ pub fn compiled_dir(home: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A module exporting an empty `f`, with a `name` section naming it and another custom
+    /// section (`keep`) after it.
+    fn named_module() -> (Vec<u8>, std::ops::Range<usize>) {
+        let mut wasm = b"\0asm\x01\0\0\0".to_vec();
+        wasm.extend([1, 4, 1, 0x60, 0, 0]); // types: () -> ()
+        wasm.extend([3, 2, 1, 0]); // functions: one of type 0
+        wasm.extend([7, 5, 1, 1, b'f', 0, 0]); // exports: "f" = function 0
+        wasm.extend([10, 4, 1, 2, 0, 0x0b]); // code: an empty body
+        let names = wasm.len();
+        wasm.extend([0, 11, 4, b'n', b'a', b'm', b'e', 1, 4, 1, 0, 1, b'f']); // function 0 is "f"
+        let names = names..wasm.len();
+        wasm.extend([0, 6, 4, b'k', b'e', b'e', b'p', 0xaa]);
+        (wasm, names)
+    }
+
+    #[test]
+    fn the_name_section_is_dropped_and_every_other_byte_kept() {
+        let (wasm, names) = named_module();
+        let stripped = without_names(&wasm);
+        let mut expected = wasm[..names.start].to_vec();
+        expected.extend_from_slice(&wasm[names.end..]);
+        assert_eq!(&*stripped, &expected[..]);
+        let engine = Engine::default();
+        let module = Module::new(&engine, &*stripped).expect("the stripped module is valid");
+        assert!(module.get_export("f").is_some());
+        // Without a name section nothing changes, and nothing is copied.
+        assert!(matches!(without_names(&stripped), std::borrow::Cow::Borrowed(b) if b == &stripped[..]));
+    }
+
+    #[test]
+    fn what_does_not_walk_as_sections_is_left_for_wasmtime_to_refuse() {
+        let (wasm, names) = named_module();
+        let truncated = wasm[..names.start + 3].to_vec(); // the name section claims 11 bytes
+        let mut long_name = wasm[..names.end].to_vec();
+        long_name[names.start + 2] = 40; // the section's name runs past the section
+        for junk in [&b"junk"[..], &b""[..], &wasm[..4], &truncated, &long_name, &[0x80; 64][..]] {
+            assert!(matches!(without_names(junk), std::borrow::Cow::Borrowed(b) if b == junk));
+        }
+        let mut huge = wasm[..8].to_vec();
+        huge.extend([1, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]); // a section size past 35 bits
+        assert!(matches!(without_names(&huge), std::borrow::Cow::Borrowed(b) if b == &huge[..]));
+    }
+
+    #[test]
+    fn only_files_the_same_module_was_compiled_to_and_left_unused_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let current = dir.path().join(format!("0123456789abcdef-{}.cwasm", "1".repeat(32)));
+        let file = |name: &str, idle_days: u64| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"x").expect("write");
+            let then = std::time::SystemTime::now() - Duration::from_secs(idle_days * 24 * 3600);
+            let times = std::fs::FileTimes::new().set_accessed(then).set_modified(then);
+            std::fs::File::options().write(true).open(&path).expect("open").set_times(times).expect("set_times");
+            path
+        };
+        std::fs::write(&current, b"x").expect("write");
+        let removed = [
+            file(&format!("0123456789abcdef-{}.cwasm", "2".repeat(32)), 8), // same module, older build
+            file(&format!("{}.cwasm", "a".repeat(32)), 30),                  // named before module prefixes
+        ];
+        let kept = [
+            file(&format!("0123456789abcdef-{}.cwasm", "3".repeat(32)), 1), // another build, used yesterday
+            file(&format!("fedcba9876543210-{}.cwasm", "4".repeat(32)), 30), // another module
+            file(&format!("0123456789abcdef-{}.sha256", "5".repeat(32)), 30), // not a compiled file
+            file(&format!("{}.cwasm", "g".repeat(32)), 30),                  // not 32 hex digits
+        ];
+        let mut progress = Vec::new();
+        remove_replaced(&current, &mut progress);
+        assert!(current.exists());
+        for path in &removed {
+            assert!(!path.exists(), "{} was left", path.display());
+        }
+        for path in &kept {
+            assert!(path.exists(), "{} was removed", path.display());
+        }
+        assert!(String::from_utf8_lossy(&progress).contains("removed files earlier builds compiled it to"));
+        // Nothing left to remove: nothing said.
+        let mut progress = Vec::new();
+        remove_replaced(&current, &mut progress);
+        assert!(progress.is_empty());
+    }
 
     #[test]
     fn swap_areas_are_counted_from_proc_swaps() {
