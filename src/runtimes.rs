@@ -16,6 +16,7 @@
 //! Nothing half-written ever counts as installed: each step writes to a temporary name and
 //! renames.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -25,7 +26,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backend::wasm::{engine::compiled_dir, WasmEngine};
+use crate::backend::wasm::engine::{compiled_dir, long_unused};
+use crate::backend::wasm::WasmEngine;
 
 mod quickjs;
 
@@ -722,9 +724,13 @@ fn python_installed(dir: &Path) -> bool {
 }
 
 /// Removes the snapshots of the same interpreter beside `snapshot` that it replaces (made from
-/// other inputs: an earlier wsbx, or an earlier recipe) and their compiled files: each is
-/// ~150 MB, and its compiled file ~370 MB, that nothing will load again. A process still
-/// running an old one keeps its mapping; started again, it would build its own.
+/// other inputs: an earlier wsbx, or an earlier recipe) and their compiled files, once unused
+/// for [`REPLACED_UNUSED_FOR`](crate::backend::wasm::engine::REPLACED_UNUSED_FOR): each is ~150 MB, and its compiled file ~390 MB. Every process
+/// that loads a snapshot reads its stamp (the `.sha256`), so the stamp's access time says when
+/// it was last used; one in use may belong to another build of wsbx sharing this home, which
+/// would otherwise build it again (minutes) every time after this one ran. Files of a snapshot
+/// without a stamp are leftovers of a build that never finished, removed at once. A process
+/// still running from a removed one keeps its mapping.
 fn remove_stale_snapshots(engine: &WasmEngine, snapshot: &Path, compiled: &Path, progress: &mut dyn Write) {
     let (Some(dir), Some(stem)) = (snapshot.parent(), snapshot.file_stem().and_then(|s| s.to_str())) else {
         return;
@@ -733,16 +739,24 @@ fn remove_stale_snapshots(engine: &WasmEngine, snapshot: &Path, compiled: &Path,
         return;
     };
     let prefix = format!("{name}-preinit-");
-    let stale: Vec<PathBuf> = fs::read_dir(dir)
+    let other_stem = |path: &Path| path.file_stem().and_then(|s| s.to_str()).unwrap_or(stem).to_owned();
+    let others: Vec<PathBuf> = fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|entry| entry.path())
         .filter(|path| {
-            let other = path.file_stem().and_then(|s| s.to_str()).unwrap_or(stem);
+            let other = other_stem(path);
             other.starts_with(&prefix) && other != stem
         })
         .collect();
+    let in_use: HashSet<String> = others
+        .iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "sha256"))
+        .filter(|stamp| fs::metadata(stamp).is_ok_and(|meta| !long_unused(&meta)))
+        .map(|stamp| other_stem(stamp))
+        .collect();
+    let stale: Vec<PathBuf> = others.into_iter().filter(|path| !in_use.contains(&other_stem(path))).collect();
     let mut freed = 0;
     for path in &stale {
         if path.extension().is_some_and(|e| e == "sha256") {
@@ -792,5 +806,54 @@ mod tests {
             assert_eq!(hash.len(), 64);
             assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()));
         }
+    }
+
+    /// Writes `path`, last read and written `idle_days` ago.
+    fn aged(path: &Path, contents: &str, idle_days: u64) {
+        fs::write(path, contents).expect("write");
+        let then = std::time::SystemTime::now() - std::time::Duration::from_secs(idle_days * 24 * 3600);
+        let times = fs::FileTimes::new().set_accessed(then).set_modified(then);
+        fs::File::options().write(true).open(path).expect("open").set_times(times).expect("set_times");
+    }
+
+    #[test]
+    fn replaced_snapshots_go_once_unused_and_those_in_use_stay() {
+        let engine = WasmEngine::new().expect("engine");
+        let home = tempfile::tempdir().expect("tempdir");
+        let (dir, compiled) = (home.path().join("runtime"), home.path().join("compiled"));
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::create_dir_all(&compiled).expect("mkdir");
+        let snapshot = dir.join("python-preinit-aaaa.wasm");
+        aged(&snapshot, "current", 0);
+        // A snapshot an older build made, its stamp unread for 8 days, and its compiled file.
+        let (old_sha, used_sha) = ("b".repeat(64), "c".repeat(64));
+        let old_cwasm = compiled.join(engine.compiled_name(&old_sha));
+        let used_cwasm = compiled.join(engine.compiled_name(&used_sha));
+        for (path, contents, days) in [
+            (dir.join("python-preinit-bbbb.wasm"), "old", 8),
+            (dir.join("python-preinit-bbbb.seeds"), "old", 8),
+            (dir.join("python-preinit-bbbb.sha256"), old_sha.as_str(), 8),
+            (old_cwasm.clone(), "old", 8),
+            // Another build sharing this home read its stamp yesterday.
+            (dir.join("python-preinit-cccc.wasm"), "used", 30),
+            (dir.join("python-preinit-cccc.sha256"), used_sha.as_str(), 1),
+            (used_cwasm.clone(), "used", 1),
+            // A build that never finished: no stamp.
+            (dir.join("python-preinit-dddd.wasm.partial"), "half", 0),
+            // Another interpreter's.
+            (dir.join("javascript-preinit-eeee.wasm"), "js", 30),
+        ] {
+            aged(&path, contents, days);
+        }
+        let mut progress = Vec::new();
+        remove_stale_snapshots(&engine, &snapshot, &compiled, &mut progress);
+        let left = |dir: &Path| {
+            let mut names: Vec<String> = fs::read_dir(dir).expect("read_dir").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(left(&dir), ["javascript-preinit-eeee.wasm", "python-preinit-aaaa.wasm", "python-preinit-cccc.sha256", "python-preinit-cccc.wasm"]);
+        assert!(!old_cwasm.exists() && used_cwasm.exists());
+        assert!(String::from_utf8_lossy(&progress).contains("removed 4 replaced python snapshot files"), "{}", String::from_utf8_lossy(&progress));
     }
 }

@@ -357,9 +357,11 @@ fn a_damaged_snapshot_is_rebuilt_never_used() {
 }
 
 /// Building a snapshot removes the ones of the same interpreter it replaces (other inputs, an
-/// earlier wsbx), and their compiled files: an upgrade must not leave half a gigabyte behind.
+/// earlier wsbx), and their compiled files, once unused for a week: an upgrade must not leave
+/// half a gigabyte behind for good, and two builds of wsbx sharing one home must not rebuild
+/// each other's snapshot every time the other ran.
 #[test]
-fn a_new_snapshot_removes_the_ones_it_replaces() {
+fn a_new_snapshot_removes_the_ones_it_replaces_once_unused() {
     let home = tempfile::tempdir().unwrap();
     let runtimes = wsbx::runtimes::Runtimes::new(home.path());
     let engine = wsbx::backend::wasm::WasmEngine::shared().unwrap();
@@ -381,22 +383,38 @@ fn a_new_snapshot_removes_the_ones_it_replaces() {
     let files = |dir: &std::path::Path| -> std::collections::BTreeSet<String> {
         std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect()
     };
-    let compiled_before = files(&home.path().join("compiled"));
-    assert_eq!(compiled_before.len(), 2, "{compiled_before:?}");
+    assert_eq!(files(&home.path().join("compiled")).len(), 2);
+    let old_sha = std::fs::read_to_string(old.with_extension("sha256")).unwrap();
+    let old_compiled = home.path().join("compiled").join(engine.compiled_name(&old_sha));
+    assert!(old_compiled.is_file());
 
+    // Just used: another build of wsbx may be running from it.
     let new = home.path().join("test-preinit-0002.wasm");
     runtimes.preinit(&engine, &new, "test", build(&new, 3), &mut progress).unwrap();
+    let left = files(home.path());
+    for kept in ["test-preinit-0001.wasm", "test-preinit-0001.sha256", "test-preinit-0001.seeds", "test-preinit-0002.wasm"] {
+        assert!(left.contains(kept), "{kept} removed: {left:?}");
+    }
+    assert_eq!(files(&home.path().join("compiled")).len(), 3);
+
+    // Unused for eight days: the next build takes it and its compiled file away.
+    let eight_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(8 * 24 * 3600);
+    for path in [old.clone(), old.with_extension("sha256"), old.with_extension("seeds"), old_compiled.clone()] {
+        let times = std::fs::FileTimes::new().set_accessed(eight_days_ago).set_modified(eight_days_ago);
+        std::fs::File::options().write(true).open(&path).unwrap().set_times(times).unwrap();
+    }
+    let newest = home.path().join("test-preinit-0003.wasm");
+    runtimes.preinit(&engine, &newest, "test", build(&newest, 4), &mut progress).unwrap();
     let left = files(home.path());
     for gone in ["test-preinit-0001.wasm", "test-preinit-0001.sha256", "test-preinit-0001.seeds"] {
         assert!(!left.contains(gone), "{gone} left: {left:?}");
     }
-    for kept in ["test-preinit-0002.wasm", "test-preinit-0002.sha256", "test-preinit-0002.seeds", "othertest-preinit-0001.wasm"] {
+    for kept in ["test-preinit-0002.wasm", "test-preinit-0002.sha256", "test-preinit-0003.wasm", "test-preinit-0003.seeds", "othertest-preinit-0001.wasm"] {
         assert!(left.contains(kept), "{kept} removed: {left:?}");
     }
-    // The old compiled file went with it; the other interpreter's stayed; the new one is there.
-    let compiled = files(&home.path().join("compiled"));
-    assert_eq!(compiled.len(), 2, "{compiled:?}");
-    assert_eq!(compiled.intersection(&compiled_before).count(), 1, "{compiled:?} vs {compiled_before:?}");
+    // The old compiled file went with it; the other interpreter's, 0002's and 0003's are there.
+    assert!(!old_compiled.exists());
+    assert_eq!(files(&home.path().join("compiled")).len(), 3);
     assert!(String::from_utf8_lossy(&progress).contains("removed 3 replaced test snapshot files"), "{}", String::from_utf8_lossy(&progress));
 }
 

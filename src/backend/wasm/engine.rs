@@ -300,13 +300,19 @@ fn module_prefix(module_sha256: &str) -> &str {
     module_sha256.get(..16).filter(|p| p.bytes().all(|b| b.is_ascii_hexdigit())).unwrap_or("module")
 }
 
-/// How long a file the same module was compiled to before must have gone unused before
-/// [`remove_replaced`] removes it. Two builds of wsbx with different wasmtimes can share one
+/// How long a file the same module was compiled to before (or a replaced snapshot) must have
+/// gone unused before [`remove_replaced`] (or a snapshot's build) removes it. Two builds of wsbx with different wasmtimes can share one
 /// `$WSBX_HOME` (an installed release and a development build): removing the other's file at
 /// once would have each recompile CPython (~2.5 minutes) every time the other ran. Mapping a
 /// file updates its access time (at least daily under `relatime`), so a week unused means
 /// nothing runs from it; what an upgrade replaces goes at the next upgrade.
-const REPLACED_UNUSED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const REPLACED_UNUSED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Whether the file `meta` describes was neither read nor written for [`REPLACED_UNUSED_FOR`].
+pub(crate) fn long_unused(meta: &std::fs::Metadata) -> bool {
+    let last_used = [meta.accessed(), meta.modified()].into_iter().flatten().max();
+    last_used.and_then(|t| t.elapsed().ok()).is_some_and(|idle| idle >= REPLACED_UNUSED_FOR)
+}
 
 /// Removes the files in `cwasm`'s directory that the same module was compiled to before (by
 /// another wasmtime, engine configuration or [`COMPILE_RECIPE`]), and those named the way
@@ -327,10 +333,6 @@ fn remove_replaced(cwasm: &Path, progress: &mut dyn Write) {
         let unnamed = stem.len() == 32 && stem.bytes().all(|b| b.is_ascii_hexdigit());
         other != name && (unnamed || stem.split_once('-').is_some_and(|(p, _)| p == prefix))
     };
-    let unused = |meta: &std::fs::Metadata| {
-        let last_used = [meta.accessed(), meta.modified()].into_iter().flatten().max();
-        last_used.and_then(|t| t.elapsed().ok()).is_some_and(|idle| idle >= REPLACED_UNUSED_FOR)
-    };
     let mut freed = 0;
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if !entry.file_name().to_str().is_some_and(replaced) {
@@ -338,7 +340,7 @@ fn remove_replaced(cwasm: &Path, progress: &mut dyn Write) {
         }
         // `symlink_metadata`: a link is judged (and removed) as itself, never its target.
         let Ok(meta) = std::fs::symlink_metadata(entry.path()) else { continue };
-        if unused(&meta) && std::fs::remove_file(entry.path()).is_ok() {
+        if long_unused(&meta) && std::fs::remove_file(entry.path()).is_ok() {
             freed += meta.len();
         }
     }
