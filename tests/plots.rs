@@ -71,6 +71,31 @@ fn a_figure_that_fails_to_draw_does_not_block_the_next_show() {
     assert_eq!(pngs, ["figure-1.png"]);
 }
 
+/// `plt.savefig` asks for a redraw after saving (for a window, which a sandbox has none of);
+/// it happens when the canvas's pixels are next read, not at once, so a saved figure is drawn
+/// once. Whoever reads the pixels after asking for a redraw still gets the figure as it is.
+#[test]
+fn savefig_draws_once_and_pixels_read_after_draw_idle_are_current() {
+    let code = "import matplotlib.pyplot as plt, numpy as np\n\
+                from matplotlib.figure import Figure\n\
+                draws = 0\n\
+                original = Figure.draw\n\
+                def counted(self, renderer):\n    global draws\n    draws += 1\n    return original(self, renderer)\n\
+                Figure.draw = counted\n\
+                fig = plt.figure(); plt.plot([1, 4, 9]); plt.savefig('a.png')\n\
+                print(draws)\n\
+                fig.set_facecolor('red'); fig.canvas.draw_idle()\n\
+                print(draws)\n\
+                print(tuple(int(v) for v in np.asarray(fig.canvas.buffer_rgba())[0, 0]), draws)\n\
+                fig.canvas.draw_idle(); fig.canvas.draw(); fig.canvas.buffer_rgba()\n\
+                print(draws)";
+    let mut req = request(Language::Python, code);
+    req.limits.timeout_ms = 60_000;
+    let r = sandbox().run(&req);
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.stdout, "1\n1\n(255, 0, 0, 255) 2\n3\n", "{r:#?}");
+}
+
 #[test]
 fn wsbx_exec_out_dir_gets_the_figure() {
     let out = tempfile::tempdir().unwrap();
