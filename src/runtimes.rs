@@ -26,7 +26,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backend::wasm::engine::{compiled_dir, long_unused};
+use crate::backend::wasm::engine::{compiled_dir, long_unused, remove_compiled};
 use crate::backend::wasm::WasmEngine;
 
 mod quickjs;
@@ -394,7 +394,7 @@ impl Runtimes {
             _ => {
                 let _ = fs::remove_file(&stamp);
                 let sha = build(progress).map_err(RuntimeError::Compile)?;
-                remove_stale_snapshots(engine, snapshot, &compiled, progress);
+                remove_stale_snapshots(snapshot, &compiled, progress);
                 sha
             }
         };
@@ -724,14 +724,16 @@ fn python_installed(dir: &Path) -> bool {
 }
 
 /// Removes the snapshots of the same interpreter beside `snapshot` that it replaces (made from
-/// other inputs: an earlier wsbx, or an earlier recipe) and their compiled files, once unused
-/// for [`REPLACED_UNUSED_FOR`](crate::backend::wasm::engine::REPLACED_UNUSED_FOR): each is ~150 MB, and its compiled file ~390 MB. Every process
-/// that loads a snapshot reads its stamp (the `.sha256`), so the stamp's access time says when
-/// it was last used; one in use may belong to another build of wsbx sharing this home, which
-/// would otherwise build it again (minutes) every time after this one ran. Files of a snapshot
-/// without a stamp are leftovers of a build that never finished, removed at once. A process
-/// still running from a removed one keeps its mapping.
-fn remove_stale_snapshots(engine: &WasmEngine, snapshot: &Path, compiled: &Path, progress: &mut dyn Write) {
+/// other inputs: an earlier wsbx, or an earlier recipe) and the files any build compiled them
+/// to, once unused for a week ([`REPLACED_UNUSED_FOR`]): each is ~150 MB, and each compiled
+/// file ~390 MB. Every process that loads a snapshot reads its stamp (the `.sha256`), so the
+/// stamp's access time says when it was last used; one in use may belong to another build of
+/// wsbx sharing this home, which would otherwise build it again (minutes) every time after
+/// this one ran. Files of a snapshot without a stamp are leftovers of a build that never
+/// finished, removed at once. A process still running from a removed one keeps its mapping.
+///
+/// [`REPLACED_UNUSED_FOR`]: crate::backend::wasm::engine::REPLACED_UNUSED_FOR
+fn remove_stale_snapshots(snapshot: &Path, compiled: &Path, progress: &mut dyn Write) {
     let (Some(dir), Some(stem)) = (snapshot.parent(), snapshot.file_stem().and_then(|s| s.to_str())) else {
         return;
     };
@@ -761,9 +763,7 @@ fn remove_stale_snapshots(engine: &WasmEngine, snapshot: &Path, compiled: &Path,
     for path in &stale {
         if path.extension().is_some_and(|e| e == "sha256") {
             if let Some(sha) = fs::read_to_string(path).ok().map(|s| s.trim().to_owned()).filter(|s| s.len() == 64) {
-                let cwasm = compiled.join(engine.compiled_name(&sha));
-                freed += fs::metadata(&cwasm).map_or(0, |m| m.len());
-                let _ = fs::remove_file(cwasm);
+                freed += remove_compiled(compiled, &sha);
             }
         }
         freed += fs::metadata(path).map_or(0, |m| m.len());
@@ -829,11 +829,14 @@ mod tests {
         let (old_sha, used_sha) = ("b".repeat(64), "c".repeat(64));
         let old_cwasm = compiled.join(engine.compiled_name(&old_sha));
         let used_cwasm = compiled.join(engine.compiled_name(&used_sha));
+        // What another build (another wasmtime) compiled the old snapshot to.
+        let old_cwasm_elsewhere = compiled.join(format!("{}-{}.cwasm", &old_sha[..16], "9".repeat(32)));
         for (path, contents, days) in [
             (dir.join("python-preinit-bbbb.wasm"), "old", 8),
             (dir.join("python-preinit-bbbb.seeds"), "old", 8),
             (dir.join("python-preinit-bbbb.sha256"), old_sha.as_str(), 8),
             (old_cwasm.clone(), "old", 8),
+            (old_cwasm_elsewhere.clone(), "old", 8),
             // Another build sharing this home read its stamp yesterday.
             (dir.join("python-preinit-cccc.wasm"), "used", 30),
             (dir.join("python-preinit-cccc.sha256"), used_sha.as_str(), 1),
@@ -846,14 +849,14 @@ mod tests {
             aged(&path, contents, days);
         }
         let mut progress = Vec::new();
-        remove_stale_snapshots(&engine, &snapshot, &compiled, &mut progress);
+        remove_stale_snapshots(&snapshot, &compiled, &mut progress);
         let left = |dir: &Path| {
             let mut names: Vec<String> = fs::read_dir(dir).expect("read_dir").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
             names.sort();
             names
         };
         assert_eq!(left(&dir), ["javascript-preinit-eeee.wasm", "python-preinit-aaaa.wasm", "python-preinit-cccc.sha256", "python-preinit-cccc.wasm"]);
-        assert!(!old_cwasm.exists() && used_cwasm.exists());
+        assert!(!old_cwasm.exists() && !old_cwasm_elsewhere.exists() && used_cwasm.exists());
         assert!(String::from_utf8_lossy(&progress).contains("removed 4 replaced python snapshot files"), "{}", String::from_utf8_lossy(&progress));
     }
 }

@@ -300,6 +300,22 @@ fn module_prefix(module_sha256: &str) -> &str {
     module_sha256.get(..16).filter(|p| p.bytes().all(|b| b.is_ascii_hexdigit())).unwrap_or("module")
 }
 
+/// Removes every file in `dir` the module `module_sha256` was compiled to, by any build of
+/// wsbx, and says how many bytes that freed: for a module nothing will load again.
+pub(crate) fn remove_compiled(dir: &Path, module_sha256: &str) -> u64 {
+    let prefix = format!("{}-", module_prefix(module_sha256));
+    let mut freed = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let ours = entry.file_name().to_str().is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".cwasm"));
+        if let Some(meta) = ours.then(|| std::fs::symlink_metadata(entry.path()).ok()).flatten() {
+            if std::fs::remove_file(entry.path()).is_ok() {
+                freed += meta.len();
+            }
+        }
+    }
+    freed
+}
+
 /// How long a file the same module was compiled to before (or a replaced snapshot) must have
 /// gone unused before [`remove_replaced`] (or a snapshot's build) removes it. Two builds of wsbx with different wasmtimes can share one
 /// `$WSBX_HOME` (an installed release and a development build): removing the other's file at
