@@ -304,22 +304,30 @@ fn module_prefix(module_sha256: &str) -> &str {
 /// wsbx, and says how many bytes that freed: for a module nothing will load again.
 pub(crate) fn remove_compiled(dir: &Path, module_sha256: &str) -> u64 {
     let prefix = format!("{}-", module_prefix(module_sha256));
+    remove_files(dir, |name, _| name.starts_with(&prefix) && name.ends_with(".cwasm"))
+}
+
+/// Removes the files in `dir` that `pick` picks by name and metadata, and says how many bytes
+/// that freed. Metadata is `symlink_metadata`: a link is judged (and removed) as itself, never
+/// its target.
+fn remove_files(dir: &Path, pick: impl Fn(&str, &std::fs::Metadata) -> bool) -> u64 {
     let mut freed = 0;
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let ours = entry.file_name().to_str().is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".cwasm"));
-        if let Some(meta) = ours.then(|| std::fs::symlink_metadata(entry.path()).ok()).flatten() {
-            if std::fs::remove_file(entry.path()).is_ok() {
-                freed += meta.len();
-            }
+        let (Some(name), Ok(meta)) = (entry.file_name().to_str().map(str::to_owned), std::fs::symlink_metadata(entry.path())) else {
+            continue;
+        };
+        if pick(&name, &meta) && std::fs::remove_file(entry.path()).is_ok() {
+            freed += meta.len();
         }
     }
     freed
 }
 
 /// How long a file the same module was compiled to before (or a replaced snapshot) must have
-/// gone unused before [`remove_replaced`] (or a snapshot's build) removes it. Two builds of wsbx with different wasmtimes can share one
-/// `$WSBX_HOME` (an installed release and a development build): removing the other's file at
-/// once would have each recompile CPython (~2.5 minutes) every time the other ran. Mapping a
+/// gone unused before [`remove_replaced`] (or a snapshot's build) removes it. Two builds of
+/// wsbx with different wasmtimes can share one `$WSBX_HOME` (an installed release and a
+/// development build): removing the other's file at once would have each recompile CPython
+/// (~2.5 minutes) every time the other ran. Mapping a
 /// file updates its access time (at least daily under `relatime`), so a week unused means
 /// nothing runs from it; what an upgrade replaces goes at the next upgrade.
 pub(crate) const REPLACED_UNUSED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -349,17 +357,7 @@ fn remove_replaced(cwasm: &Path, progress: &mut dyn Write) {
         let unnamed = stem.len() == 32 && stem.bytes().all(|b| b.is_ascii_hexdigit());
         other != name && (unnamed || stem.split_once('-').is_some_and(|(p, _)| p == prefix))
     };
-    let mut freed = 0;
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if !entry.file_name().to_str().is_some_and(replaced) {
-            continue;
-        }
-        // `symlink_metadata`: a link is judged (and removed) as itself, never its target.
-        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else { continue };
-        if long_unused(&meta) && std::fs::remove_file(entry.path()).is_ok() {
-            freed += meta.len();
-        }
-    }
+    let freed = remove_files(dir, |other, meta| replaced(other) && long_unused(meta));
     if freed > 0 {
         let _ = writeln!(progress, "wsbx: removed files earlier builds compiled it to, unused for a week ({} MB)", freed >> 20);
     }
