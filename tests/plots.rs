@@ -96,6 +96,32 @@ fn savefig_draws_once_and_pixels_read_after_draw_idle_are_current() {
     assert_eq!(r.stdout, "1\n1\n(255, 0, 0, 255) 2\n3\n", "{r:#?}");
 }
 
+/// matplotlib's fonts are read into memory whole, and those the snapshot's set-up loaded are
+/// still loaded in a run. Text still comes out in every format: the PDF and PS backends embed a
+/// font by its path, which `str(font.fname)` still is. A font over 8 MiB is read from its file.
+#[test]
+fn fonts_are_read_from_memory_and_every_format_still_gets_its_text() {
+    let code = "import io, matplotlib, matplotlib.pyplot as plt\n\
+                from matplotlib import font_manager as fm\n\
+                from matplotlib.font_manager import FontProperties\n\
+                print(fm._get_font.cache_info().currsize > 0)\n\
+                path = fm.findfont('DejaVu Sans')\n\
+                font = fm.get_font(path)\n\
+                print(isinstance(font.fname, io.BytesIO), str(font.fname) == path)\n\
+                matplotlib.rcParams['pdf.fonttype'] = 42\n\
+                plt.plot([1, 4, 9]); plt.title('squares')\n\
+                for ext in 'png', 'pdf', 'ps', 'svg':\n    plt.savefig('plot.' + ext)\n\
+                print(b'DejaVuSans' in open('plot.pdf', 'rb').read(), b'DejaVuSans' in open('plot.ps', 'rb').read())\n\
+                with open('big.ttf', 'wb') as big:\n    big.write(open(path, 'rb').read() + bytes(9 << 20))\n\
+                plt.xlabel('big', fontproperties=FontProperties(fname='big.ttf')); plt.savefig('big.png')\n\
+                print(type(fm.get_font('big.ttf').fname).__name__)";
+    let mut req = request(Language::Python, code);
+    req.limits.timeout_ms = 60_000;
+    let r = sandbox().run(&req);
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.stdout, "True\nTrue True\nTrue True\nstr\n", "{r:#?}");
+}
+
 #[test]
 fn wsbx_exec_out_dir_gets_the_figure() {
     let out = tempfile::tempdir().unwrap();

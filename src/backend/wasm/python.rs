@@ -59,8 +59,19 @@ def _run_turn(text, name, compile=compile, exec=exec, modules=sys.modules):
 # A draw requested for later (`draw_idle`) waits until the canvas's pixels are next read: Agg's
 # own draws at once, and `plt.savefig` asks for one after every save, to refresh a window there
 # is none of here. That second draw of every figure was 18 % of a 3-line plot's fuel.
+#
+# The fonts matplotlib draws text with are read into memory whole. FreeType reads a font in
+# pieces, each a seek and a read on the file matplotlib opened, and after every seek Python's
+# buffered reader fills its whole 128 KiB buffer again: a 3-line plot made 666 host reads of
+# 85 MB for its one 0.7 MB font. From memory a font costs one read, and the fonts the
+# snapshot's set-up loads stay loaded in it (an open file could not: its descriptor would not
+# exist in a run). `str(font.fname)` is still the path, which is what matplotlib's PDF and PS
+# backends read it for. Fonts over 8 MiB are read from their file as before, so a big font
+# does not cost its size in guest memory.
 class _WsbxMatplotlib:
     SOURCE = """
+import functools, io, os, types
+from matplotlib import font_manager, ft2font
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.backend_bases import FigureManagerBase as FigureManager
 class FigureCanvas(FigureCanvasAgg):
@@ -82,6 +93,35 @@ class FigureCanvas(FigureCanvasAgg):
     def copy_from_bbox(self, bbox):
         self._pending_drawn()
         return super().copy_from_bbox(bbox)
+class _FontFile(io.BytesIO):
+    def __init__(self, path):
+        with open(path, "rb") as file:
+            super().__init__(file.read())
+        self.name = path
+    def __str__(self):
+        return os.fsdecode(self.name)
+    def __repr__(self):
+        return f"<font file {self.name!r}, in memory>"
+class _FontsInMemory(types.ModuleType):
+    def __getattr__(self, name):
+        return getattr(ft2font, name)
+    @staticmethod
+    def FT2Font(filename, *args, **kwargs):
+        if isinstance(filename, (str, bytes)) and os.path.getsize(filename) <= 8 << 20:
+            filename = _FontFile(filename)
+        return ft2font.FT2Font(filename, *args, **kwargs)
+def _fonts_in_memory(load):
+    @functools.lru_cache(64)
+    def _get_font(*args, **kwargs):
+        font_manager.ft2font = _FontsInMemory(ft2font.__name__)
+        try:
+            return load(*args, **kwargs)
+        finally:
+            font_manager.ft2font = ft2font
+    return _get_font
+if hasattr(font_manager._get_font, "__wrapped__") and not hasattr(font_manager, "_wsbx_fonts"):
+    font_manager._get_font = _fonts_in_memory(font_manager._get_font.__wrapped__)
+    font_manager._wsbx_fonts = True
 _saved = 0
 def show(*args, **kwargs):
     global _saved
@@ -218,19 +258,17 @@ fn snapshot_set_up() -> String {
 /// a fresh 3-line plot: 1.09 G → 1.01 G fuel, 297 → 256 ms median. The price: drawing grows the
 /// heap by 18 MiB, which a wasm memory cannot give back, so the snapshot starts at 99 MiB.
 ///
-/// Fonts are the exception: matplotlib keeps each loaded font's file open, and a descriptor of
-/// the set-up must not live on in the snapshot (a run's own file could later get its number),
-/// so they are closed again and the set-up fails if any file but the standard streams is open.
-/// A run's first chart loads its fonts again, for less than the noise of measuring it.
+/// The fonts it loads stay loaded: our backend reads them into memory (see [`PRELUDE`]). No
+/// file of the set-up may stay open, though: its descriptor would not exist in a run, and a
+/// run's own file could get its number. So the set-up fails if any file but the standard
+/// streams is open.
 const PLOT_WARM_UP: &str = r#"
 def _wsbx_warm_up():
     import gc, io
     import matplotlib.pyplot as plt
-    from matplotlib import font_manager
     plt.plot([1, 4, 9])
     plt.savefig(io.BytesIO(), format="png")
     plt.close("all")
-    font_manager._get_font.cache_clear()
     gc.collect()
     left = [o for o in gc.get_objects() if isinstance(o, io.FileIO) and not o.closed and o.fileno() > 2]
     if left:
