@@ -49,6 +49,47 @@ pub struct Config {
     pub audit: AuditSection,
     /// `[policy.<language>]`: rules checked before a run (see [`crate::policy`]).
     pub policy: Option<crate::policy::PolicySection>,
+    /// `[python]`: the Python runtime's settings.
+    #[serde(default)]
+    pub python: PythonSection,
+}
+
+/// `[python]`: how Python's pre-initialized interpreter is built.
+///
+/// ```toml
+/// [python]
+/// # Imported into the snapshot besides numpy, pandas, matplotlib.pyplot, json, re ...
+/// preinit_imports = ["scipy.stats", "sklearn.linear_model"]
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PythonSection {
+    /// Modules imported into the pre-initialized interpreter besides its own list
+    /// ([`crate::SandboxConfig::preinit_imports`]).
+    #[serde(default)]
+    pub preinit_imports: Vec<String>,
+}
+
+/// The most modules `[python] preinit_imports` may name.
+pub const MAX_PREINIT_IMPORTS: usize = 64;
+
+/// Checks that `name` is a module name as `import` takes it: identifiers joined by dots
+/// (`scipy.stats`), at most 200 bytes. The names end up in the snapshot's `import` line, so
+/// nothing else may pass.
+///
+/// ```
+/// assert!(wsbx::config::check_module_name("scipy.stats").is_ok());
+/// assert!(wsbx::config::check_module_name("os; import shutil").is_err());
+/// ```
+pub fn check_module_name(name: &str) -> Result<(), String> {
+    let identifier = |part: &str| {
+        let mut chars = part.chars();
+        chars.next().is_some_and(|c| c == '_' || c.is_ascii_alphabetic()) && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+    };
+    match name.len() <= 200 && name.split('.').all(identifier) {
+        true => Ok(()),
+        false => Err(format!("{name:?} is not a module name (identifiers of ASCII letters, digits and '_', joined by dots, as in \"scipy.stats\")")),
+    }
 }
 
 /// `[server]`: each key is the `wsbx serve` flag of the same name in snake_case.
@@ -484,6 +525,13 @@ impl Config {
         if let Some(policy) = &self.policy {
             policy.check().map_err(ConfigError::Invalid)?;
         }
+        let imports = &self.python.preinit_imports;
+        if imports.len() > MAX_PREINIT_IMPORTS {
+            return invalid(format!("python.preinit_imports names {} modules; at most {MAX_PREINIT_IMPORTS}", imports.len()));
+        }
+        for name in imports {
+            check_module_name(name).map_err(|e| ConfigError::Invalid(format!("python.preinit_imports: {e}")))?;
+        }
         if self.audit.retention_days.is_some_and(|d| d > 36_500) {
             return invalid("audit.retention_days must be at most 36500 (a hundred years; leave it out to keep every row)".into());
         }
@@ -548,6 +596,22 @@ pub fn token_sha256(token: &str) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preinit_imports_take_dotted_module_names_only() {
+        let config = Config::parse("[python]\npreinit_imports = [\"scipy.stats\", \"_private\", \"a1.b_2\"]\n").unwrap();
+        assert_eq!(config.python.preinit_imports, ["scipy.stats", "_private", "a1.b_2"]);
+        assert!(Config::parse("").unwrap().python.preinit_imports.is_empty());
+        for bad in ["os; import shutil", "scipy..stats", ".stats", "stats.", "1st", "", "a b", "a\\nb", "é", "a-b", "os, sys"] {
+            let text = format!("[python]\npreinit_imports = [{}]\n", toml::Value::String(bad.into()));
+            let error = Config::parse(&text).unwrap_err().to_string();
+            assert!(error.contains("python.preinit_imports") && error.contains("is not a module name"), "{bad:?}: {error}");
+        }
+        let long = format!("[python]\npreinit_imports = [{}]\n", vec!["\"m\""; MAX_PREINIT_IMPORTS + 1].join(", "));
+        assert!(Config::parse(&long).unwrap_err().to_string().contains("at most 64"));
+        assert!(Config::parse(&format!("[python]\npreinit_imports = [\"{}\"]\n", "a".repeat(201))).is_err());
+        assert!(Config::parse("[python]\nimports = []\n").is_err());
+    }
 
     #[test]
     fn unknown_keys_are_named_with_their_line() {

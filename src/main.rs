@@ -81,6 +81,10 @@ enum RuntimeAction {
         /// Reinstall and recompile even if installed.
         #[arg(long)]
         force: bool,
+        /// The config file (`$WSBX_CONFIG`): Python's snapshot is built with its
+        /// `[python] preinit_imports`, as the runs that read it will want it.
+        #[arg(long, value_name = "FILE", env = "WSBX_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Show the pinned interpreters and whether they are installed.
     List {
@@ -339,6 +343,7 @@ fn exec(args: ExecArgs) -> ExitCode {
     let sandbox = Sandbox::new(SandboxConfig {
         warm_instances: 0,
         max_return_bytes: args.max_return_bytes,
+        preinit_imports: admitted.preinit_imports.clone(),
         ..SandboxConfig::default()
     });
     // Refuse bad requests before any install work.
@@ -487,6 +492,8 @@ struct ExecConfig {
     agent: String,
     audit: Option<wsbx::audit::Audit>,
     policy: Option<wsbx::policy::Policy>,
+    /// `[python] preinit_imports`.
+    preinit_imports: Vec<String>,
 }
 
 impl ExecConfig {
@@ -495,7 +502,7 @@ impl ExecConfig {
             if args.agent.is_some() {
                 return Err("--agent names an agent of a config file: give --config FILE too".into());
             }
-            return Ok(ExecConfig { defaults: Limits::DEFAULT, ceiling: Limits::CEILING, agent: String::new(), audit: None, policy: None });
+            return Ok(ExecConfig { defaults: Limits::DEFAULT, ceiling: Limits::CEILING, agent: String::new(), audit: None, policy: None, preinit_imports: Vec::new() });
         };
         let config = wsbx::config::Config::load(path).map_err(|e| e.to_string())?;
         let table = wsbx::config::LimitTable::new(Limits::CEILING, &config.limits);
@@ -514,7 +521,7 @@ impl ExecConfig {
             None if args.agent.is_none() => {
                 // No agent asked for and no `default` in the file: the file's limits apply.
                 let (defaults, ceiling) = (table.default(language), table.ceiling(language));
-                return Ok(ExecConfig { defaults, ceiling, agent: id, audit, policy: config.policy() });
+                return Ok(ExecConfig { defaults, ceiling, agent: id, audit, policy: config.policy(), preinit_imports: config.python.preinit_imports });
             }
             None => return Err(format!("no agent {id:?} in {}", path.display())),
         };
@@ -530,7 +537,8 @@ impl ExecConfig {
         // server do not apply to it.
         drop(agent.admit(language, 0).map_err(|refusal| refusal.message)?);
         let ceiling = agent.ceiling(&table.ceiling(language));
-        Ok(ExecConfig { defaults: table.default(language).lowered_to(&ceiling), ceiling, agent: id, audit, policy: agent.policy().cloned() })
+        let preinit_imports = config.python.preinit_imports.clone();
+        Ok(ExecConfig { defaults: table.default(language).lowered_to(&ceiling), ceiling, agent: id, audit, policy: agent.policy().cloned(), preinit_imports })
     }
 
     /// Writes the run's audit row, when there is an audit log, and waits for it.
@@ -701,6 +709,7 @@ fn serve_config(args: &ServeArgs) -> Result<(wsbx::server::ServeConfig, String),
     config.max_body_bytes = args.max_body_bytes.or(server.max_body_bytes).unwrap_or(config.max_body_bytes);
     config.max_connections = args.max_connections.or(server.max_connections).unwrap_or(config.max_connections).max(1);
     config.sandbox.max_return_bytes = args.max_return_bytes.or(server.max_return_bytes).unwrap_or(config.sandbox.max_return_bytes);
+    config.sandbox.preinit_imports = file.python.preinit_imports.clone();
     config.max_sessions = args.max_sessions.or(server.max_sessions).unwrap_or(config.max_sessions);
     for (name, flag, key, into) in [
         ("--session-idle-timeout", args.session_idle_timeout, server.session_idle_timeout, &mut config.session_idle_timeout),
@@ -813,6 +822,7 @@ fn mcp(args: McpArgs) -> ExitCode {
                 if file.audit.enabled {
                     config.audit = Some(file.audit_path(&config.sandbox.home));
                 }
+                config.sandbox.preinit_imports = file.python.preinit_imports.clone();
                 config.file = file;
                 config.file.limits.ceiling = wsbx::config::PartialLimits::default();
             }
@@ -841,9 +851,19 @@ fn mcp(args: McpArgs) -> ExitCode {
 }
 
 fn runtime(action: RuntimeAction) -> ExitCode {
-    let sandbox = Sandbox::new(SandboxConfig { warm_instances: 0, ..SandboxConfig::default() });
+    let mut config = SandboxConfig { warm_instances: 0, ..SandboxConfig::default() };
+    if let RuntimeAction::Install { config: Some(path), .. } = &action {
+        match wsbx::config::Config::load(path) {
+            Ok(file) => config.preinit_imports = file.python.preinit_imports,
+            Err(e) => {
+                wsbx::errln!("wsbx: rejected: {e}");
+                return ExitCode::from(EXIT_REJECTED);
+            }
+        }
+    }
+    let sandbox = Sandbox::new(config);
     match action {
-        RuntimeAction::Install { wheel, force } => {
+        RuntimeAction::Install { wheel, force, .. } => {
             let options = InstallOptions { wheel, force };
             match sandbox.install(&options, &mut std::io::stderr()) {
                 Ok(()) => {

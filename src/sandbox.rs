@@ -40,6 +40,14 @@ pub struct SandboxConfig {
     /// The most file content one result carries when it returns files (`return_files`), in
     /// bytes. Files past it are left out and the result says `files_truncated`. Default 16 MiB.
     pub max_return_bytes: u64,
+    /// Modules Python's pre-initialized interpreter imports besides its own list
+    /// ([`crate::backend::wasm::python::PREINIT_IMPORTS`]): what your agents import often and
+    /// is slow to import (`scipy.stats`, `sklearn` take ~2 s each on the plain interpreter), so
+    /// it is in memory when a run starts. Each name must be a dotted module name
+    /// ([`crate::config::check_module_name`]). A different list builds a snapshot of its own
+    /// (~3-4 minutes, once per machine); one whose import fails leaves Python runs on the plain
+    /// interpreter, said on stderr. Config file: `[python] preinit_imports`.
+    pub preinit_imports: Vec<String>,
 }
 
 /// Native stack a wasm guest runs on. [`Sandbox::run`] called on a thread with at least this
@@ -59,6 +67,7 @@ impl Default for SandboxConfig {
             ceiling: Limits::CEILING,
             warm_instances: 2,
             max_return_bytes: DEFAULT_MAX_RETURN_BYTES,
+            preinit_imports: Vec::new(),
         }
     }
 }
@@ -153,7 +162,7 @@ impl Sandbox {
             }
         }
         let python = self.runtimes.python(&engine, python_options, progress)?;
-        crate::backend::wasm::python::preinitialized(&self.runtimes, &engine, &python, progress).map_err(RuntimeError::Compile)?;
+        crate::backend::wasm::python::preinitialized(&self.runtimes, &engine, &python, &self.config.preinit_imports, progress).map_err(RuntimeError::Compile)?;
         let mut javascript_options = options;
         if installed("javascript") && !options.force {
             if let Err(e) = self.runtimes.verify_javascript() {
@@ -179,8 +188,12 @@ impl Sandbox {
                 let python = self.runtimes.python(&engine, &InstallOptions::default(), &mut std::io::stderr());
                 let python = python.map_err(|e| e.to_string())?;
                 // Without the snapshot Python still works, only slower to start: say why once.
-                let preinit = crate::backend::wasm::python::preinitialized(&self.runtimes, &engine, &python, &mut std::io::stderr())
-                    .map_err(|e| eprintln!("wsbx: python runs without its pre-initialized snapshot: {e}"))
+                let extra = &self.config.preinit_imports;
+                let preinit = crate::backend::wasm::python::preinitialized(&self.runtimes, &engine, &python, extra, &mut std::io::stderr())
+                    .map_err(|e| match extra.is_empty() {
+                        true => eprintln!("wsbx: python runs without its pre-initialized snapshot: {e}"),
+                        false => eprintln!("wsbx: python runs without its pre-initialized snapshot (with [python] preinit_imports = {extra:?}): {e}"),
+                    })
                     .ok();
                 PythonBackend::new(engine, python, preinit, &self.config.scratch_root, self.config.warm_instances)
             }),

@@ -107,7 +107,7 @@ fn glob(dir: &std::path::Path, prefix: &str, suffix: &str) -> Vec<std::path::Pat
 }
 
 /// A request for `code` that starts from the plain interpreter: its memory cap is below the
-/// snapshot's footprint (99 MiB).
+/// snapshot's footprint (100 MiB).
 fn on_the_plain_interpreter(code: &str) -> wsbx::ExecRequest {
     let mut req = request(Language::Python, code);
     req.limits.memory_mb = 64;
@@ -318,6 +318,34 @@ fn javascript_environment_and_small_memory_caps_still_work_from_the_plain_interp
 }
 
 /// The build-and-verify mechanism, on a tiny module so it runs in milliseconds.
+/// `[python] preinit_imports` (`SandboxConfig::preinit_imports`): the modules named are
+/// imported in a snapshot of their own, so a run starts with them in `sys.modules`, and the
+/// default snapshot, used by every sandbox without the list, still starts without them.
+#[test]
+fn configured_modules_are_imported_in_a_snapshot_of_their_own() {
+    let code = "import sys\nprint([name in sys.modules for name in ('statistics', 'graphlib', 'numpy')])";
+    let config = SandboxConfig { warm_instances: 0, preinit_imports: vec!["statistics".into(), "graphlib".into(), "numpy".into()], ..SandboxConfig::default() };
+    let sandbox = Sandbox::new(config);
+    let own = sandbox.run(&request(Language::Python, code));
+    assert_status(&own, Status::Ok);
+    assert_eq!(own.stdout, "[True, True, True]\n");
+    let default = python(code);
+    assert_eq!(default.stdout, "[False, False, True]\n");
+    // The names stay unbound until imported, as with the default list.
+    let clean = sandbox.run(&request(Language::Python, "print(sorted(n for n in globals() if not n.startswith('__')))\nimport statistics\nprint(statistics.mean([1, 2, 3]))"));
+    assert_eq!(clean.stdout, "[]\n2\n", "{clean:#?}");
+}
+
+/// A listed module that cannot be imported (a typo, a module the runtime does not have) makes
+/// no snapshot: Python runs on the plain interpreter, and still runs.
+#[test]
+fn a_configured_module_that_fails_to_import_leaves_runs_on_the_plain_interpreter() {
+    let config = SandboxConfig { warm_instances: 0, preinit_imports: vec!["wsbx_no_such_module".into()], ..SandboxConfig::default() };
+    let r = Sandbox::new(config).run(&request(Language::Python, "import sys\nprint('numpy' in sys.modules, 6 * 7)"));
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.stdout, "False 42\n");
+}
+
 #[test]
 fn a_damaged_snapshot_is_rebuilt_never_used() {
     let home = tempfile::tempdir().unwrap();

@@ -244,6 +244,17 @@ fn link(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
 /// 4.4 G fuel, a second).
 pub const PREINIT_IMPORTS: &[&str] = &["traceback", "linecache", "json", "re", "random", "numpy", "pandas", "matplotlib", "matplotlib.pyplot"];
 
+/// [`PREINIT_IMPORTS`], then those of `extra` not among them, each once, in the order given.
+fn preinit_modules(extra: &[String]) -> Vec<&str> {
+    let mut modules: Vec<&str> = PREINIT_IMPORTS.to_vec();
+    for name in extra {
+        if !modules.contains(&name.as_str()) {
+            modules.push(name);
+        }
+    }
+    modules
+}
+
 /// The end of the snapshot's set-up: a chart drawn ([`PLOT_WARM_UP`]), a traceback printed
 /// ([`TRACEBACK_WARM_UP`]), the generators left holding markers for the host to overwrite in
 /// every run ([`seeds`]), the turn counter back at zero so the user's code is `<turn 1>`, and
@@ -256,9 +267,10 @@ fn snapshot_set_up() -> String {
 /// chart skips what only an interpreter's first chart does (the backend and PIL's PNG plugin
 /// imported, bytecode specialized, caches filled, their pages written). Measured side by side,
 /// a fresh 3-line plot: 1.09 G → 1.01 G fuel, 297 → 256 ms median. The price: drawing grows the
-/// heap by 18 MiB, which a wasm memory cannot give back, so the snapshot starts at 99 MiB.
+/// heap by 18 MiB, which a wasm memory cannot give back, so the snapshot starts at 100 MiB.
 ///
-/// The fonts it loads stay loaded: our backend reads them into memory (see [`PRELUDE`]). No
+/// The fonts it loads stay loaded (1.3 MB): our backend reads them into memory (see
+/// [`PRELUDE`]). No
 /// file of the set-up may stay open, though: its descriptor would not exist in a run, and a
 /// run's own file could get its number. So the set-up fails if any file but the standard
 /// streams is open.
@@ -317,21 +329,26 @@ pub struct Snapshot {
 /// Loads the pre-initialized interpreter for `python` (the prelude run, [`PREINIT_IMPORTS`]
 /// imported), building it first (once per machine, under the install lock) when it is missing
 /// or damaged, or when the record of its generators beside it is; see [`super::preinit`].
-pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python, progress: &mut dyn std::io::Write) -> Result<Snapshot, String> {
+///
+/// `extra_imports` (the config's `[python] preinit_imports`, checked to be dotted names) are
+/// imported after [`PREINIT_IMPORTS`]. Each list has a snapshot of its own: the list is part of
+/// the name, so two lists on one machine never use each other's.
+pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python, extra_imports: &[String], progress: &mut dyn std::io::Write) -> Result<Snapshot, String> {
     let dir = python.module_path.parent().unwrap_or(Path::new("."));
     let base_sha256 = &runtimes.manifest().python.module.sha256;
     let set_up_end = snapshot_set_up();
     let aheads = AHEAD_IN_SNAPSHOT.to_string();
-    let inputs: Vec<&str> = [PRELUDE, set_up_end.as_str(), AHEAD, aheads.as_str()].into_iter().chain(PREINIT_IMPORTS.iter().copied()).collect();
+    let modules = preinit_modules(extra_imports);
+    let inputs: Vec<&str> = [PRELUDE, set_up_end.as_str(), AHEAD, aheads.as_str()].into_iter().chain(modules.iter().copied()).collect();
     let snapshot = preinit::snapshot_path(dir, "python", base_sha256, &inputs);
     let seeds_path = snapshot.with_extension("seeds");
     let read_seeds = || std::fs::read_to_string(&seeds_path).ok().as_deref().and_then(SeedSlots::parse);
     let build = |progress: &mut dyn std::io::Write| {
         let scratch = tempfile::tempdir().map_err(|e| format!("creating a scratch directory for the snapshot: {e}"))?;
         let grants = grants(&python.lib_dir, &python.mpl_data_dir, scratch.path(), &BTreeMap::new());
-        let what = format!("prelude and {} modules imported", PREINIT_IMPORTS.len());
+        let what = format!("prelude and {} modules imported", modules.len());
         let recipe = preinit::Recipe { name: "python", base: &python.module_path, grants: &grants, link, what: &what };
-        let imports = format!("import os, _reactor, {}\n{set_up_end}", PREINIT_IMPORTS.join(", "));
+        let imports = format!("import os, _reactor, {}\n{set_up_end}", modules.join(", "));
         let set_up = |store: &mut Store<GuestState>, instance: &Instance, io: &wasi::GuestIo| {
             let mut run = |what: &str, code: &str| -> Result<Vec<u8>, String> {
                 let status = turn(store, instance, code.as_bytes()).map_err(|e| format!("running {what}: {e:#}"))?;
