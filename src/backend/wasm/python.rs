@@ -348,7 +348,7 @@ pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python,
         let grants = grants(&python.lib_dir, &python.mpl_data_dir, scratch.path(), &BTreeMap::new());
         let what = format!("prelude and {} modules imported", modules.len());
         let recipe = preinit::Recipe { name: "python", base: &python.module_path, grants: &grants, link, what: &what };
-        let imports = format!("import os, _reactor, {}\n{set_up_end}", modules.join(", "));
+        let imports = format!("import os, _reactor, {}\n", modules.join(", "));
         let set_up = |store: &mut Store<GuestState>, instance: &Instance, io: &wasi::GuestIo| {
             let mut run = |what: &str, code: &str| -> Result<Vec<u8>, String> {
                 let status = turn(store, instance, code.as_bytes()).map_err(|e| format!("running {what}: {e:#}"))?;
@@ -359,7 +359,10 @@ pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python,
                 Ok(io.stdout.take().0)
             };
             run("the prelude", PRELUDE)?;
-            let printed = run("the imports", &imports)?;
+            // What a module prints as it imports (a configured one may) is dropped: the set-up's
+            // own output, in a turn of its own, is where the generators are.
+            run("the imports", &imports)?;
+            let printed = run("the set-up", &set_up_end)?;
             // A prepared guest's first turn, run until the turn machinery's bytecode is fully
             // specialized: otherwise the one a prepared guest runs would leave its user's turn
             // cheaper (measured: 1,500 fuel of a 250,000-fuel hello) than a fresh guest's.
