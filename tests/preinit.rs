@@ -165,6 +165,45 @@ fn a_run_finds_no_source_of_the_snapshots_set_up() {
     assert_eq!(snapshot.stdout, plain.stdout, "{snapshot:#?}");
 }
 
+/// The objects the snapshot's set-up left alive are immortal, so a run that uses them does not
+/// write to their pages; the objects a run makes are counted and freed as usual, and the
+/// collector has nothing of the snapshot's left to walk.
+#[test]
+fn the_snapshots_objects_are_immortal_and_a_runs_own_are_not() {
+    let code = "import sys, gc, json, numpy, matplotlib.pyplot as plt\n\
+                mine = [object()]\n\
+                print([sys._is_immortal(o) for o in (json.dumps, json, json.dumps.__code__, numpy.ndarray, plt.plot, sys.modules, mine, mine[0])])\n\
+                print(sys.getrefcount(mine), len(gc.get_objects()) < 5000, gc.get_freeze_count() > 50000)";
+    let r = python(code);
+    assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "[True, True, True, True, True, True, False, False]\n2 True True\n"), "{r:#?}");
+    // The plain interpreter counts them all.
+    let r = sandbox().run(&on_the_plain_interpreter("import sys, json\nprint(sys._is_immortal(json.dumps))"));
+    assert_eq!(r.stdout, "False\n", "{r:#?}");
+}
+
+/// Immortal means never freed: code that tears down what the snapshot holds (modules deleted,
+/// caches cleared, the collector's frozen generation thawed and collected) leaks it for the
+/// rest of its run, and works on; the next run starts from the snapshot as ever.
+#[test]
+fn a_run_that_tears_the_snapshot_down_still_works_and_the_next_is_whole() {
+    let code = "import gc, sys, re, json, linecache, functools, weakref\n\
+                del json.dumps\n\
+                re.purge(); linecache.clearcache(); functools.lru_cache.__wrapped__ = None\n\
+                gc.unfreeze(); print(gc.collect() >= 0, len(gc.get_objects()) < 5000)\n\
+                import pandas as pd\n\
+                for name in [n for n in sys.modules if n.startswith(('json', 'pandas.io.formats'))]:\n    del sys.modules[name]\n\
+                gc.collect()\n\
+                import json\n\
+                print(pd.DataFrame({'v': [1, 2, 3]}).v.sum(), re.sub('a+', 'b', 'caaat'), json.loads('[1]'))\n\
+                class Probe: pass\n\
+                probe = Probe(); ref = weakref.ref(probe); del probe\n\
+                print(ref() is None, sys.getrefcount(object()))";
+    let r = python(code);
+    assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "True True\n6 cbt [1]\nTrue 1\n"), "{r:#?}");
+    let r = python("import json, pandas, gc\nprint(json.dumps([1]), pandas.Series([1, 2]).sum(), gc.get_freeze_count() > 50000)");
+    assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "[1] 3 True\n"), "{r:#?}");
+}
+
 #[test]
 fn an_uncaught_exception_is_complete_names_the_users_line_and_is_cheap() {
     let r = python("def f():\n    raise ValueError('boom')\n\nf()");

@@ -7,6 +7,7 @@
 //! ([`python`], [`javascript`]) only says how to start its guest and hand it the code.
 
 pub mod engine;
+mod immortal;
 pub mod javascript;
 pub mod limits;
 pub mod preinit;

@@ -23,7 +23,7 @@ use super::wasi::{self, GuestIo, Grants};
 use super::GuestState;
 
 /// Bumped whenever what goes into a snapshot changes in a way the inputs do not show.
-const RECIPE: &str = "wsbx-preinit-2";
+const RECIPE: &str = "wsbx-preinit-4";
 
 /// Where the snapshot of the module `base_sha256` of interpreter `name`, set up from `inputs`
 /// (the code its set-up runs, the modules it imports), lives under `dir`: its name carries

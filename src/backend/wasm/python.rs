@@ -8,6 +8,7 @@ use std::sync::Arc;
 use wasmtime::{Instance, InstancePre, Linker, Store};
 
 use super::wasi::{self, Grants};
+use super::immortal;
 use super::seeds::{self, SeedSlots};
 use super::{preinit, run_guest, run_warm, start_live, warm_pool, Guest, GuestState, Init, Preinit, WasmEngine};
 use crate::backend::pool::WarmPool;
@@ -317,6 +318,10 @@ del _wsbx_warm_up
 /// the user's code runs as `<turn 1>` on the same state as on a guest made in the run.
 const AHEAD: &str = "__import__('_reactor')._turns = 0\n";
 
+/// The file, in the set-up's scratch directory, the guest lists the objects to make immortal
+/// in (see [`immortal`]).
+const IMMORTAL_LISTING: &str = "wsbx-immortal-objects";
+
 /// How many times the snapshot's set-up runs [`AHEAD`].
 const AHEAD_IN_SNAPSHOT: usize = 4;
 
@@ -339,7 +344,8 @@ pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python,
     let set_up_end = snapshot_set_up();
     let aheads = AHEAD_IN_SNAPSHOT.to_string();
     let modules = preinit_modules(extra_imports);
-    let inputs: Vec<&str> = [PRELUDE, set_up_end.as_str(), AHEAD, aheads.as_str()].into_iter().chain(modules.iter().copied()).collect();
+    let listing = immortal::listing(&format!("/scratch/{IMMORTAL_LISTING}"));
+    let inputs: Vec<&str> = [PRELUDE, set_up_end.as_str(), AHEAD, aheads.as_str(), listing.as_str(), immortal::RELEASE].into_iter().chain(modules.iter().copied()).collect();
     let snapshot = preinit::snapshot_path(dir, "python", base_sha256, &inputs);
     let seeds_path = snapshot.with_extension("seeds");
     let read_seeds = || std::fs::read_to_string(&seeds_path).ok().as_deref().and_then(SeedSlots::parse);
@@ -350,7 +356,7 @@ pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python,
         let recipe = preinit::Recipe { name: "python", base: &python.module_path, grants: &grants, link, what: &what };
         let imports = format!("import os, _reactor, {}\n", modules.join(", "));
         let set_up = |store: &mut Store<GuestState>, instance: &Instance, io: &wasi::GuestIo| {
-            let mut run = |what: &str, code: &str| -> Result<Vec<u8>, String> {
+            let run = |store: &mut Store<GuestState>, what: &str, code: &str| -> Result<Vec<u8>, String> {
                 let status = turn(store, instance, code.as_bytes()).map_err(|e| format!("running {what}: {e:#}"))?;
                 if status != 0 {
                     let (stderr, _) = io.stderr.take();
@@ -358,20 +364,34 @@ pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python,
                 }
                 Ok(io.stdout.take().0)
             };
-            run("the prelude", PRELUDE)?;
+            run(store, "the prelude", PRELUDE)?;
             // What a module prints as it imports (a configured one may) is dropped: the set-up's
             // own output, in a turn of its own, is where the generators are.
-            run("the imports", &imports)?;
-            let printed = run("the set-up", &set_up_end)?;
+            run(store, "the imports", &imports)?;
+            let printed = run(store, "the set-up", &set_up_end)?;
             // A prepared guest's first turn, run until the turn machinery's bytecode is fully
             // specialized: otherwise the one a prepared guest runs would leave its user's turn
             // cheaper (measured: 1,500 fuel of a 250,000-fuel hello) than a fresh guest's.
             for _ in 0..AHEAD_IN_SNAPSHOT {
-                run("a first turn", AHEAD)?;
+                run(store, "a first turn", AHEAD)?;
+            }
+            // Last, every object the set-up left alive made immortal: listed by the guest,
+            // marked by the host between two turns, the list let go of (see `immortal`).
+            run(store, "the object listing", &listing)?;
+            let listed = scratch.path().join(IMMORTAL_LISTING);
+            let objects = std::fs::read(&listed).map_err(|e| format!("reading the object listing: {e}"))?;
+            let _ = std::fs::remove_file(&listed);
+            let memory = instance.get_memory(&mut *store, "memory").ok_or("the python module exports no memory")?;
+            immortal::mark(memory.data_mut(&mut *store), &objects).map_err(|e| format!("making the snapshot's objects immortal: {e}"))?;
+            // The listing's full collection emptied the free lists and its turn respecialized
+            // the turn machinery: warm both again (measured without: +8 % fuel for a traceback).
+            run(store, "the traceback warm-up", TRACEBACK_WARM_UP)?;
+            run(store, "the release of the listing", immortal::RELEASE)?;
+            for _ in 0..AHEAD_IN_SNAPSHOT {
+                run(store, "a first turn", AHEAD)?;
             }
             // The record is written before the snapshot and its stamp: a stamped snapshot
             // without it is rebuilt below.
-            let memory = instance.get_memory(&mut *store, "memory").ok_or("the python module exports no memory")?;
             let seeds = SeedSlots::locate(memory.data(&*store), &String::from_utf8_lossy(&printed))?;
             let partial = seeds_path.with_extension("seeds-partial");
             std::fs::write(&partial, seeds.record())
