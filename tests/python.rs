@@ -354,3 +354,48 @@ fn python_fuel_counts_only_the_code() {
     // Up to the pre-initialized interpreter's jitter of a few hundred units (see the README).
     assert!(first.fuel_consumed.unwrap().abs_diff(second.fuel_consumed.unwrap()) <= 2_000, "{first:?} {second:?}");
 }
+
+/// A run ends as `python -c` ends: what the code wrote to files it left open reaches them
+/// (the 128 KiB buffer of an unclosed file was lost), exit handlers run after the code's own
+/// output and traceback, and the exit code stays the code's. On both interpreters.
+#[test]
+fn a_runs_end_flushes_files_left_open_and_runs_exit_handlers() {
+    let code = "import csv, atexit, weakref, logging, logging.handlers, sys\n\
+                f = open('rows.csv', 'w', newline='')\n\
+                w = csv.writer(f)\n\
+                for i in range(20000): w.writerow([i, i * i])\n\
+                raw = open('raw.bin', 'wb'); raw.write(b'x' * 10)\n\
+                class Held: pass\n\
+                held = Held()\n\
+                weakref.finalize(held, print, 'finalizer')\n\
+                atexit.register(print, 'atexit')\n\
+                memory = logging.handlers.MemoryHandler(100, target=logging.StreamHandler(sys.stdout))\n\
+                logging.getLogger().addHandler(memory); logging.warning('buffered record')\n\
+                print('end')\n\
+                raise SystemExit(3)";
+    for (name, mut req) in [("snapshot", request(Language::Python, code)), ("plain", request(Language::Python, code))] {
+        if name == "plain" {
+            req.limits.memory_mb = 64;
+        }
+        req.return_files = true;
+        let r = sandbox().run(&req);
+        assert_eq!((r.status, r.exit_code), (Status::Error, Some(3)), "{name}: {r:#?}");
+        assert_eq!(r.stdout, "end\natexit\nfinalizer\nbuffered record\n", "{name}: {r:#?}");
+        use base64::Engine as _;
+        let file = |path: &str| {
+            let f = r.files.as_ref().and_then(|files| files.iter().find(|f| f.path == path)).unwrap_or_else(|| panic!("{name}: {path} returned"));
+            base64::engine::general_purpose::STANDARD.decode(&f.content).unwrap()
+        };
+        let rows = String::from_utf8(file("rows.csv")).unwrap();
+        assert_eq!(rows.lines().count(), 20000, "{name}");
+        assert_eq!(rows.lines().last(), Some("19999,399960001"), "{name}");
+        assert_eq!(file("raw.bin"), b"xxxxxxxxxx", "{name}");
+    }
+    // A file that cannot be flushed at the end says so, as Python does at exit.
+    let code = "open('full.bin', 'wb').write(b'x' * 1_040_000)\nf = open('big.txt', 'w'); f.write('x' * 100_000); print('wrote')";
+    let mut req = request(Language::Python, code);
+    req.limits.disk_mb = 1;
+    let r = sandbox().run(&req);
+    assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "wrote\n"), "{r:#?}");
+    assert!(r.stderr.contains("Exception ignored while flushing") && r.stderr.contains("big.txt"), "{r:#?}");
+}

@@ -46,10 +46,52 @@ _reactor._turns = 0
 # in __main__ cannot break the turns.
 exec(compile("""
 def _run_turn(text, name, compile=compile, exec=exec, modules=sys.modules):
+    if text == _FINISH:
+        # Not a turn of the code's: the turn after it is numbered as if it had not run.
+        global _turns
+        _turns -= 1
+        return _finish()
     import linecache
     code = compile(text, name, "exec")
     linecache._register_code(code, text, name)
     exec(code, modules["__main__"].__dict__)
+
+# A run ends as `python -c` ends, as far as its results can tell: the exit handlers run
+# (`atexit`'s, so `weakref.finalize` and `logging.shutdown` too), then what the code wrote to a
+# file it left open reaches the file. Without this, a buffer (128 KiB here) of such a file
+# was silently lost: the instance is dropped, never finalized. `__del__` of objects still
+# alive at exit is not run, which Python does not promise either. The run's own objects are
+# the collector's (the snapshot's are frozen), so the walk costs little. The exit handlers the
+# set-up's modules registered (logging's, matplotlib's, weakref's) run only when the code
+# registered more (an `atexit` handler, a `weakref.finalize`, a logging handler): alone they
+# change nothing a run returns, and would cost a hello twice its own time.
+_FINISH = "__import__('_reactor')._finish()\\n"
+def _finish(io=__import__("io"), sys=sys, atexit=__import__("atexit"), gc=__import__("gc")):
+    if _exit_handlers() != _exit_handlers_at_start:
+        atexit._run_exitfuncs()
+    objects = gc.get_objects()
+    for kinds in ((io.TextIOWrapper,), (io.BufferedWriter, io.BufferedRandom)):
+        for file in objects:
+            if issubclass(type(file), kinds):
+                try:
+                    if not file.closed:
+                        file.flush()
+                except Exception as e:
+                    try:
+                        print(f"Exception ignored while flushing {file!r} at exit: {type(e).__name__}: {e}", file=sys.stderr)
+                    except Exception:
+                        pass
+
+# What a run could have added exit work to. `_exit_handlers_at_start` is taken again at the end
+# of the snapshot's set-up, after its imports.
+def _exit_handlers(atexit=__import__("atexit"), modules=sys.modules):
+    weakref, logging = modules.get("weakref"), modules.get("logging")
+    return (
+        atexit._ncallbacks(),
+        len(weakref.finalize._registry) if weakref else 0,
+        len(logging._handlerList) if logging else 0,
+    )
+_exit_handlers_at_start = _exit_handlers()
 """, "<reactor>", "exec"), _reactor.__dict__)
 
 # matplotlib's backend: Agg, with plt.show() saving each open figure as /scratch/figure-<n>.png
@@ -258,10 +300,11 @@ fn preinit_modules(extra: &[String]) -> Vec<&str> {
 
 /// The end of the snapshot's set-up: a chart drawn ([`PLOT_WARM_UP`]), a traceback printed
 /// ([`TRACEBACK_WARM_UP`]), the generators left holding markers for the host to overwrite in
-/// every run ([`seeds`]), the turn counter back at zero so the user's code is `<turn 1>`, and
-/// `__main__` emptied (and the set-up's source forgotten).
+/// every run ([`seeds`]), the exit handlers its modules registered noted (a run's end runs
+/// them only if the run added one: `_finish` in [`PRELUDE`]), the turn counter back at zero
+/// so the user's code is `<turn 1>`, and `__main__` emptied (and the set-up's source forgotten).
 fn snapshot_set_up() -> String {
-    format!("{PLOT_WARM_UP}{TRACEBACK_WARM_UP}{}_reactor._turns = 0\n_reactor._clean_main()\n", seeds::set_up())
+    format!("{PLOT_WARM_UP}{TRACEBACK_WARM_UP}{}_reactor._exit_handlers_at_start = _reactor._exit_handlers()\n_reactor._turns = 0\n_reactor._clean_main()\n", seeds::set_up())
 }
 
 /// Part of the snapshot's set-up: a chart drawn and encoded as PNG in memory, so a run's first
@@ -388,6 +431,7 @@ pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python,
             run(store, "the traceback warm-up", TRACEBACK_WARM_UP)?;
             run(store, "the release of the listing", immortal::RELEASE)?;
             for _ in 0..AHEAD_IN_SNAPSHOT {
+                run(store, "a run's end", FINISH)?;
                 run(store, "a first turn", AHEAD)?;
             }
             // The record is written before the snapshot and its stamp: a stamped snapshot
@@ -545,6 +589,20 @@ fn user_turn(store: &mut Store<GuestState>, instance: &Instance, code: &str) -> 
     Ok(turn(store, instance, code.as_bytes())? & 0xff)
 }
 
+/// What ends a one-shot run, under its limits and counted in its fuel and time, as
+/// `python -c`'s exit is its process's: `_finish` in [`PRELUDE`], which `_run_turn` calls
+/// straight away for exactly this text (compiling it would cost a hello a fifth more).
+const FINISH: &str = "__import__('_reactor')._finish()\n";
+
+/// A one-shot run: the request's code, then the interpreter's exit ([`FINISH`]). The exit code
+/// is the code's: exit handlers can print but, as in Python, not change it. A session's turns
+/// have no exit; its interpreter is dropped when it ends.
+fn one_shot_turn(store: &mut Store<GuestState>, instance: &Instance, code: &str) -> wasmtime::Result<i32> {
+    let status = user_turn(store, instance, code)?;
+    turn(store, instance, FINISH.as_bytes())?;
+    Ok(status)
+}
+
 impl PythonBackend {
     /// The interpreter a guest for `request` starts from, and what makes it ready: the
     /// pre-initialized snapshot (its generators given fresh states, the request's environment
@@ -568,7 +626,7 @@ impl PythonBackend {
 
 impl Backend for PythonBackend {
     fn run(&self, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Outcome {
-        let user = |store: &mut Store<GuestState>, instance: &Instance| user_turn(store, instance, &request.code);
+        let user = |store: &mut Store<GuestState>, instance: &Instance| one_shot_turn(store, instance, &request.code);
         if let Some(outcome) = run_warm(self.warm.as_ref(), request, scratch, user) {
             return outcome;
         }
