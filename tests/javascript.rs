@@ -176,6 +176,20 @@ fn javascript_memory_bombs_end_cleanly() {
         assert!(r.peak_memory_bytes <= 64 << 20, "{code}: {r:#?}");
     }
     assert_status(&javascript("console.log('alive')"), Status::Ok);
+    // An exception thrown because the cap was reached says so in the result.
+    let mut req = request(Language::Javascript, "const all = []; while (true) all.push({ n: all.length })");
+    req.limits.memory_mb = 64;
+    let r = sandbox().run(&req);
+    assert_eq!((r.status, r.exit_code), (Status::Error, Some(1)), "{r:#?}");
+    assert!(r.stderr.starts_with("InternalError: out of memory"), "{r:#?}");
+    assert_eq!(r.detail.as_deref(), Some("the guest reached its memory cap of 64 MiB"), "{r:#?}");
+    // An exception that has nothing to do with memory has no such detail, even after one
+    // request far past the cap was refused and caught.
+    assert_eq!(javascript("throw new Error('x')").detail, None);
+    let mut req = request(Language::Javascript, "try { new ArrayBuffer(2 ** 30) } catch (e) {}\nJSON.parse('{bad')");
+    req.limits.memory_mb = 64;
+    let r = sandbox().run(&req);
+    assert_eq!((r.status, r.detail.as_deref()), (Status::Error, None), "{r:#?}");
 }
 
 #[test]

@@ -7,6 +7,10 @@ use wasmtime::{ResourceLimiter, Store};
 /// 47,157 and the engine's pool has room for 65,536.
 const MAX_TABLE_ELEMENTS: usize = 65_536;
 
+/// How close to its cap a guest's memory must have grown for [`MemoryCap::reached`]: more
+/// than the allocators' own steps (CPython's mimalloc asks for memory in segments of 4 MiB).
+const NEAR_CAP: usize = 8 << 20;
+
 /// The memory cap of one store. Growth beyond the cap is refused (the guest's `memory.grow`
 /// returns -1, which CPython turns into `MemoryError`), never a host error.
 #[derive(Debug)]
@@ -36,6 +40,13 @@ impl MemoryCap {
     /// Whether the guest asked for more than the cap at least once.
     pub fn refused(&self) -> bool {
         self.refused
+    }
+
+    /// Whether the guest was refused memory once it held nearly all of its cap: what a
+    /// failure after it most likely comes from. A single request far past the cap (a 1 GiB
+    /// buffer, caught, in a guest holding 8 MiB) is refused without reaching it.
+    pub fn reached(&self) -> bool {
+        self.refused && self.peak.saturating_add(NEAR_CAP) >= self.cap
     }
 }
 
@@ -84,5 +95,18 @@ mod tests {
         assert!(!cap.memory_growing(65536, 2 << 20, None).unwrap());
         assert!(cap.refused());
         assert_eq!(cap.peak(), 65536);
+    }
+
+    #[test]
+    fn a_cap_is_reached_only_by_a_guest_holding_nearly_all_of_it() {
+        let mut far = MemoryCap::new(64 << 20);
+        assert!(far.memory_growing(0, 8 << 20, None).unwrap());
+        assert!(!far.memory_growing(8 << 20, 1 << 30, None).unwrap());
+        assert!(far.refused() && !far.reached());
+        let mut near = MemoryCap::new(64 << 20);
+        assert!(near.memory_growing(0, 60 << 20, None).unwrap());
+        assert!(!near.reached());
+        assert!(!near.memory_growing(60 << 20, 68 << 20, None).unwrap());
+        assert!(near.reached());
     }
 }

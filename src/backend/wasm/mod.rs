@@ -481,14 +481,22 @@ fn classify(
     memory: &MemoryCap,
     limits: &crate::Limits,
 ) -> (Status, Option<i32>, Option<String>) {
+    // A failure after the guest ran out of memory at its cap most likely comes from that
+    // (Python's `MemoryError`, JavaScript's "out of memory"): the detail says so, since the
+    // status cannot.
+    let exited = |code: i32| {
+        let status = Outcome::status_for_exit(code);
+        let detail = (status == Status::Error && memory.reached())
+            .then(|| format!("the guest reached its memory cap of {} MiB", limits.memory_mb));
+        (status, Some(code), detail)
+    };
     let error = match result {
-        Ok(code) => return (Outcome::status_for_exit(code), Some(code), None),
+        Ok(code) => return exited(code),
         Err(error) => error,
     };
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
         // As on POSIX, the status's low byte is the exit code (`exit(-1)` is 255).
-        let code = exit.0 & 0xff;
-        return (Outcome::status_for_exit(code), Some(code), None);
+        return exited(exit.0 & 0xff);
     }
     let timeout = || {
         let detail = format!("the deadline of {} ms passed", limits.timeout_ms);

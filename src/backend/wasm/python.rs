@@ -45,16 +45,39 @@ _reactor._turns = 0
 # frame out; names come from default arguments, so code that rebinds `compile` or deletes `sys`
 # in __main__ cannot break the turns.
 exec(compile("""
-def _run_turn(text, name, compile=compile, exec=exec, modules=sys.modules):
+def _run_turn(text, name, compile=compile, exec=exec, modules=sys.modules, bytearray=bytearray, MemoryError=MemoryError):
+    global _reserve
     if text == _FINISH:
         # Not a turn of the code's: the turn after it is numbered as if it had not run.
         global _turns
         _turns -= 1
         return _finish()
+    if _reserve is None:
+        try:
+            _reserve = bytearray(_RESERVE)
+        except Exception:
+            pass
     import linecache
-    code = compile(text, name, "exec")
-    linecache._register_code(code, text, name)
-    exec(code, modules["__main__"].__dict__)
+    try:
+        code = compile(text, name, "exec")
+        linecache._register_code(code, text, name)
+        exec(code, modules["__main__"].__dict__)
+    except MemoryError:
+        _reserve = None
+        raise
+
+# Memory set aside for reporting a MemoryError that leaves the code, let go of as it does.
+# Code that takes every byte under its cap left none for printing the traceback: CPython's
+# last resort printed its internal dump of the exception object ("lost sys.stderr") instead.
+# It is whole MiB, not the few KiB a traceback takes: CPython's allocator (mimalloc) gives
+# objects of a size class a page of their own, up to 512 KiB, and a freed block smaller than
+# the page a printing needs was no help (256 KiB was measured too small). The plain
+# interpreter needs the most: printing a traceback first imports the machinery for it. The
+# snapshot has that imported, so its set-up makes the reserve smaller; it also frees
+# it before the snapshot's objects are made immortal (an immortal object is never freed) and
+# makes it again after (`False`: not now). A turn after a MemoryError makes it again if it can.
+_RESERVE = 4 << 20
+_reserve = None
 
 # A run ends as `python -c` ends, as far as its results can tell: the exit handlers run
 # (`atexit`'s, so `weakref.finalize` and `logging.shutdown` too), then what the code wrote to a
@@ -66,9 +89,22 @@ def _run_turn(text, name, compile=compile, exec=exec, modules=sys.modules):
 # registered more (an `atexit` handler, a `weakref.finalize`, a logging handler): alone they
 # change nothing a run returns, and would cost a hello twice its own time.
 _FINISH = "__import__('_reactor')._finish()\\n"
-def _finish(io=__import__("io"), sys=sys, atexit=__import__("atexit"), gc=__import__("gc")):
-    if _exit_handlers() != _exit_handlers_at_start:
-        atexit._run_exitfuncs()
+def _finish(atexit=__import__("atexit"), MemoryError=MemoryError):
+    try:
+        if _exit_handlers() != _exit_handlers_at_start:
+            atexit._run_exitfuncs()
+        _flush_open_files(True)
+    except MemoryError:
+        # The code holds all the memory there is, and listing its objects or flushing a file
+        # needs some. Let go of what it holds, as Python's own exit does (a file among it is
+        # flushed and closed as it is freed), and try again.
+        try:
+            _let_go()
+            _flush_open_files(False)
+        except MemoryError:
+            _ignored_at_exit("looking for files the code left open: MemoryError")
+
+def _flush_open_files(first, io=__import__("io"), gc=__import__("gc"), MemoryError=MemoryError):
     objects = gc.get_objects()
     for kinds in ((io.TextIOWrapper,), (io.BufferedWriter, io.BufferedRandom)):
         for file in objects:
@@ -76,11 +112,42 @@ def _finish(io=__import__("io"), sys=sys, atexit=__import__("atexit"), gc=__impo
                 try:
                     if not file.closed:
                         file.flush()
-                except Exception as e:
-                    try:
-                        print(f"Exception ignored while flushing {file!r} at exit: {type(e).__name__}: {e}", file=sys.stderr)
-                    except Exception:
-                        pass
+                except MemoryError:
+                    if first:
+                        raise
+                    _ignored_at_exit(f"while flushing {file!r}: MemoryError")
+                except BaseException as e:
+                    _ignored_at_exit(f"while flushing {file!r}: {type(e).__name__}: {e}")
+
+# What the run holds, let go of as Python's exit does: the code's globals (all but
+# `__builtins__`), the last exception (its traceback holds the frames of the code that failed,
+# and their variables), the reserve; then a collection. Each step on its own: code can make any
+# of them raise, and the next must still run.
+def _let_go(sys=sys, modules=sys.modules, gc=__import__("gc")):
+    global _reserve
+    _reserve = None
+    for name in ("last_exc", "last_type", "last_value", "last_traceback"):
+        try:
+            setattr(sys, name, None)
+        except BaseException:
+            pass
+    try:
+        main = modules["__main__"].__dict__
+        builtins = main.get("__builtins__")
+        main.clear()
+        main["__builtins__"] = builtins
+    except BaseException:
+        pass
+    try:
+        gc.collect()
+    except BaseException:
+        pass
+
+def _ignored_at_exit(what, sys=sys):
+    try:
+        print(f"Exception ignored at exit {what}", file=sys.stderr)
+    except BaseException:
+        pass
 
 # What a run could have added exit work to. `_exit_handlers_at_start` is taken again at the end
 # of the snapshot's set-up, after its imports.
@@ -387,8 +454,13 @@ pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python,
     let set_up_end = snapshot_set_up();
     let aheads = AHEAD_IN_SNAPSHOT.to_string();
     let modules = preinit_modules(extra_imports);
-    let listing = immortal::listing(&format!("/scratch/{IMMORTAL_LISTING}"));
-    let inputs: Vec<&str> = [PRELUDE, set_up_end.as_str(), AHEAD, aheads.as_str(), listing.as_str(), immortal::RELEASE].into_iter().chain(modules.iter().copied()).collect();
+    // The reserve (see `_run_turn`) is let go of before the listing, so it is not made
+    // immortal, and made again (by the first turn after the listing's release) in the memory
+    // the listing let go of. Its size is enough for a snapshot (measured: a traceback printed at
+    // caps of 103-256 MiB, filled with small and large objects, functions and dicts).
+    let listing = format!("__import__('_reactor').__dict__.update(_reserve=False, _RESERVE=1 << 20)\n{}", immortal::listing(&format!("/scratch/{IMMORTAL_LISTING}")));
+    let release = format!("{}__import__('_reactor')._reserve = None\n", immortal::RELEASE);
+    let inputs: Vec<&str> = [PRELUDE, set_up_end.as_str(), AHEAD, aheads.as_str(), listing.as_str(), release.as_str()].into_iter().chain(modules.iter().copied()).collect();
     let snapshot = preinit::snapshot_path(dir, "python", base_sha256, &inputs);
     let seeds_path = snapshot.with_extension("seeds");
     let read_seeds = || std::fs::read_to_string(&seeds_path).ok().as_deref().and_then(SeedSlots::parse);
@@ -429,7 +501,7 @@ pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python,
             // The listing's full collection emptied the free lists and its turn respecialized
             // the turn machinery: warm both again (measured without: +8 % fuel for a traceback).
             run(store, "the traceback warm-up", TRACEBACK_WARM_UP)?;
-            run(store, "the release of the listing", immortal::RELEASE)?;
+            run(store, "the release of the listing", &release)?;
             for _ in 0..AHEAD_IN_SNAPSHOT {
                 run(store, "a run's end", FINISH)?;
                 run(store, "a first turn", AHEAD)?;
