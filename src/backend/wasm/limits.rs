@@ -7,9 +7,13 @@ use wasmtime::{ResourceLimiter, Store};
 /// 47,157 and the engine's pool has room for 65,536.
 const MAX_TABLE_ELEMENTS: usize = 65_536;
 
-/// How close to its cap a guest's memory must have grown for [`MemoryCap::reached`]: more
-/// than the allocators' own steps (CPython's mimalloc asks for memory in segments of 4 MiB).
-const NEAR_CAP: usize = 8 << 20;
+/// How close to its cap a guest's memory must have grown for [`MemoryCap::reached`]: a quarter
+/// of the cap, and at least 8 MiB. The last request a filled guest is refused can be large (a
+/// list's array doubling, a 30 MiB chunk, CPython's allocator asking in 4 MiB segments);
+/// one far past the cap from a guest that holds little is not the cap reached.
+fn near_cap(cap: usize) -> usize {
+    (cap / 4).max(8 << 20)
+}
 
 /// The memory cap of one store. Growth beyond the cap is refused (the guest's `memory.grow`
 /// returns -1, which CPython turns into `MemoryError`), never a host error.
@@ -46,7 +50,7 @@ impl MemoryCap {
     /// failure after it most likely comes from. A single request far past the cap (a 1 GiB
     /// buffer, caught, in a guest holding 8 MiB) is refused without reaching it.
     pub fn reached(&self) -> bool {
-        self.refused && self.peak.saturating_add(NEAR_CAP) >= self.cap
+        self.refused && self.peak.saturating_add(near_cap(self.cap)) >= self.cap
     }
 }
 
@@ -108,5 +112,10 @@ mod tests {
         assert!(!near.reached());
         assert!(!near.memory_growing(60 << 20, 68 << 20, None).unwrap());
         assert!(near.reached());
+        // A filled 160 MiB guest refused a list's doubled array 12 MiB short of its cap.
+        let mut doubling = MemoryCap::new(160 << 20);
+        assert!(doubling.memory_growing(0, 148 << 20, None).unwrap());
+        assert!(!doubling.memory_growing(148 << 20, 172 << 20, None).unwrap());
+        assert!(doubling.reached());
     }
 }

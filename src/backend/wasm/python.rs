@@ -80,11 +80,12 @@ _RESERVE = 4 << 20
 _reserve = None
 
 # A run ends as `python -c` ends, as far as its results can tell: the exit handlers run
-# (`atexit`'s, so `weakref.finalize` and `logging.shutdown` too), then what the code wrote to a
-# file it left open reaches the file. Without this, a buffer (128 KiB here) of such a file
-# was silently lost: the instance is dropped, never finalized. `__del__` of objects still
-# alive at exit is not run, which Python does not promise either. The run's own objects are
-# the collector's (the snapshot's are frozen), so the walk costs little. The exit handlers the
+# (`atexit`'s, so `weakref.finalize` and `logging.shutdown` too); then what the code holds is
+# let go of as Python's exit lets go of it (its globals and its last exception, so a `__del__`
+# runs and a zip or gzip file it left open is closed whole); then what the code wrote to a file
+# still open reaches the file. Without this, a buffer (128 KiB here) of such a file was
+# silently lost: the instance is dropped, never finalized. The run's own objects are the
+# collector's (the snapshot's are frozen), so the walk costs little. The exit handlers the
 # set-up's modules registered (logging's, matplotlib's, weakref's) run only when the code
 # registered more (an `atexit` handler, a `weakref.finalize`, a logging handler): alone they
 # change nothing a run returns, and would cost a hello twice its own time.
@@ -93,18 +94,31 @@ def _finish(atexit=__import__("atexit"), MemoryError=MemoryError):
     try:
         if _exit_handlers() != _exit_handlers_at_start:
             atexit._run_exitfuncs()
-        _flush_open_files(True)
     except MemoryError:
-        # The code holds all the memory there is, and listing its objects or flushing a file
-        # needs some. Let go of what it holds, as Python's own exit does (a file among it is
-        # flushed and closed as it is freed), and try again.
-        try:
-            _let_go()
-            _flush_open_files(False)
-        except MemoryError:
-            _ignored_at_exit("looking for files the code left open: MemoryError")
+        pass
+    _let_go()
+    _flush_all()
+
+def _flush_all(gc=__import__("gc"), MemoryError=MemoryError):
+    global _reserve
+    try:
+        return _flush_open_files(True)
+    except MemoryError:
+        pass
+    # Out of memory listing objects or flushing a file (the code holds all there is): the
+    # reserve, what the code holds and the collector's garbage, then once more. Not inside the
+    # `except`, so an error a `__del__` raises on the way is not chained to it.
+    _reserve = None
+    try:
+        gc.collect()
+        _flush_open_files(False)
+    except MemoryError:
+        _ignored_at_exit("looking for files the code left open: MemoryError")
 
 def _flush_open_files(first, io=__import__("io"), gc=__import__("gc"), MemoryError=MemoryError):
+    if _code_froze:
+        # The code froze the collector: its objects are hidden from the walk.
+        gc.unfreeze()
     objects = gc.get_objects()
     for kinds in ((io.TextIOWrapper,), (io.BufferedWriter, io.BufferedRandom)):
         for file in objects:
@@ -119,27 +133,48 @@ def _flush_open_files(first, io=__import__("io"), gc=__import__("gc"), MemoryErr
                 except BaseException as e:
                     _ignored_at_exit(f"while flushing {file!r}: {type(e).__name__}: {e}")
 
-# What the run holds, let go of as Python's exit does: the code's globals (all but
-# `__builtins__`), the last exception (its traceback holds the frames of the code that failed,
-# and their variables), the reserve; then a collection. Each step on its own: code can make any
-# of them raise, and the next must still run.
-def _let_go(sys=sys, modules=sys.modules, gc=__import__("gc")):
-    global _reserve
-    _reserve = None
-    for name in ("last_exc", "last_type", "last_value", "last_traceback"):
-        try:
-            setattr(sys, name, None)
-        except BaseException:
-            pass
+# What the run holds, let go of as Python's exit does: the last exception (its traceback holds
+# the frames of the code that failed, and their variables), then the code's globals (all but
+# `__builtins__`); whether there was anything to let go of. A run that set neither (a hello)
+# writes nothing here: these objects are the snapshot's, and a page written is a page copied.
+def _let_go(sys=sys, modules=sys.modules, len=len, getattr=getattr):
     try:
         main = modules["__main__"].__dict__
-        builtins = main.get("__builtins__")
-        main.clear()
-        main["__builtins__"] = builtins
+        names = len(main) != len(_MAIN_NAMES)
+        last = getattr(sys, "last_exc", None) is not None
+    except BaseException:
+        return False
+    if not (names or last):
+        return False
+    # Freeing a file flushes it, in the globals' order, maybe before what holds the memory a
+    # flush needs is freed: the reserve goes first. Errors raised as objects are freed (a file
+    # that cannot be flushed as it is closed) are printed as Python prints them at exit,
+    # without this function's frame.
+    global _reserve
+    _reserve = None
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: _unraisable_at_exit(unraisable, hook)
+    try:
+        if last:
+            sys.last_exc = sys.last_type = sys.last_value = sys.last_traceback = None
+        if names:
+            builtins = main.get("__builtins__")
+            main.clear()
+            main["__builtins__"] = builtins
     except BaseException:
         pass
+    finally:
+        sys.unraisablehook = hook
+    return True
+
+def _unraisable_at_exit(unraisable, hook):
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_frame.f_code.co_filename == "<reactor>":
+        tb = tb.tb_next
     try:
-        gc.collect()
+        if unraisable.exc_value is not None:
+            unraisable.exc_value.__traceback__ = tb
+        hook(type(unraisable)((unraisable.exc_type, unraisable.exc_value, tb, unraisable.err_msg, unraisable.object)))
     except BaseException:
         pass
 
@@ -159,6 +194,18 @@ def _exit_handlers(atexit=__import__("atexit"), modules=sys.modules):
         len(logging._handlerList) if logging else 0,
     )
 _exit_handlers_at_start = _exit_handlers()
+# Whether the code called `gc.freeze()`, which hides its objects from the run's end. Asked of
+# the collector (`gc.get_freeze_count()`), it cost a hello 1.1 M fuel and ~14 ms: it counts the
+# snapshot's 112,000 frozen objects one by one, reading a page of the snapshot for each few.
+# The snapshot's release of its listing freezes too, and sets this back.
+_code_froze = False
+def _freeze(freeze=__import__("gc").freeze):
+    global _code_froze
+    _code_froze = True
+    freeze()
+_freeze.__name__ = _freeze.__qualname__ = "freeze"
+_freeze.__doc__ = __import__("gc").freeze.__doc__
+__import__("gc").freeze = _freeze
 """, "<reactor>", "exec"), _reactor.__dict__)
 
 # matplotlib's backend: Agg, with plt.show() saving each open figure as /scratch/figure-<n>.png
@@ -459,7 +506,7 @@ pub fn preinitialized(runtimes: &Runtimes, engine: &WasmEngine, python: &Python,
     // the listing let go of. Its size is enough for a snapshot (measured: a traceback printed at
     // caps of 103-256 MiB, filled with small and large objects, functions and dicts).
     let listing = format!("__import__('_reactor').__dict__.update(_reserve=False, _RESERVE=1 << 20)\n{}", immortal::listing(&format!("/scratch/{IMMORTAL_LISTING}")));
-    let release = format!("{}__import__('_reactor')._reserve = None\n", immortal::RELEASE);
+    let release = format!("{}__import__('_reactor').__dict__.update(_reserve=None, _code_froze=False)\n", immortal::RELEASE);
     let inputs: Vec<&str> = [PRELUDE, set_up_end.as_str(), AHEAD, aheads.as_str(), listing.as_str(), release.as_str()].into_iter().chain(modules.iter().copied()).collect();
     let snapshot = preinit::snapshot_path(dir, "python", base_sha256, &inputs);
     let seeds_path = snapshot.with_extension("seeds");
