@@ -105,9 +105,10 @@ def _flush_all(gc=__import__("gc"), MemoryError=MemoryError):
         return _flush_open_files(True)
     except MemoryError:
         pass
-    # Out of memory listing objects or flushing a file (the code holds all there is): the
-    # reserve, what the code holds and the collector's garbage, then once more. Not inside the
-    # `except`, so an error a `__del__` raises on the way is not chained to it.
+    # Out of memory listing objects or flushing a file (what the code holds outside its globals
+    # takes all there is): the reserve, if `_let_go` left it, and the collector's garbage, then
+    # once more. Not inside the `except`, so an error a `__del__` raises on the way is not
+    # chained to it.
     _reserve = None
     try:
         gc.collect()
@@ -135,17 +136,17 @@ def _flush_open_files(first, io=__import__("io"), gc=__import__("gc"), MemoryErr
 
 # What the run holds, let go of as Python's exit does: the last exception (its traceback holds
 # the frames of the code that failed, and their variables), then the code's globals (all but
-# `__builtins__`); whether there was anything to let go of. A run that set neither (a hello)
-# writes nothing here: these objects are the snapshot's, and a page written is a page copied.
+# `__builtins__`). A run that set neither (a hello) writes nothing here: these objects are the
+# snapshot's, and a page written is a page copied.
 def _let_go(sys=sys, modules=sys.modules, len=len, getattr=getattr):
     try:
         main = modules["__main__"].__dict__
         names = len(main) != len(_MAIN_NAMES)
         last = getattr(sys, "last_exc", None) is not None
     except BaseException:
-        return False
+        return
     if not (names or last):
-        return False
+        return
     # Freeing a file flushes it, in the globals' order, maybe before what holds the memory a
     # flush needs is freed: the reserve goes first. Errors raised as objects are freed (a file
     # that cannot be flushed as it is closed) are printed as Python prints them at exit,
@@ -165,7 +166,6 @@ def _let_go(sys=sys, modules=sys.modules, len=len, getattr=getattr):
         pass
     finally:
         sys.unraisablehook = hook
-    return True
 
 def _unraisable_at_exit(unraisable, hook):
     tb = unraisable.exc_traceback
