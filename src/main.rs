@@ -324,6 +324,10 @@ fn stop_cleanly_on_signals() {
 mod operator;
 mod repl;
 
+/// Guests one `wsbx exec` may hold at once in the wasm engine's pool: its run's guest, a plain
+/// interpreter it falls back to, and one of them still being torn down.
+const EXEC_POOL_INSTANCES: u32 = 4;
+
 fn exec(args: ExecArgs) -> ExitCode {
     stop_cleanly_on_signals();
     let json = args.json;
@@ -339,7 +343,9 @@ fn exec(args: ExecArgs) -> ExitCode {
         Ok(request) => request,
         Err(message) => return refuse(json, Some(language), &message),
     };
-    // One run per process: preparing guests ahead would only cost time.
+    // One run per process: preparing guests ahead, or a pool with room for a server's guests,
+    // would only cost time (the pool's set-up guards every slot's stack and memory).
+    let _ = wsbx::backend::wasm::engine::set_pool_instances(EXEC_POOL_INSTANCES);
     let sandbox = Sandbox::new(SandboxConfig {
         warm_instances: 0,
         max_return_bytes: args.max_return_bytes,
