@@ -286,6 +286,56 @@ async fn http_sigterm_finishes_in_flight_runs_and_removes_their_scratch() {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+/// A run's directory is detached just after its answer leaves, off the request's path: what
+/// the run wrote is gone from the host soon after, and the run is over at once for whoever asks
+/// next (back-to-back requests on one slot with no queue are never refused as busy, and the
+/// in-flight gauge is back at zero).
+#[tokio::test(flavor = "multi_thread")]
+async fn http_a_runs_directory_goes_after_its_answer_and_its_slot_is_free_at_once() {
+    let scratch_root = tempfile::tempdir().unwrap();
+    let root = scratch_root.path().to_str().unwrap().to_owned();
+    let server = Server::start_with_env(&["--max-concurrency", "1", "--max-queue", "0"], &[("TMPDIR", &root)]);
+    let client = reqwest::Client::new();
+    let mounted = || std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&root)).count();
+    let files = |dir: &std::path::Path| -> Vec<String> {
+        walkdir(dir).into_iter().filter(|p| p.is_file()).map(|p| p.display().to_string()).collect()
+    };
+    for i in 0..50 {
+        let code = format!("open('secret-{i}.txt', 'w').write('x' * 1000)\nprint({i})");
+        for language in ["python", "javascript"] {
+            let code = if language == "python" { code.clone() } else { format!("console.log({i})") };
+            let (status, v) = exec(&client, &server, json!({"language": language, "code": code})).await;
+            assert_eq!(status, 200, "run {i} ({language}) refused as busy: {v}");
+            assert_eq!(v["stdout"], format!("{i}\n"), "{v}");
+        }
+        assert_eq!(metric(&client, &server, "wsbx_exec_in_flight").await, 0.0, "after run {i}");
+    }
+    // Soon after the last answer nothing the runs wrote is left and no run's tmpfs is mounted
+    // (prepared guests' directories are mounted and empty; the server's own are kept empty).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = files(scratch_root.path());
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "files left under the scratch root: {left:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(mounted() <= 2 * 2, "more tmpfs mounts than the prepared guests' ({})", mounted());
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() && !path.is_symlink() {
+            found.extend(walkdir(&path));
+        }
+        found.push(path);
+    }
+    found
+}
+
 /// Without a token, a web page the user's browser opens must not reach the server: a foreign
 /// Host (DNS rebinding) or Origin (a cross-site POST) is refused; with a token, the token
 /// decides.
