@@ -229,3 +229,32 @@ fn a_shell_job_gets_the_same_answer_from_a_prepared_sandbox_and_one_started_for_
     assert_status(&third, Status::Rejected);
     assert!(third.detail.as_deref().unwrap_or("").contains("60 KiB"), "{third:#?}");
 }
+
+#[test]
+fn a_shell_sandbox_holds_no_copy_of_another_runs_scratch_directory() {
+    let _serial = one_at_a_time();
+    // Another run's directory, in flight while the sandbox starts: a tmpfs of its own (wsbx
+    // runs as root here) holding a file.
+    let root = tempfile::tempdir().unwrap();
+    let other = wsbx::scratch::Scratch::create(root.path(), wsbx::scratch::Quota { bytes: 1 << 20, files: 8 }).unwrap();
+    std::fs::write(other.path().join("data"), vec![7u8; 512 << 10]).unwrap();
+    let name = other.path().file_name().unwrap().to_str().unwrap().to_owned();
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(host.lines().any(|l| l.contains(&name) && l.contains(" - tmpfs wsbx-scratch ")), "the other run's directory is a tmpfs: {host}");
+    // A copy of that mount in a sandbox's mount namespace would keep its memory after the
+    // host detaches it, for as long as the sandbox waits for its job. Prepared sandboxes and
+    // sandboxes started for their job are made the same way: check both.
+    for warm in [1, 0] {
+        let sandbox = Sandbox::new(SandboxConfig { warm_instances: warm, ..SandboxConfig::default() });
+        if warm > 0 {
+            sandbox.prepare(Language::Shell).unwrap();
+            wait_for_prepared();
+        }
+        let r = sandbox.run(&request(Language::Shell, "cat /proc/self/mountinfo"));
+        assert_status(&r, Status::Ok);
+        assert!(r.stdout.lines().any(|l| l.split(' ').nth(4) == Some("/scratch")), "the job's own directory is there: {}", r.stdout);
+        let copies: Vec<&str> = r.stdout.lines().filter(|l| l.contains(&name)).collect();
+        assert!(copies.is_empty(), "warm {warm}: the sandbox holds another run's directory: {copies:#?}");
+    }
+    drop(other);
+}

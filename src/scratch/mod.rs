@@ -33,6 +33,10 @@ pub struct Scratch {
     mounted: bool,
 }
 
+/// The source name of every scratch tmpfs, as `/proc/self/mountinfo` shows it: how a shell
+/// sandbox tells other runs' directories from the rest of its mounts.
+pub const MOUNT_SOURCE: &std::ffi::CStr = c"wsbx-scratch";
+
 /// How much a scratch directory may hold.
 ///
 /// When wsbx may mount file systems (it runs as root), each scratch directory is a tmpfs of
@@ -256,7 +260,7 @@ fn mount_quota(path: &Path, quota: &Quota, remount: bool) -> io::Result<bool> {
         flags |= libc::MS_REMOUNT;
     }
     // SAFETY: all pointers are to NUL-terminated strings that outlive the call.
-    let r = unsafe { libc::mount(c"wsbx-scratch".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), flags, options.as_ptr().cast()) };
+    let r = unsafe { libc::mount(MOUNT_SOURCE.as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), flags, options.as_ptr().cast()) };
     if r == 0 {
         return Ok(true);
     }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use std::os::fd::AsRawFd;
 
+mod mounts;
 mod prepared;
 
 use crate::backend::cgroup::{Cgroups, JobCgroup};
@@ -284,9 +285,7 @@ impl FirejailBackend {
             .stderr(Stdio::piped())
             // Its own process group, so the deadline can end every process of the job.
             .process_group(0);
-        if let Some((uid, gid)) = self.user {
-            cmd.uid(uid).gid(gid);
-        }
+        // The child becomes the job user in `prepare_child`, once it has done what needs root.
         cmd
     }
 }
@@ -321,14 +320,24 @@ fn memory_file(text: &str) -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(file.into())
 }
 
-/// Makes the child ready to exec Firejail: the profile at descriptor 3, and the child moved
-/// into the job's control groups (by writing `0`, "this process", to descriptors wsbx opened).
+/// Makes the child ready to exec Firejail, in this order:
+/// - as root, a mount namespace of its own holding no scratch directory but the job's
+///   (`own_scratch`, escaped), so that the sandbox pins no other run's memory (see [`mounts`]);
+/// - the child moved into the job's control groups (by writing `0`, "this process", to
+///   descriptors wsbx opened);
+/// - the profile at descriptor 3;
+/// - the job user's identity, with no supplementary groups, when wsbx runs as root.
+///
 /// Runs between fork and exec, so it only makes async-signal-safe calls.
-fn prepare_child(cmd: &mut Command, profile: i32, cgroup_procs: Vec<i32>) {
-    // SAFETY: the closure only calls dup2, fcntl and write, both async-signal-safe, on descriptors that
-    // stay open in the parent until the child has been spawned.
+fn prepare_child(cmd: &mut Command, profile: i32, cgroup_procs: Vec<i32>, user: Option<(u32, u32)>, own_scratch: Vec<u8>) {
+    // SAFETY: the closure only makes system calls (unshare, mount, open, read, umount2, write,
+    // dup2, fcntl, setgroups, setgid, setuid), on descriptors that stay open in the parent
+    // until the child has been spawned and on buffers it owns; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            if user.is_some() {
+                mounts::leave_other_scratch_behind(&own_scratch);
+            }
             for fd in &cgroup_procs {
                 if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
                     return Err(std::io::Error::last_os_error());
@@ -342,6 +351,11 @@ fn prepare_child(cmd: &mut Command, profile: i32, cgroup_procs: Vec<i32>) {
             };
             if !placed {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some((uid, gid)) = user {
+                if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -449,7 +463,8 @@ impl FirejailBackend {
             Err(e) => return Err(Outcome::failed(Status::InternalError, format!("writing the job's Firejail profile: {e}"))),
         };
         let mut cmd = self.command();
-        prepare_child(&mut cmd, profile.as_raw_fd(), cgroup.as_ref().map(JobCgroup::procs_fds).unwrap_or_default());
+        let cgroup_procs = cgroup.as_ref().map(JobCgroup::procs_fds).unwrap_or_default();
+        prepare_child(&mut cmd, profile.as_raw_fd(), cgroup_procs, self.user, mounts::escaped(scratch));
         let spawned = cmd.spawn();
         drop(profile);
         let mut child = match spawned {
