@@ -312,6 +312,28 @@ fn a_large_environment_starts_from_the_plain_interpreter() {
     assert_eq!((r.status, r.stdout.as_str()), (Status::Ok, "False 300000\n"), "{r:#?}");
 }
 
+/// Many small variables fit under the size that starts plain, but setting each in the snapshot
+/// costs memory of its own: at a cap just above the snapshot's footprint its set-up does not
+/// fit, and the plain interpreter, which needs less, takes the run instead of it failing.
+#[test]
+fn many_variables_at_a_cap_just_above_the_snapshots_footprint_still_run() {
+    let env: std::collections::BTreeMap<String, String> = (0..6000).map(|i| (format!("V{i}"), i.to_string())).collect();
+    assert!(env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() < wsbx::backend::wasm::python::MAX_ENV_SET_IN_SNAPSHOT);
+    let mut started = std::collections::BTreeSet::new();
+    for memory_mb in (100..=124).step_by(3) {
+        let mut req = request(Language::Python, "import os, sys\nprint(len(os.environ), os.environ['V5999'], 'numpy' in sys.modules)");
+        req.limits.memory_mb = memory_mb;
+        req.env = env.clone();
+        let r = sandbox().run(&req);
+        assert_eq!(r.status, Status::Ok, "{memory_mb} MiB: {r:#?}");
+        let (count, last, numpy) = (r.stdout.split(' ').next(), r.stdout.split(' ').nth(1), r.stdout.trim_end().ends_with("True"));
+        assert_eq!((count, last), (Some("6003"), Some("5999")), "{memory_mb} MiB: {r:#?}");
+        started.insert(numpy);
+    }
+    // The range spans both: the plain interpreter below the footprint, the snapshot well above.
+    assert_eq!(started.len(), 2, "both interpreters took runs");
+}
+
 #[test]
 fn small_memory_caps_still_work_from_the_plain_interpreter() {
     let mut req = request(Language::Python, "import sys\nprint('small', 'numpy' in sys.modules)");

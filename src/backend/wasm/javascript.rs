@@ -10,7 +10,7 @@ use std::sync::Arc;
 use wasmtime::{Instance, InstancePre, Linker, Store};
 
 use super::wasi::{self, Grants};
-use super::{preinit, run_guest, run_warm, start_live, warm_pool, Guest, GuestState, Init, Preinit, WasmEngine};
+use super::{preinit, run_guest, run_warm, start_live, warm_pool, Guest, GuestState, Init, Preinit, Start, WasmEngine};
 use crate::backend::pool::WarmPool;
 use crate::scratch::Scratch;
 use crate::backend::{Backend, LiveGuest, Outcome};
@@ -55,12 +55,14 @@ impl JavascriptBackend {
         Ok(JavascriptBackend { engine, pre, preinit, warm })
     }
 
-    /// The interpreter a guest for `request` starts from, and what makes it ready.
-    fn interpreter(&self, request: &ExecRequest) -> (&InstancePre<GuestState>, Init) {
-        match &self.preinit {
-            Some(p) if p.fits(request) => (&p.pre, Arc::new(started)),
-            _ => (&self.pre, Arc::new(prepare)),
-        }
+    /// Where a guest for `request` starts, in order ([`Guest::prepare_first`]): the snapshot
+    /// when the request fits it, then the plain interpreter.
+    fn interpreters(&self, request: &ExecRequest) -> impl Iterator<Item = Start<'_>> {
+        let snapshot = match &self.preinit {
+            Some(p) if p.fits(request) => Some(Ok((&p.pre, Arc::new(started) as Init))),
+            _ => None,
+        };
+        snapshot.into_iter().chain(std::iter::once(Ok((&self.pre, Arc::new(prepare) as Init))))
     }
 }
 
@@ -161,14 +163,13 @@ impl Backend for JavascriptBackend {
             Err(e) => return e.into(),
         };
         let grants = grants(scratch.path(), &request.env);
-        let (pre, init) = self.interpreter(request);
-        run_guest(&self.engine, pre, request, &grants, &*init, code)
+        run_guest(&self.engine, self.interpreters(request), request, &grants, code)
     }
 
     /// A session keeps one runtime and context: each turn is evaluated in it, so globals,
     /// functions and resolved promises stay; a turn's jobs and timers run to its end.
     fn start_live(&self, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Option<Result<Box<dyn LiveGuest>, Outcome>> {
         let grants = |dir: &Path| grants(dir, &request.env);
-        Some(start_live(&self.engine, self.warm.as_ref(), self.interpreter(request), grants, request, scratch, run_turn))
+        Some(start_live(&self.engine, self.warm.as_ref(), self.interpreters(request), grants, request, scratch, run_turn))
     }
 }

@@ -160,26 +160,29 @@ impl Preinit {
 /// request's code, whether its guest was prepared ahead or made for it.
 const SETUP_FUEL: u64 = 10_000_000_000;
 
+/// Where a guest may start: an interpreter and what makes a fresh instance of it ready, or why
+/// it cannot be had.
+pub(crate) type Start<'a> = Result<(&'a InstancePre<GuestState>, Init), Outcome>;
+
 /// Runs one guest from scratch, on a thread whose native stack fits the wasm stack: prepares a
-/// fresh instance from `pre` with `init` (under the request's memory cap and deadline and the
-/// set-up fuel), then runs the request's code with `enter` exactly as a prepared guest would.
-/// `enter` returns the exit code; a trap or error it returns is classified into the status.
-pub(crate) fn run_guest<I, F>(
+/// fresh instance from the first of `starts` that can start ([`Guest::prepare_first`], under
+/// the request's memory cap and deadline and the set-up fuel), then runs the request's code
+/// with `enter` exactly as a prepared guest would. `enter` returns the exit code; a trap or
+/// error it returns is classified into the status.
+pub(crate) fn run_guest<'a, F>(
     engine: &WasmEngine,
-    pre: &InstancePre<GuestState>,
+    starts: impl IntoIterator<Item = Start<'a>>,
     request: &ExecRequest,
     grants: &Grants,
-    init: I,
     enter: F,
 ) -> Outcome
 where
-    I: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<()>,
     F: FnOnce(&mut Store<GuestState>, &Instance) -> wasmtime::Result<i32>,
 {
     let ran = on_guest_stack(|| {
         let busy = Busy::new();
         let setup = Limits { fuel: SETUP_FUEL, ..request.limits };
-        match Guest::prepare(engine, pre, grants, &setup, init) {
+        match Guest::prepare_first(engine, starts, grants, &setup) {
             Ok(guest) => guest.run_here(busy, request, enter),
             Err(failed) => failed,
         }
@@ -210,6 +213,28 @@ impl Guest {
                 Err(Outcome::failed(status, format!("the interpreter could not start: {detail}")))
             }
         }
+    }
+
+    /// Prepares a guest ([`Guest::prepare`]) from the first of `starts`, going on to the next
+    /// only when one cannot set up within the memory cap. A snapshot's set-up can need more
+    /// than the plain interpreter's start (setting thousands of environment variables in it
+    /// does), so a cap just above the snapshot's footprint is not a reason to fail a run the
+    /// plain interpreter can take. A start is only made (loaded, linked) when it is reached.
+    pub(crate) fn prepare_first<'a>(
+        engine: &WasmEngine,
+        starts: impl IntoIterator<Item = Start<'a>>,
+        grants: &Grants,
+        limits: &Limits,
+    ) -> Result<Guest, Outcome> {
+        let mut failed = None;
+        for start in starts {
+            let (pre, init) = start?;
+            match Guest::prepare(engine, pre, grants, limits, &*init) {
+                Err(outcome) if outcome.status == Status::MemoryLimit => failed = Some(outcome),
+                prepared => return prepared,
+            }
+        }
+        Err(failed.unwrap_or_else(|| Outcome::failed(Status::InternalError, "no interpreter to start")))
     }
 
     /// Linear memory the guest holds now, in bytes.
@@ -348,10 +373,10 @@ impl Drop for LiveWasm {
 /// Starts a live guest for `request` (a session's): one prepared ahead from `pool` when one
 /// fits, or one prepared now from `pre` with `init` in the directory `scratch` makes; each run
 /// hands its code to `enter`.
-pub(crate) fn start_live(
+pub(crate) fn start_live<'a>(
     engine: &WasmEngine,
     pool: Option<&WarmPool<(Guest, Scratch)>>,
-    (pre, init): (&InstancePre<GuestState>, Init),
+    starts: impl IntoIterator<Item = Start<'a>>,
     grants: impl FnOnce(&std::path::Path) -> Grants,
     request: &ExecRequest,
     scratch: &mut ScratchSlot<'_>,
@@ -363,7 +388,7 @@ pub(crate) fn start_live(
     let scratch = scratch.fresh()?;
     let grants = grants(scratch.path());
     let setup = Limits { fuel: SETUP_FUEL, ..request.limits };
-    let guest = on_guest_stack(|| Guest::prepare(engine, pre, &grants, &setup, &*init)).unwrap_or_else(|e| Err(internal_error(e)))?;
+    let guest = on_guest_stack(|| Guest::prepare_first(engine, starts, &grants, &setup)).unwrap_or_else(|e| Err(internal_error(e)))?;
     Ok(Box::new(LiveWasm::new(guest, enter)))
 }
 

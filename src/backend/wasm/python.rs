@@ -10,7 +10,7 @@ use wasmtime::{Instance, InstancePre, Linker, Store};
 use super::wasi::{self, Grants};
 use super::immortal;
 use super::seeds::{self, SeedSlots};
-use super::{preinit, run_guest, run_warm, start_live, warm_pool, Guest, GuestState, Init, Preinit, WasmEngine};
+use super::{preinit, run_guest, run_warm, start_live, warm_pool, Guest, GuestState, Init, Preinit, Start, WasmEngine};
 use crate::backend::pool::WarmPool;
 use crate::scratch::Scratch;
 use crate::backend::{Backend, LiveGuest, Outcome};
@@ -723,25 +723,31 @@ fn one_shot_turn(store: &mut Store<GuestState>, instance: &Instance, code: &str)
 }
 
 impl PythonBackend {
-    /// The interpreter a guest for `request` starts from, and what makes it ready: the
+    /// Where a guest for `request` starts, in order ([`Guest::prepare_first`]): the
     /// pre-initialized snapshot (its generators given fresh states, the request's environment
     /// variables set) unless the request sets one the snapshot's modules read as they import
     /// ([`settable_at_run`]) or more than [`MAX_ENV_SET_IN_SNAPSHOT`], or its memory cap is
-    /// below the snapshot's footprint; then the base interpreter and the prelude.
-    fn interpreter(&self, request: &ExecRequest) -> Result<(&InstancePre<GuestState>, Init), Outcome> {
-        match &self.preinit {
+    /// below the snapshot's footprint; then, or when the snapshot's set-up does not fit the
+    /// cap, the plain interpreter and the prelude.
+    fn interpreters(&self, request: &ExecRequest) -> impl Iterator<Item = Start<'_>> {
+        let snapshot = match &self.preinit {
             Some((p, seeded)) if p.fits(request) => match request.env.is_empty() {
-                true => Ok((&p.pre, seeded.clone())),
-                false => Ok((&p.pre, with_env(seeded.clone(), &request.env))),
+                true => Some(Ok((&p.pre, seeded.clone()))),
+                false => Some(Ok((&p.pre, with_env(seeded.clone(), &request.env)))),
             },
-            _ => match self.base.get(&self.engine) {
-                Ok(pre) => Ok((pre, Arc::new(prelude))),
-                Err(e) => Err(Outcome::failed(crate::Status::InternalError, format!("loading the python interpreter: {e}"))),
-            },
+            _ => None,
+        };
+        snapshot.into_iter().chain(std::iter::once_with(|| self.plain()))
+    }
+
+    /// The plain interpreter, linked on first need, and the prelude.
+    fn plain(&self) -> Start<'_> {
+        match self.base.get(&self.engine) {
+            Ok(pre) => Ok((pre, Arc::new(prelude))),
+            Err(e) => Err(Outcome::failed(crate::Status::InternalError, format!("loading the python interpreter: {e}"))),
         }
     }
 }
-
 
 impl Backend for PythonBackend {
     fn run(&self, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Outcome {
@@ -754,21 +760,14 @@ impl Backend for PythonBackend {
             Err(e) => return e.into(),
         };
         let grants = grants(&self.lib_dir, &self.mpl_data_dir, scratch.path(), &request.env);
-        match self.interpreter(request) {
-            Ok((pre, init)) => run_guest(&self.engine, pre, request, &grants, &*init, user),
-            Err(failed) => failed,
-        }
+        run_guest(&self.engine, self.interpreters(request), request, &grants, user)
     }
 
     /// A session keeps one interpreter and runs each turn through `turn`: variables, imports
     /// and functions stay in `__main__` between turns.
     fn start_live(&self, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Option<Result<Box<dyn LiveGuest>, Outcome>> {
-        let (pre, init) = match self.interpreter(request) {
-            Ok(found) => found,
-            Err(failed) => return Some(Err(failed)),
-        };
         let grants = |dir: &Path| grants(&self.lib_dir, &self.mpl_data_dir, dir, &request.env);
-        Some(start_live(&self.engine, self.warm.as_ref(), (pre, init), grants, request, scratch, user_turn))
+        Some(start_live(&self.engine, self.warm.as_ref(), self.interpreters(request), grants, request, scratch, user_turn))
     }
 }
 
