@@ -258,3 +258,26 @@ fn a_shell_sandbox_holds_no_copy_of_another_runs_scratch_directory() {
     }
     drop(other);
 }
+
+/// Where the host's mounts are shared (systemd's default; here a namespace made so), a copy of
+/// them would keep receiving every mount made after the sandbox started — another run's
+/// directory, listed in the job's mountinfo. A sandbox's mounts are private: it receives none.
+#[test]
+fn a_shell_sandbox_receives_no_mount_made_after_it_started_where_mounts_are_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let (point, out) = (dir.path().join("wsbx-later"), dir.path().join("mountinfo"));
+    std::fs::create_dir(&point).unwrap();
+    // The job waits 2 s; the directory is mounted 1 s in, long after its sandbox started.
+    let script = format!(
+        "{wsbx} exec --lang shell --timeout 20 -c 'sleep 2; cat /proc/self/mountinfo' > {out} & sleep 1; mount -t tmpfs wsbx-scratch {point} && grep -c wsbx-later /proc/self/mountinfo; wait $!",
+        wsbx = env!("CARGO_BIN_EXE_wsbx"),
+        out = out.display(),
+        point = point.display(),
+    );
+    let ran = std::process::Command::new("unshare").args(["--mount", "--propagation", "shared", "sh", "-c", &script]).output().unwrap();
+    assert!(ran.status.success(), "{ran:?}");
+    assert_eq!(String::from_utf8_lossy(&ran.stdout).trim(), "1", "mounted where the sandbox's copies would receive it: {ran:?}");
+    let seen = std::fs::read_to_string(&out).unwrap();
+    assert!(seen.lines().any(|l| l.split(' ').nth(4) == Some("/scratch")), "the job ran: {seen}");
+    assert!(!seen.contains("wsbx-later"), "the sandbox received a mount made after it started: {seen}");
+}

@@ -8,10 +8,9 @@
 //! for its job, so that can be a `disk_mb` per run in flight when it started.
 //!
 //! So the child that becomes Firejail first takes a mount namespace of its own, makes every
-//! mount in it a receiver only (nothing it detaches leaves it), and detaches every scratch
-//! tmpfs in it but its own job's. Firejail copies that namespace. Mounts the host makes
-//! later are not copied; where the host's mounts are shared, they come and go in the sandbox
-//! as they do on the host.
+//! mount in it private (nothing it detaches leaves it, nothing the host mounts later reaches
+//! it, as in a container), and detaches every scratch tmpfs in it but its own job's. Firejail
+//! copies that namespace.
 //!
 //! This runs between fork and exec: system calls on fixed buffers only, nothing allocated.
 
@@ -50,9 +49,10 @@ pub(super) unsafe fn leave_other_scratch_behind(own: &[u8]) {
         if libc::unshare(libc::CLONE_NEWNS) != 0 {
             return;
         }
-        // Private or shared, the copies would otherwise be peers of the host's mounts, and a
-        // detach here would detach the host's.
-        if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_SLAVE, std::ptr::null()) != 0 {
+        // Where the host's mounts are shared, the copies are peers of them: a detach here would
+        // detach the host's, and every mount the host makes later (another run's directory)
+        // would appear here too, as it would in a slave. Private: nothing comes or goes.
+        if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
             return;
         }
     }
