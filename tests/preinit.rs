@@ -334,6 +334,32 @@ fn many_variables_at_a_cap_just_above_the_snapshots_footprint_still_run() {
     assert_eq!(started.len(), 2, "both interpreters took runs");
 }
 
+/// An environment that fills the memory cap before the code runs is the cap's doing: a guest
+/// that cannot start ends `memory_limit` (never the request's `error`), and one that starts at
+/// its cap and then fails says the cap was reached, whichever interpreter took the run.
+#[test]
+fn an_environment_that_fills_the_memory_cap_is_reported_as_such() {
+    let env: std::collections::BTreeMap<String, String> = (0..200).map(|i| (format!("V{i}"), "x".repeat(5000))).collect();
+    for (language, code, caps) in [(Language::Javascript, "console.log(1)", 6..=14), (Language::Python, "print(1)", 30..=46)] {
+        let mut seen = std::collections::HashSet::new();
+        for memory_mb in caps {
+            let mut req = request(language, code);
+            req.limits.memory_mb = memory_mb;
+            req.env = env.clone();
+            let r = sandbox().run(&req);
+            let detail = r.detail.as_deref().unwrap_or("");
+            match r.status {
+                Status::Ok => assert_eq!(r.stdout, "1\n", "{language} {memory_mb} MiB: {r:#?}"),
+                Status::MemoryLimit => assert!(detail.contains("could not start"), "{language} {memory_mb} MiB: {r:#?}"),
+                Status::Error => assert!(detail.contains("memory cap") && !detail.contains("could not start"), "{language} {memory_mb} MiB: {r:#?}"),
+                _ => panic!("{language} {memory_mb} MiB: {r:#?}"),
+            }
+            seen.insert(r.status);
+        }
+        assert!(seen.contains(&Status::MemoryLimit) && seen.contains(&Status::Ok), "{language}: the caps span both ends: {seen:?}");
+    }
+}
+
 #[test]
 fn small_memory_caps_still_work_from_the_plain_interpreter() {
     let mut req = request(Language::Python, "import sys\nprint('small', 'numpy' in sys.modules)");

@@ -93,6 +93,9 @@ pub(crate) struct Guest {
     store: Store<GuestState>,
     instance: Instance,
     io: GuestIo,
+    /// Whether its set-up was refused memory: its first run starts at its cap, and its
+    /// allocator may fail without asking for more (which the run's own count would miss).
+    starved: bool,
 }
 
 /// Makes a store for a guest with `grants`, armed with `limits`.
@@ -206,9 +209,18 @@ impl Guest {
         let mut store = store(engine, grants, &io, limits).map_err(internal_error)?;
         let prepared = pre.instantiate(&mut store).and_then(|instance| init(&mut store, &instance).map(|()| instance));
         match prepared {
-            Ok(instance) => Ok(Guest { store, instance, io }),
+            Ok(instance) => {
+                let starved = store.data().memory.refused();
+                Ok(Guest { store, instance, io, starved })
+            }
             Err(error) => {
-                let (status, _, detail) = classify(Err(error), &store.data().memory, limits);
+                let memory = &store.data().memory;
+                let (mut status, _, detail) = classify(Err(error), memory, limits);
+                // The set-up is wsbx's code, not the request's: when it exits early (wasi-libc
+                // does when it cannot copy a large environment), the request did nothing wrong.
+                if status == Status::Error {
+                    status = if memory.reached() { Status::MemoryLimit } else { Status::InternalError };
+                }
                 let detail = detail.unwrap_or_default();
                 Err(Outcome::failed(status, format!("the interpreter could not start: {detail}")))
             }
@@ -275,6 +287,9 @@ impl Guest {
         self.io.stderr.reset(request.limits.max_output_bytes, request.on_output.clone());
         if let Err(e) = arm(&mut self.store, &request.limits, request.handle.as_ref()) {
             return (internal_error(format!("arming the store: {e}")), false);
+        }
+        if std::mem::take(&mut self.starved) {
+            self.store.data_mut().memory.refused_before();
         }
         let started = Instant::now();
         let result = enter(&mut self.store, &self.instance);
