@@ -335,28 +335,38 @@ fn many_variables_at_a_cap_just_above_the_snapshots_footprint_still_run() {
 }
 
 /// An environment that fills the memory cap before the code runs is the cap's doing: a guest
-/// that cannot start ends `memory_limit` (never the request's `error`), and one that starts at
-/// its cap and then fails says the cap was reached, whichever interpreter took the run.
+/// that cannot start ends `memory_limit` (never the request's `error`, never an
+/// `internal_error`), one that starts at its cap and then fails says the cap was reached, and
+/// one that runs has every variable — whichever interpreter took the run.
 #[test]
 fn an_environment_that_fills_the_memory_cap_is_reported_as_such() {
-    let env: std::collections::BTreeMap<String, String> = (0..200).map(|i| (format!("V{i}"), "x".repeat(5000))).collect();
-    for (language, code, caps) in [(Language::Javascript, "console.log(1)", 6..=14), (Language::Python, "print(1)", 30..=46)] {
-        let mut seen = std::collections::HashSet::new();
+    let many = |count: usize, size: usize| -> std::collections::BTreeMap<String, String> { (0..count).map(|i| (format!("V{i}"), "d".repeat(size))).collect() };
+    let cases = [
+        (Language::Javascript, "console.log(Object.keys(process.env).length)", (6..=16).collect::<Vec<u64>>(), many(200, 5000)),
+        (Language::Javascript, "console.log(Object.keys(process.env).length)", (12..=64).step_by(4).collect(), many(1, 12_000_000)),
+        (Language::Python, "import os\nprint(len(os.environ))", (30..=48).step_by(2).collect(), many(200, 5000)),
+        (Language::Python, "import os\nprint(len(os.environ))", (34..=50).step_by(2).collect(), many(45, 100_000)),
+    ];
+    for (language, code, caps, env) in cases {
+        let mut req = request(language, code);
+        req.env = env;
+        let whole = sandbox().run(&req);
+        assert_status(&whole, Status::Ok);
+        let mut seen = Vec::new();
         for memory_mb in caps {
-            let mut req = request(language, code);
             req.limits.memory_mb = memory_mb;
-            req.env = env.clone();
             let r = sandbox().run(&req);
             let detail = r.detail.as_deref().unwrap_or("");
             match r.status {
-                Status::Ok => assert_eq!(r.stdout, "1\n", "{language} {memory_mb} MiB: {r:#?}"),
+                Status::Ok => assert_eq!(r.stdout, whole.stdout, "{language} {memory_mb} MiB: every variable is there: {r:#?}"),
                 Status::MemoryLimit => assert!(detail.contains("could not start"), "{language} {memory_mb} MiB: {r:#?}"),
                 Status::Error => assert!(detail.contains("memory cap") && !detail.contains("could not start"), "{language} {memory_mb} MiB: {r:#?}"),
                 _ => panic!("{language} {memory_mb} MiB: {r:#?}"),
             }
-            seen.insert(r.status);
+            seen.push((memory_mb, r.status));
         }
-        assert!(seen.contains(&Status::MemoryLimit) && seen.contains(&Status::Ok), "{language}: the caps span both ends: {seen:?}");
+        let statuses: std::collections::HashSet<Status> = seen.iter().map(|(_, status)| *status).collect();
+        assert!(statuses.contains(&Status::MemoryLimit) && statuses.contains(&Status::Ok), "{language}: the caps span both ends: {seen:?}");
     }
 }
 

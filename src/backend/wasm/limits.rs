@@ -41,12 +41,6 @@ impl MemoryCap {
         self.peak as u64
     }
 
-    /// Counts a refusal from before this cap was set: the guest's set-up was refused memory,
-    /// and what the run then fails on may come from that without a refusal of its own.
-    pub fn refused_before(&mut self) {
-        self.refused = true;
-    }
-
     /// Whether the guest asked for more than the cap at least once.
     pub fn refused(&self) -> bool {
         self.refused

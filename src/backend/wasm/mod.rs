@@ -93,9 +93,6 @@ pub(crate) struct Guest {
     store: Store<GuestState>,
     instance: Instance,
     io: GuestIo,
-    /// Whether its set-up was refused memory: its first run starts at its cap, and its
-    /// allocator may fail without asking for more (which the run's own count would miss).
-    starved: bool,
 }
 
 /// Makes a store for a guest with `grants`, armed with `limits`.
@@ -209,19 +206,29 @@ impl Guest {
         let mut store = store(engine, grants, &io, limits).map_err(internal_error)?;
         let prepared = pre.instantiate(&mut store).and_then(|instance| init(&mut store, &instance).map(|()| instance));
         match prepared {
-            Ok(instance) => {
-                let starved = store.data().memory.refused();
-                Ok(Guest { store, instance, io, starved })
+            // A set-up refused memory may have gone on without what it could not make (the C
+            // library's copy of the environment, an entry of JavaScript's `process.env`: both
+            // were seen missing from runs that ended `ok`), and it leaves the code no room:
+            // the guest did not start.
+            Ok(_) if store.data().memory.refused() => {
+                let detail = format!("the interpreter could not start: the guest needs more than its memory cap of {} MiB", limits.memory_mb);
+                Err(Outcome::failed(Status::MemoryLimit, detail))
             }
+            Ok(instance) => Ok(Guest { store, instance, io }),
             Err(error) => {
                 let memory = &store.data().memory;
-                let (mut status, _, detail) = classify(Err(error), memory, limits);
+                let (status, exit_code, detail) = classify(Err(error), memory, limits);
                 // The set-up is wsbx's code, not the request's: when it exits early (wasi-libc
                 // does when it cannot copy a large environment), the request did nothing wrong.
-                if status == Status::Error {
-                    status = if memory.reached() { Status::MemoryLimit } else { Status::InternalError };
-                }
-                let detail = detail.unwrap_or_default();
+                // Refused memory on the way, the cap is why.
+                let (status, detail) = match status {
+                    Status::Error if memory.refused() => {
+                        let needs = || format!("the guest needs more than its memory cap of {} MiB", limits.memory_mb);
+                        (Status::MemoryLimit, detail.unwrap_or_else(needs))
+                    }
+                    Status::Error => (Status::InternalError, detail.unwrap_or_else(|| format!("its set-up ended with exit code {exit_code:?}"))),
+                    _ => (status, detail.unwrap_or_default()),
+                };
                 Err(Outcome::failed(status, format!("the interpreter could not start: {detail}")))
             }
         }
@@ -287,9 +294,6 @@ impl Guest {
         self.io.stderr.reset(request.limits.max_output_bytes, request.on_output.clone());
         if let Err(e) = arm(&mut self.store, &request.limits, request.handle.as_ref()) {
             return (internal_error(format!("arming the store: {e}")), false);
-        }
-        if std::mem::take(&mut self.starved) {
-            self.store.data_mut().memory.refused_before();
         }
         let started = Instant::now();
         let result = enter(&mut self.store, &self.instance);
