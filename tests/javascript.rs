@@ -192,6 +192,33 @@ fn javascript_memory_bombs_end_cleanly() {
     assert_eq!((r.status, r.detail.as_deref()), (Status::Error, None), "{r:#?}");
 }
 
+/// QuickJS throws `null` when it cannot allocate even its out-of-memory error; at some caps
+/// that is where a fill ends. It must still read as running out of memory, while a program's
+/// own `throw null` stays `Uncaught null`, also in a session whose earlier turn ran out.
+#[test]
+fn javascript_out_of_memory_never_reads_as_a_thrown_null() {
+    let fill = "const all = []; for (;;) all.push({ a: 1, b: [1, 2, 3] })";
+    let mut reported = Vec::new();
+    for memory_mb in (12..=64).step_by(2) {
+        let mut req = request(Language::Javascript, fill);
+        req.limits.memory_mb = memory_mb;
+        let r = sandbox().run(&req);
+        assert_eq!((r.status, r.exit_code), (Status::Error, Some(1)), "{memory_mb} MiB: {r:#?}");
+        assert!(r.stderr.starts_with("InternalError: out of memory"), "{memory_mb} MiB: {r:#?}");
+        reported.push(r.stderr.lines().count());
+    }
+    // Both faces were met: with a stack (the error was made) and without (it was not).
+    assert!(reported.iter().any(|&lines| lines == 1) && reported.iter().any(|&lines| lines > 1), "{reported:?}");
+
+    assert_eq!(javascript("throw null").stderr, "Uncaught null\n");
+    let options = wsbx::SessionOptions { limits: wsbx::Limits { memory_mb: 36, ..wsbx::Limits::default() }, ..Default::default() };
+    let mut session = sandbox().session(Language::Javascript, &options).expect("the session starts");
+    let out = session.run(&wsbx::TurnRequest::new(fill));
+    assert!(out.stderr.starts_with("InternalError: out of memory"), "{out:#?}");
+    let thrown = session.run(&wsbx::TurnRequest::new("all.length = 0; throw null"));
+    assert_eq!((thrown.status, thrown.stderr.as_str()), (Status::Error, "Uncaught null\n"), "{thrown:#?}");
+}
+
 #[test]
 fn javascript_deep_recursion_ends_cleanly() {
     let r = javascript("function f(n) { return f(n + 1) + 1 }\nf(0)");

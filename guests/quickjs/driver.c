@@ -33,6 +33,8 @@
  * file descriptor, unbuffered, so nothing is lost when the host ends the run at a limit.
  */
 #include <errno.h>
+#include <malloc.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -195,11 +197,63 @@ static int add_clock_and_random(JSContext *ctx, JSValueConst global)
     return failed;
 }
 
+/* Whether an allocation of the engine failed in this run. QuickJS throws `null` when it cannot
+ * allocate even the error that says it is out of memory: with this the driver can tell that
+ * from a program's own `throw null`. */
+static bool allocation_failed;
+
+/* The engine's allocator: the C library's, noting a failure. */
+static void *note_failure(void *p, size_t size)
+{
+    if (!p && size)
+        allocation_failed = true;
+    return p;
+}
+
+static void *noting_calloc(void *opaque, size_t count, size_t size)
+{
+    (void)opaque;
+    return note_failure(calloc(count, size), count * size);
+}
+
+static void *noting_malloc(void *opaque, size_t size)
+{
+    (void)opaque;
+    return note_failure(malloc(size), size);
+}
+
+static void noting_free(void *opaque, void *ptr)
+{
+    (void)opaque;
+    free(ptr);
+}
+
+static void *noting_realloc(void *opaque, void *ptr, size_t size)
+{
+    (void)opaque;
+    return note_failure(realloc(ptr, size), size);
+}
+
+static size_t usable_size(const void *ptr)
+{
+    return malloc_usable_size((void *)ptr);
+}
+
+static const JSMallocFunctions noting_allocator = {
+    noting_calloc, noting_malloc, noting_free, noting_realloc, usable_size,
+};
+
 /* Prints the pending exception with its stack on stderr, through the bootstrap's formatter
  * when it is there. */
 static void report(JSContext *ctx)
 {
     JSValue exc = JS_GetException(ctx);
+    if (JS_IsNull(exc) && allocation_failed) {
+        /* The engine's own out-of-memory error, which it had no room to make; formatting it
+         * would need memory too. */
+        fputs("InternalError: out of memory\n", stderr);
+        return;
+    }
     JSValue global = JS_GetGlobalObject(ctx);
     JSValue fn = JS_GetPropertyStr(ctx, global, "__wsbx_error");
     if (JS_IsFunction(ctx, fn)) {
@@ -308,7 +362,7 @@ int wsbx_prepare(void)
     /* Relative paths land in the scratch directory the host grants. */
     if (chdir("/scratch") != 0)
         errno = 0;
-    the_rt = JS_NewRuntime();
+    the_rt = JS_NewRuntime2(&noting_allocator, NULL);
     if (!the_rt)
         return 1;
     JS_SetMaxStackSize(the_rt, JS_STACK_LIMIT);
@@ -359,6 +413,7 @@ int wsbx_run(char *code, size_t len, int mode)
     }
     code[len] = '\0';
     reseed();
+    allocation_failed = false;
     if (mode == 3)
         JS_SetHostPromiseRejectionTracker(the_rt, turn_tracker, NULL);
     if (mode == 2) {
