@@ -371,7 +371,7 @@ fn exec(args: ExecArgs) -> ExitCode {
             };
         }));
     }
-    let (result, scratch) = sandbox.run_keeping_scratch(&request);
+    let (mut result, scratch) = sandbox.run_keeping_scratch(&request);
     admitted.record(&request, &result);
     let mut code = exit_code(&result);
     if let (Some(dir), Some(scratch)) = (&args.out_dir, &scratch) {
@@ -383,6 +383,8 @@ fn exec(args: ExecArgs) -> ExitCode {
                 if report.truncated {
                     wsbx::errln!("wsbx: files over --max-return-bytes {} were not copied to {}", args.max_return_bytes, dir.display());
                 }
+                // `--json` says the same in the result, as a server's `return_files` does.
+                (result.files_truncated, result.files_skipped) = (report.truncated, report.skipped);
             }
             Err(e) => {
                 wsbx::errln!("wsbx: internal_error: copying the scratch directory to {}: {e}", dir.display());

@@ -101,6 +101,24 @@ fn a_huge_sparse_file_is_not_returned_or_copied() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--max-return-bytes"));
 }
 
+/// Empty files under long paths cost a result nothing in content: their paths and entries
+/// count against the cap, or a job could make a response (and the host's memory) of any size.
+#[test]
+fn many_empty_files_under_long_paths_do_not_grow_a_result_past_its_cap() {
+    let cap = 256 << 10;
+    let sandbox = wsbx::Sandbox::new(wsbx::SandboxConfig { warm_instances: 0, max_return_bytes: cap, ..Default::default() });
+    // 3,000 files under a 1,000-byte directory path: 3 MB of paths, no content.
+    let code = "d=$(printf 'd%.0s' $(seq 200)); p=$d/$d/$d/$d/$d; mkdir -p $p; cd $p; f=$(printf 'f%.0s' $(seq 100)); for i in $(seq 3000); do : > $f$i; done";
+    let mut req = request(Language::Shell, code);
+    req.return_files = true;
+    let r = sandbox.run(&req);
+    assert_status(&r, Status::Ok);
+    let files = r.files.as_deref().unwrap_or_default();
+    let carried: u64 = files.iter().map(|f| f.size + f.path.len() as u64 + 100).sum();
+    assert!(!files.is_empty() && carried <= cap, "{} files, {carried} bytes carried", files.len());
+    assert!(files.len() < 3000 && r.files_truncated, "{} files", files.len());
+}
+
 #[test]
 fn shell_memory_cap_bounds_what_tmpfs_can_pin() {
     let mut req = request(Language::Shell, "head -c 200M /dev/zero > /dev/shm/fill; head -c 200M /dev/zero > /tmp/fill; echo survived");

@@ -21,6 +21,13 @@ use crate::result::OutputFile;
 
 /// Entries a walk visits at most; the rest is reported as skipped.
 const MAX_ENTRIES: usize = 200_000;
+/// Bytes of paths a walk holds at most: 200,000 paths near the 4096-byte limit would otherwise
+/// hold 800 MB of the host's memory. The rest is reported as skipped.
+const MAX_PATH_BYTES: usize = 32 << 20;
+/// What one returned file costs a result besides its content and path (its JSON object's
+/// fields), counted against the result's cap so that many empty files cannot make a result
+/// of any size.
+const ENTRY_BYTES: u64 = 100;
 /// Skipped entries reported by name at most (the count beyond is summarised).
 const MAX_REPORTED: usize = 100;
 
@@ -65,7 +72,7 @@ struct Entry {
 fn walk(root: BorrowedFd<'_>, report: &mut Report) -> Vec<Entry> {
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::new()];
-    let mut visited = 0usize;
+    let (mut visited, mut path_bytes) = (0usize, 0usize);
     while let Some(rel) = stack.pop() {
         let opened = guarded::open_dir(root, &rel).and_then(|fd| Ok((rustix::fs::Dir::read_from(&fd)?, fd)));
         let (dir, dir_fd) = match opened {
@@ -83,8 +90,14 @@ fn walk(root: BorrowedFd<'_>, report: &mut Report) -> Vec<Entry> {
             }
             visited += 1;
             let child = rel.join(name);
-            if visited > MAX_ENTRIES {
-                report.skip(&child, format!("more than {MAX_ENTRIES} entries in the scratch directory"));
+            path_bytes += child.as_os_str().len();
+            if visited > MAX_ENTRIES || path_bytes > MAX_PATH_BYTES {
+                let reason = match visited > MAX_ENTRIES {
+                    true => format!("more than {MAX_ENTRIES} entries in the scratch directory"),
+                    false => format!("more than {} MiB of paths in the scratch directory", MAX_PATH_BYTES >> 20),
+                };
+                report.skip(&child, reason);
+                report.truncated = true;
                 return sorted(out);
             }
             let mut kind = entry.file_type();
@@ -145,8 +158,9 @@ impl Budget {
     }
 }
 
-/// The scratch directory's regular files, base64-encoded, at most `max_bytes` of content in
-/// all. A file that does not fit is left out and the report says `truncated`.
+/// The scratch directory's regular files, base64-encoded, at most `max_bytes` in all: each
+/// file's content, path and [`ENTRY_BYTES`]. A file that does not fit is left out and the
+/// report says `truncated`.
 pub fn collect(scratch: &Path, max_bytes: u64) -> io::Result<(Vec<OutputFile>, Report)> {
     let root = guarded::open_root(scratch)?;
     let mut report = Report::default();
@@ -164,14 +178,15 @@ pub fn collect(scratch: &Path, max_bytes: u64) -> io::Result<(Vec<OutputFile>, R
             }
         };
         let size = u64::try_from(stat.st_size).unwrap_or(u64::MAX);
-        if !budget.take(size) {
+        let path = escape_path(&entry.rel);
+        if !budget.take(size.saturating_add(path.len() as u64).saturating_add(ENTRY_BYTES)) {
             report.truncated = true;
             continue;
         }
         let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         file.take(size).read_to_end(&mut bytes)?;
         files.push(OutputFile {
-            path: escape_path(&entry.rel),
+            path,
             encoding: "base64".to_owned(),
             size: bytes.len() as u64,
             mime_type: mime_type(&entry.rel).to_owned(),
