@@ -206,6 +206,11 @@ fn bad_json_rpc_over_http_gets_json_rpc_errors() {
         ("this is not json", -32700, Value::Null),
         ("[]", -32600, Value::Null),
         (r#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":5}"#, -32602, Value::from("a")),
+        // Params the SDK would take for a custom method's, and answer "method not found".
+        (r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{}}"#, -32602, Value::from(2)),
+        (r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":5}}"#, -32602, Value::from(3)),
+        (r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"run_python","arguments":[]}}"#, -32602, Value::from(4)),
+        (r#"{"jsonrpc":"2.0","id":5,"method":"initialize","params":{}}"#, -32602, Value::from(5)),
     ] {
         let (status, answer) = raw_post(&url, "application/json", body);
         assert_eq!(status, 400, "{body}: {answer}");
@@ -324,6 +329,25 @@ fn a_reused_id_is_refused_while_its_request_runs() {
     assert!(sevens[1]["result"]["content"][0]["text"].as_str().unwrap_or("").contains("first"), "{sevens:?}");
     drop(stdin);
     let _ = child.wait();
+}
+
+/// Input that ends while a call runs, as from `printf '…' | wsbx mcp`, still gets the call's
+/// answer: the SDK alone would wait 5 s for it and exit without it.
+#[test]
+fn a_call_in_progress_at_the_end_of_input_is_answered() {
+    let mut child = raw_mcp(None);
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        let slow = call_line(2, "run_javascript", serde_json::json!({"code": "const t = Date.now(); while (Date.now() - t < 6500) {} console.log('finished')", "timeout_ms": 20000}));
+        writeln!(stdin, "{INITIALIZE}\n{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}}\n{slow}").unwrap();
+    }
+    let out = child.wait_with_output().expect("ends at end of input");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answer = stdout.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v["id"] == 2);
+    let answer = answer.unwrap_or_else(|| panic!("no answer to the call: {stdout}"));
+    assert!(answer["result"]["content"][0]["text"].as_str().unwrap_or("").contains("finished"), "{answer}");
 }
 
 /// `wsbx mcp` stopped by a signal (as MCP clients stop their servers) leaves no scratch

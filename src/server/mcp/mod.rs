@@ -279,12 +279,15 @@ pub(super) fn http_service(state: &Arc<AppState>) -> axum::Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), answer_malformed))
 }
 
-/// Hands a POST's body to the SDK; when the SDK refuses it as unreadable JSON (`415`, which it
-/// also says of a wrong content type), answers what JSON-RPC says instead.
+/// Checks a POST's JSON body as stdio does ([`jsonrpc::check`]) and answers what JSON-RPC says
+/// of a bad one (`400`): the SDK would answer unreadable JSON with a plain `415` and a standard
+/// method with params it cannot read with `-32601`. A body of another content type goes to the
+/// SDK, whose `415` is the answer.
 async fn answer_malformed(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     if request.method() != Method::POST {
         return next.run(request).await;
     }
+    let json = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim_start().starts_with("application/json"));
     let (parts, body) = request.into_parts();
     let body = match super::read_body(&state, body).await {
         // RFC 8259 lets a parser ignore a byte order mark; the SDK does on stdio only.
@@ -292,14 +295,12 @@ async fn answer_malformed(State(state): State<Arc<AppState>>, request: Request, 
         Ok(body) => body,
         Err(e) => return e.into_response(),
     };
-    let response = next.run(Request::from_parts(parts, Body::from(body.clone()))).await;
-    if response.status() != StatusCode::UNSUPPORTED_MEDIA_TYPE {
-        return response;
+    if json {
+        if let Err(bad) = jsonrpc::check(&body) {
+            return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], bad.answer()).into_response();
+        }
     }
-    match jsonrpc::check(&body) {
-        Ok(_) => response,
-        Err(bad) => (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], bad.answer()).into_response(),
-    }
+    next.run(Request::from_parts(parts, Body::from(body))).await
 }
 
 fn streamable_http(state: &Arc<AppState>) -> StreamableHttpService<Tools, LocalSessionManager> {

@@ -55,6 +55,23 @@ impl InFlight {
         }
     }
 
+    /// Waits until no request is in progress.
+    async fn drained(&self) {
+        loop {
+            let left = self.left.notified();
+            if self.ids().is_empty() {
+                return;
+            }
+            left.await;
+        }
+    }
+
+    /// Forgets every request in progress: their answers can no longer be written.
+    fn abandon(&self) {
+        self.ids().clear();
+        self.left.notify_one();
+    }
+
     /// Waits until fewer than [`MAX_IN_FLIGHT`] requests are in progress.
     async fn room(&self) {
         while self.ids().len() >= MAX_IN_FLIGHT {
@@ -71,7 +88,11 @@ pub(super) async fn serve(tools: super::Tools, max_line: usize) -> std::io::Resu
     let (answers, answered) = mpsc::channel(16);
     let in_flight = Arc::new(InFlight::default());
     tokio::spawn(read_client(tokio::io::stdin(), client_end, answers, in_flight.clone(), max_line));
-    let writer = tokio::spawn(write_client(from_service, answered, in_flight, tokio::io::stdout()));
+    let writer = tokio::spawn(async move {
+        let written = write_client(from_service, answered, in_flight.clone(), tokio::io::stdout()).await;
+        in_flight.abandon();
+        written
+    });
     let running = tools.serve((service_in, service_out)).await.map_err(std::io::Error::other)?;
     running.waiting().await.map_err(std::io::Error::other)?;
     writer.await.map_err(std::io::Error::other)?
@@ -87,8 +108,10 @@ enum Line {
     End,
 }
 
-/// Reads the client's lines and hands each good one to the SDK; answers the bad ones. Ends at
-/// the end of input, which the SDK then sees.
+/// Reads the client's lines and hands each good one to the SDK; answers the bad ones. At the
+/// end of input it waits for the requests in progress to be answered (each run is bounded by
+/// its deadline), as a filter finishes its input: `printf '…' | wsbx mcp` gets every answer.
+/// Then the SDK sees the end.
 async fn read_client(
     input: impl AsyncRead + Unpin,
     mut to_service: DuplexStream,
@@ -102,7 +125,7 @@ async fn read_client(
     loop {
         in_flight.room().await;
         let bad = match read_line(&mut input, &mut line, max_line).await {
-            Ok(Line::End) => return,
+            Ok(Line::End) => return in_flight.drained().await,
             Err(e) => {
                 tracing::warn!("reading the MCP client's input: {e}");
                 return;
