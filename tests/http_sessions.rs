@@ -87,6 +87,66 @@ async fn http_session_keeps_a_pandas_frame_between_turns_and_delete_removes_it()
     assert_eq!(delete(&client, &server, &s).await, 404);
 }
 
+/// DELETE of a session whose turn runs, or waits for its run slot, kills that turn: when the
+/// 204 comes the guest has stopped and its directory is gone, and the turn answers `killed`.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_delete_kills_a_running_or_waiting_turn_before_it_answers() {
+    let root = tempfile::tempdir().unwrap();
+    let server = Server::start_with_env(&["--max-concurrency", "1", "--max-queue", "4"], &[("TMPDIR", root.path().to_str().unwrap())]);
+    let client = reqwest::Client::new();
+    for language in ["shell", "python"] {
+        let (_, created) = create(&client, &server, json!({"language": language})).await;
+        let s = id(&created);
+        // Shell jobs' directories are under /run/wsbx-jobs, which the job user can reach.
+        let marker = format!("marker-running-{}-{language}", std::process::id());
+        let jobs = match language {
+            "shell" => Path::new("/run/wsbx-jobs"),
+            _ => root.path(),
+        };
+        let code = match language {
+            "shell" => format!("echo x > {marker}; sleep 5; echo late > after"),
+            _ => format!("open('{marker}', 'w').write('x')\nimport time\ntime.sleep(5)\nopen('after', 'w').write('late')"),
+        };
+        let running = {
+            let (client, url) = (client.clone(), server.url(&format!("/v1/sessions/{s}/exec")));
+            tokio::spawn(async move { post(&client, url, json!({"code": code, "return_files": true})).await })
+        };
+        let mut dir = None;
+        for _ in 0..100 {
+            dir = dir_with(jobs, &marker);
+            if dir.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let dir = dir.unwrap_or_else(|| panic!("{language}: the turn never started"));
+        assert_eq!(delete(&client, &server, &s).await, 204);
+        assert!(!dir.exists(), "{language}: DELETE answered with {} still there", dir.display());
+        let (status, killed) = running.await.unwrap();
+        assert_eq!((status, killed["status"].as_str()), (200, Some("killed")), "{language}: {killed}");
+        assert!(killed["files"].as_array().is_none_or(|f| f.iter().all(|f| f["path"] != "after")), "{killed}");
+    }
+
+    // A turn waiting for the one slot (a one-shot run holds it) is killed too, never run.
+    let (_, created) = create(&client, &server, json!({"language": "shell"})).await;
+    let s = id(&created);
+    let busy = {
+        let (client, url) = (client.clone(), server.url("/v1/exec"));
+        tokio::spawn(async move { post(&client, url, json!({"language": "shell", "code": "sleep 2"})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = {
+        let (client, url) = (client.clone(), server.url(&format!("/v1/sessions/{s}/exec")));
+        tokio::spawn(async move { post(&client, url, json!({"code": "echo ran > ran"})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(delete(&client, &server, &s).await, 204);
+    let (status, killed) = waiting.await.unwrap();
+    assert_eq!((status, killed["status"].as_str()), (200, Some("killed")), "{killed}");
+    busy.await.unwrap();
+    assert!(dir_with(root.path(), "ran").is_none(), "the waiting turn ran after its session was closed");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn http_javascript_and_shell_sessions_keep_state() {
     let server = Server::start(&[]);
@@ -250,12 +310,17 @@ async fn http_sigterm_removes_every_sessions_scratch_directory() {
         };
         turn(&client, &server, &id(&created), json!({"code": code})).await;
     }
+    let pid = server.child.id();
     // SAFETY: sending SIGTERM to our own child.
-    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+    // Shell jobs' directories are under /run/wsbx-jobs, named for the process that made them.
+    let ours = format!("wsbx-{pid}-");
+    let left: Vec<_> = std::fs::read_dir("/run/wsbx-jobs").into_iter().flatten().flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().starts_with(&ours)).collect();
+    assert!(left.is_empty(), "shell directories left behind: {left:?}");
 }
 
 /// Every place `--max-sessions` allows is usable by a Python session (whose guest holds two of

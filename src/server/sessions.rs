@@ -452,7 +452,6 @@ async fn close(State(state): State<Arc<AppState>>, axum::Extension(caller): axum
 pub(super) async fn kill(state: &Arc<AppState>, caller: &Caller, id: &str, why: &str) -> Result<Running, ApiError> {
     let key = parse_id(id)?;
     let shown = running(state, |owner| caller.may_manage(owner)).into_iter().find(|s| s.id == key).ok_or_else(|| not_found(id))?;
-    state.executions.kill_where(None, Some(key), why);
     end(state, caller, id, why).await?;
     Ok(shown)
 }
@@ -480,33 +479,48 @@ pub(super) fn running(state: &AppState, visible: impl Fn(&str) -> bool) -> Vec<R
         .collect()
 }
 
-/// Forgets session `id` and ends it for `why`: its guest stops and its directory is removed
-/// before this returns, unless a turn is running (it ends by its own limits, or is killed;
-/// the session ends with it). Another agent's session is not found.
+/// How long closing a session waits for its turn to end once killed: a killed guest stops
+/// within an epoch tick and a killed shell job at once, so this is only a bound.
+const TURN_END_WAIT: Duration = Duration::from_secs(5);
+
+/// Forgets session `id` and ends it for `why`: a turn running or waiting for its slot is
+/// killed, and the guest stops and its directory is removed before this returns. Another
+/// agent's session is not found.
 pub(super) async fn end(state: &Arc<AppState>, caller: &Caller, id: &str, why: &str) -> Result<(), ApiError> {
     let key = parse_id(id)?;
-    let entry = {
+    let mut entry = {
         let mut table = state.sessions.lock();
         if !table.entries.get(&key).is_some_and(|e| caller.may_manage(&e.agent)) {
             return Err(not_found(id));
         }
         table.entries.remove(&key).ok_or_else(|| not_found(id))?
     };
+    // Its place in its agent's max_sessions is free from now.
+    entry.ticket = None;
+    // Kill again while waiting: a turn that held the session but had not yet entered the table
+    // of running runs when the first kill was sent is killed by the next.
+    let waited = Instant::now();
+    let held = loop {
+        state.executions.kill_where(None, Some(key), why);
+        match tokio::time::timeout(Duration::from_millis(20), entry.session.clone().lock_owned()).await {
+            Ok(held) => break Some(held),
+            Err(_) if waited.elapsed() < TURN_END_WAIT => continue,
+            Err(_) => break None,
+        }
+    };
+    // After the turn's own row: the audit log reads in the order things happened.
     if entry.ended.is_none() {
         audit_end(state, key, &entry, why);
     }
-    // Its place in its agent's max_sessions is free from now, even while a running turn
-    // still holds the guest.
-    let mut entry = entry;
-    entry.ticket = None;
-    let session = entry.session.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        if let Ok(mut held) = session.try_lock() {
-            held.take();
+    match held {
+        Some(mut held) => {
+            let _ = tokio::task::spawn_blocking(move || held.take()).await;
         }
-    })
-    .await;
-    tokio::spawn(close_when_idle(entry));
+        None => {
+            tracing::warn!(session = %key, "a closed session's turn did not end once killed; its guest goes when it does");
+            tokio::spawn(close_when_idle(entry));
+        }
+    }
     let (alive, memory) = state.sessions.gauges();
     state.metrics.set_sessions(alive, memory);
     Ok(())
