@@ -277,6 +277,26 @@ impl Agent {
         Ok(Ticket { agent: self.clone(), fuel: granted })
     }
 
+    /// Admits one policy check of `language`: approval, its languages and `max_concurrent`
+    /// (a check costs CPU as a run does, up to its budget), holding a place among its runs
+    /// until the ticket drops. A check is not a run: it counts toward no other quota.
+    pub fn admit_check(self: &Arc<Self>, language: Language) -> Result<Ticket, Refusal> {
+        if let Err(refusal) = self.may_use(language) {
+            self.usage().refused_total += 1;
+            return Err(refusal);
+        }
+        let mut usage = self.usage();
+        if let Some(max) = self.config.max_concurrent {
+            if usage.running >= max {
+                usage.refused_total += 1;
+                let message = format!("agent {} is over its quota max_concurrent = {max}: that many runs and checks are executing", self.id);
+                return Err(self.refuse(429, "max_concurrent", message, Some(1)));
+            }
+        }
+        usage.running += 1;
+        Ok(Ticket { agent: self.clone(), fuel: 0 })
+    }
+
     /// Admits one session of `language` (approval, languages, `max_sessions`); the ticket
     /// gives its place back when dropped.
     pub fn admit_session(self: &Arc<Self>, language: Language) -> Result<SessionTicket, Refusal> {

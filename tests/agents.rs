@@ -550,3 +550,56 @@ async fn queued_runs_are_listed_and_killed_with_their_agent() {
     send(client.post(server.url("/v1/agents/b/kill")), ADMIN).await;
     assert_eq!(holder.await.unwrap().body["status"], "killed");
 }
+
+/// A run whose client goes away while it waits for a slot still gets its audit row, as
+/// `killed` ("its client went away"), and is counted: no admitted run goes unrecorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_run_whose_client_left_is_audited_as_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), "[server]\nmax_concurrency = 1", &[("a", ""), ("b", "")]);
+    let server = serve(&path, dir.path());
+    let client = reqwest::Client::new();
+    let holder = {
+        let (client, url) = (client.clone(), server.url("/v1/exec"));
+        let body = json!({"language": "python", "code": "import time; time.sleep(3)"});
+        tokio::spawn(async move { send(client.post(url).json(&body), "b-token").await })
+    };
+    running(&client, &server, "b").await;
+    // The client gives up after 500 ms, while its run waits for the busy slot.
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().unwrap();
+    let gave_up = impatient.post(server.url("/v1/exec")).bearer_auth("a-token").json(&json!({"language": "javascript", "code": "console.log(1)"})).send().await;
+    assert!(gave_up.is_err(), "answered while the slot was busy: {gave_up:?}");
+    assert_eq!(holder.await.unwrap().body["status"], "ok");
+    let db = dir.path().join("audit.db");
+    audited(&db, 2).await;
+    let rows = wsbx::audit::list(&db, &Default::default()).unwrap();
+    let row = rows.iter().map(|r| &r.event).find(|e| e.agent == "a").unwrap_or_else(|| panic!("no row for the run whose client left: {rows:?}"));
+    assert_eq!((row.status.as_deref(), row.detail.as_deref()), (Some("killed"), Some("its client went away")), "{row:?}");
+    let agents = send(client.get(server.url("/v1/agents")), ADMIN).await.body;
+    let a = agents.as_array().unwrap().iter().find(|v| v["id"] == "a").cloned().unwrap_or_default();
+    assert_eq!(a["running"], 0, "{a}");
+}
+
+/// A check costs CPU as a run does: an agent must be approved to check, and its checks hold
+/// places in its `max_concurrent`.
+#[tokio::test(flavor = "multi_thread")]
+async fn checks_need_approval_and_count_in_max_concurrent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), "", &[("u", "approved = false"), ("c", "max_concurrent = 1")]);
+    let server = serve(&path, dir.path());
+    let client = reqwest::Client::new();
+    let check = |token: &'static str| send(client.post(server.url("/v1/check")).json(&json!({"language": "python", "code": "print(1)"})), token);
+    let refused = check("u-token").await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(check("c-token").await.status, 200);
+    // With its one place taken by a run, a check is refused as a second run would be.
+    let holder = {
+        let (client, url) = (client.clone(), server.url("/v1/exec"));
+        tokio::spawn(async move { send(client.post(url).json(&python("import time; time.sleep(2)")), "c-token").await })
+    };
+    running(&client, &server, "c").await;
+    let busy = check("c-token").await;
+    assert_eq!((busy.status, busy.retry_after), (429, Some(1)), "{}", busy.body);
+    assert_eq!(holder.await.unwrap().body["status"], "ok");
+    assert_eq!(check("c-token").await.status, 200);
+}

@@ -619,11 +619,40 @@ async fn admit(state: &AppState, agent: &Arc<Agent>, request: &mut ExecRequest, 
     let handle = request.handle.get_or_insert_with(RunHandle::new).clone();
     let registration = state.executions.register(&handle, &agent.id, request.language, session);
     // A run killed while it waits for a slot stops waiting.
+    let waiting = Waiting { state, ticket: &ticket, request, session };
     let slot = tokio::select! {
-        slot = run_slot(state) => Some(slot?),
-        () = until_killed(&handle) => None,
+        slot = run_slot(state) => slot.map(Some),
+        () = until_killed(&handle) => Ok(None),
     };
-    Ok(Admitted { ticket, handle, registration, slot })
+    std::mem::forget(waiting);
+    Ok(Admitted { ticket, handle, registration, slot: slot? })
+}
+
+/// A run waiting for its slot. Dropped there, its client went away (its connection closed):
+/// the run is recorded as `killed` all the same, so that no admitted run lacks its row.
+struct Waiting<'a> {
+    state: &'a AppState,
+    ticket: &'a Ticket,
+    request: &'a ExecRequest,
+    session: Option<uuid::Uuid>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut result = crate::ExecResult::not_run(self.request.language, crate::Status::Killed, "its client went away".into()).of(self.request);
+        result.session_id = self.session;
+        let kind = match self.session {
+            Some(_) => {
+                self.state.metrics.record_turn(&result);
+                Kind::Turn
+            }
+            None => {
+                self.state.metrics.record_run(&result);
+                Kind::Run
+            }
+        };
+        let _ = self.state.account(kind, self.ticket, self.request, &result);
+    }
 }
 
 /// Returns once `handle`'s run is killed (checked every 10 ms, as the guests' epoch is).
