@@ -74,6 +74,11 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
                 _ => (node.child_by_field_name("left"), node.child_by_field_name("right")),
             };
             let (Some(name), Some(mut value)) = (name, value) else { return };
+            // `const a = b = o`: every target of the chain stands for its last value.
+            while value.kind() == "assignment_expression" {
+                let Some(next) = value.child_by_field_name("right") else { return };
+                value = next;
+            }
             if value.kind() == "await_expression" {
                 let Some(awaited) = inner(value, false) else { return };
                 value = awaited;
@@ -222,6 +227,13 @@ fn dotted(node: Node<'_>, src: &[u8], fields: &Fields, bindings: &Bindings) -> O
         "parenthesized_expression" => Some(Step::Member(inner(node, false)?, Cow::Borrowed(""))),
         // `(0, eval)` is `eval`, called without a `this`.
         "sequence_expression" => Some(Step::Member(inner(node, true)?, Cow::Borrowed(""))),
+        // `(await import("m")).f` and `require("m").f` read `m.f`.
+        "await_expression" => Some(Step::Member(inner(node, false)?, Cow::Borrowed(""))),
+        "call_expression" => {
+            let function = node.child_by_field_id(fields.function)?;
+            let loads = function.kind() == "import" || (function.kind() == "identifier" && bindings.resolve(unescape(function.utf8_text(src).ok()?).into_owned()) == "require");
+            loads.then(|| first_literal(node, src, fields)).flatten().map(|module| Step::Name(Cow::Owned(module)))
+        }
         "member_expression" | "subscript_expression" => {
             let (object, name) = member(node, src, fields)?;
             Some(Step::Member(object, name?))

@@ -319,6 +319,11 @@ fn among(word: &str, args: &[String]) -> bool {
     if args.iter().any(|a| a == word) {
         return true;
     }
+    // A path as the kernel reads it: `//` and `/./` are `/`.
+    let path = |p: &str| p.split('/').filter(|part| !part.is_empty() && *part != ".").fold(String::new(), |path, part| path + "/" + part);
+    if word.starts_with('/') && args.iter().any(|a| a.starts_with('/') && path(a) == path(word)) {
+        return true;
+    }
     let short = |w: &str| w.len() > 1 && w.starts_with('-') && !w.starts_with("--") && w[1..].chars().all(|c| c.is_ascii_alphanumeric());
     short(word) && word[1..].chars().all(|letter| args.iter().any(|a| short(a) && a[1..].contains(letter)))
 }
@@ -1100,6 +1105,45 @@ mod tests {
         crate::config::Config::parse(include_str!("../../examples/policy.toml")).unwrap().policy().unwrap()
     }
 
+    /// What a second outside attack found: literal code with escapes, chained assignments, a
+    /// module loaded in an expression, backquotes in a here-document.
+    #[test]
+    fn escapes_chains_and_loads_in_expressions_are_read() {
+        let starter = starter();
+        let decided = |language: Language, code: &str| starter.check(language, code).decision;
+        for code in [
+            "exec(\"import os\\nos.system('id')\")",
+            "exec(\"import os as o\\no.system(1)\")",
+            "exec('import shutil\\nshutil.os.system(1)')",
+            "exec('x=1\\nimport os\\nos.system(1)')",
+            "__import__(\"\\x73ubprocess\")",
+            "import importlib\nimportlib.import_module('\\163ubprocess')",
+            "exec(\"import \\u0073ubprocess\")",
+            "exec(\"import \\U00000073ubprocess\")",
+            "import os\ngetattr(os, \"\\x73ystem\")(\"x\")",
+            "import os\no = p = os\no.system('x')",
+        ] {
+            assert_eq!(decided(Language::Python, code), Decision::Deny, "{code}");
+        }
+        // A raw string keeps its backslashes: this literal is not those two lines.
+        assert_eq!(decided(Language::Python, "exec(r'import os\\nos.system(1)')"), Decision::Warn);
+        for code in [
+            "import * as o from \"qjs:os\"; const a = b = o; a.exec([\"x\"]);",
+            "(await import(\"qjs:os\")).exec([\"x\"]);",
+            "require('child_process').exec('x')",
+        ] {
+            assert_eq!(decided(Language::Javascript, code), Decision::Deny, "{code}");
+        }
+        assert_eq!(decided(Language::Shell, "cat <<XX\n`curl x`\nXX\n"), Decision::Deny);
+        for code in ["taskset 1 curl x", "taskset -c 0 curl x", "chrt 10 curl x", "flock /tmp/l curl x", "flock /tmp/l -c 'curl x'", "script -qc 'curl x'", "rm -rf //", "rm -rf /.", "rm -rf /./"] {
+            assert_eq!(decided(Language::Shell, code), Decision::Deny, "{code}");
+        }
+        assert_eq!(decided(Language::Shell, "rm -rf ./build"), Decision::Allow);
+        assert_eq!(decided(Language::Shell, "cat <<XX\nsee \\`curl x\\` here\nXX\n"), Decision::Allow, "an escaped backquote is text");
+        assert_eq!(decided(Language::Shell, "cat <<'XX'\n`curl x`\nXX\n"), Decision::Allow, "a quoted here-document is text");
+        assert_eq!(shell::backquoted("a `b \\` c` d `e`"), ["b ` c", "e"]);
+    }
+
     /// What an outside attack on the first version found: each a way the language plainly
     /// runs what a starter rule names.
     #[test]
@@ -1312,6 +1356,10 @@ mod tests {
             "exec(bytes.fromhex('696d706f72742073756270726f63657373').decode())",
             // Names bound by flow the check does not follow.
             "f = [eval][0]\nf('1')",
+            // Lookups through a method, and code given by keyword to a function that runs it.
+            "vars(__builtins__).get('eval')('1')",
+            "globals()['__builtins__'].eval('1')",
+            "import timeit\ntimeit.timeit(stmt='import subprocess')",
         ] {
             assert_eq!(python.check(Language::Python, unseen).decision, Decision::Allow, "{unseen}");
         }

@@ -93,7 +93,13 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
                 "assignment" => (node.child_by_field_name("left"), node.child_by_field_name("right")),
                 _ => (node.child_by_field_name("name"), node.child_by_field_name("value")),
             };
-            let (Some(left), Some(right)) = (left, right) else { return };
+            let (Some(left), Some(mut right)) = (left, right) else { return };
+            // `o = p = os`: every target of the chain stands for its last value (the inner
+            // assignments bind their own targets when the walk reaches them).
+            while right.kind() == "assignment" {
+                let Some(next) = right.child_by_field_name("right") else { return };
+                right = next;
+            }
             let pairs: Vec<(Node<'_>, Node<'_>)> = match (left.kind(), right.kind()) {
                 ("pattern_list" | "tuple_pattern", "expression_list" | "tuple") => {
                     let (mut l, mut r) = (left.walk(), right.walk());
@@ -234,17 +240,21 @@ fn imported(call: Node<'_>, src: &[u8], fields: &Fields) -> Option<String> {
     literal(value, src)
 }
 
-/// The value of a plain string literal (no interpolation; adjacent literals joined).
+/// The value of a plain string literal (no interpolation; adjacent literals joined), its
+/// escapes decoded as Python decodes them (`"\x73ystem"` is `system`) unless it is raw.
 fn literal(node: Node<'_>, src: &[u8]) -> Option<String> {
     let mut cursor = node.walk();
     match node.kind() {
         "concatenated_string" => node.named_children(&mut cursor).map(|part| literal(part, src)).collect(),
         "string" => {
             let mut value = String::new();
+            let mut raw = false;
             for part in node.named_children(&mut cursor) {
                 match part.kind() {
-                    "string_start" | "string_end" => {}
-                    "string_content" => value.push_str(part.utf8_text(src).ok()?),
+                    "string_start" => raw = part.utf8_text(src).ok()?.bytes().any(|b| b.eq_ignore_ascii_case(&b'r')),
+                    "string_end" => {}
+                    "string_content" if raw => value.push_str(part.utf8_text(src).ok()?),
+                    "string_content" => unescape(part.utf8_text(src).ok()?, &mut value)?,
                     _ => return None,
                 }
             }
@@ -252,4 +262,56 @@ fn literal(node: Node<'_>, src: &[u8]) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// Decodes the escapes of a (not raw) string literal's text into `out`: `\n`, `\xHH`,
+/// `\ooo`, `\uXXXX`, `\UXXXXXXXX` and the rest; an unknown escape stays as written, as in
+/// Python. `None` for `\N{name}` (not decoded here) and escapes that name no character.
+fn unescape(text: &str, out: &mut String) -> Option<()> {
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let Some(escape) = chars.next() else {
+            out.push('\\');
+            break;
+        };
+        let mut hex = |digits: usize| -> Option<char> {
+            let code: String = (0..digits).map_while(|_| chars.next_if(char::is_ascii_hexdigit)).collect();
+            (code.len() == digits).then(|| u32::from_str_radix(&code, 16).ok().and_then(char::from_u32)).flatten()
+        };
+        let decoded = match escape {
+            '\n' => continue, // a backslash-newline continues the line
+            'n' => '\n',
+            't' => '\t',
+            'r' => '\r',
+            'a' => '\x07',
+            'b' => '\x08',
+            'f' => '\x0c',
+            'v' => '\x0b',
+            '\\' | '\'' | '"' => escape,
+            'x' => hex(2)?,
+            'u' => hex(4)?,
+            'U' => hex(8)?,
+            '0'..='7' => {
+                let mut code = escape.to_digit(8)?;
+                for _ in 0..2 {
+                    match chars.next_if(|d| d.is_digit(8)) {
+                        Some(d) => code = code * 8 + d.to_digit(8)?,
+                        None => break,
+                    }
+                }
+                char::from_u32(code)?
+            }
+            'N' => return None,
+            other => {
+                out.push('\\');
+                other
+            }
+        };
+        out.push(decoded);
+    }
+    Some(())
 }

@@ -111,12 +111,23 @@ fn code_of(name: &str, args: &[String]) -> (Option<String>, bool) {
         // `source /dev/stdin <<< '...'`, `. /dev/stdin`: code from standard input.
         "source" | "." => (None, args.first().is_none_or(|f| matches!(f.as_str(), "/dev/stdin" | "/proc/self/fd/0" | "/dev/fd/0" | "-"))),
         _ if name.contains(char::is_whitespace) => (Some(name.to_owned()), false),
+        // `flock FILE -c 'curl x'`, `script -qc 'curl x'`: a shell runs the option's value.
+        "flock" | "script" => (command_option(args), false),
         shell if SHELLS.contains(&shell) => match shell_code(args) {
             Some(code) => (Some(code), false),
             None => (None, args.iter().all(|a| a.starts_with('-') || a.starts_with('+')) || args.iter().any(|a| a == "-s")),
         },
         _ => (None, false),
     }
+}
+
+/// The value of option `-c` (also last in a cluster, `-qc`) or `--command` among `args`.
+fn command_option(args: &[String]) -> Option<String> {
+    if let Some(code) = args.iter().find_map(|a| a.strip_prefix("--command=")) {
+        return Some(code.to_owned());
+    }
+    let at = args.iter().position(|a| a == "--command" || (a.starts_with('-') && !a.starts_with("--") && a.ends_with('c')))?;
+    args.get(at + 1).cloned()
 }
 
 /// The code a shell's arguments give with `-c` (also `-lc`, `-ec`, `-c --`); `None` when it
@@ -207,6 +218,16 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, depth: usize) ->
                 }
             }
         }
+        // Backquotes in an unquoted here-document run as `$(...)` does there; the grammar
+        // reads them as text.
+        "heredoc_body" => {
+            let quoted = node.parent().and_then(|r| r.named_children(&mut r.walk()).find(|c| c.kind() == "heredoc_start")).and_then(|s| s.utf8_text(src).ok()).is_none_or(|s| s.contains(['\'', '"', '\\']));
+            if !quoted {
+                for code in backquoted(node.utf8_text(src).unwrap_or("")) {
+                    nested(&code, node, &mut sites);
+                }
+            }
+        }
         // `echo 'curl x' | bash`, `printf '%s' 'curl x' | sh`.
         "pipeline" => {
             let mut cursor = node.walk();
@@ -227,6 +248,36 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, depth: usize) ->
         _ => {}
     });
     (complete && !late).then_some(sites)
+}
+
+/// The code of each backquoted command substitution in `text` (a backslash escapes the next
+/// character, a backquote too).
+pub(super) fn backquoted(text: &str) -> Vec<String> {
+    let (mut found, mut current, mut inside) = (Vec::new(), String::new(), false);
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let next = chars.next();
+                if inside {
+                    // `\`` inside backquotes is a backquote of the inner command.
+                    match next {
+                        Some(n @ ('`' | '\\' | '$')) => current.push(n),
+                        Some(n) => current.extend(['\\', n]),
+                        None => {}
+                    }
+                }
+            }
+            '`' if inside => {
+                found.push(std::mem::take(&mut current));
+                inside = false;
+            }
+            '`' => inside = true,
+            c if inside => current.push(c),
+            _ => {}
+        }
+    }
+    found
 }
 
 /// Whether `node` (a command, or a pipeline ending in one) is a shell reading its code from
@@ -251,6 +302,8 @@ fn wrapped(name: &str, args: &[String]) -> Option<usize> {
         return None;
     }
     let mut at = 0;
+    // `taskset MASK cmd`, `chrt PRIORITY cmd`, `flock FILE cmd`: a value before the command.
+    let mut values = usize::from(matches!(name, "taskset" | "chrt" | "flock"));
     // `coproc NAME { ...; }` names the coprocess first.
     if name == "coproc" && args.get(1).is_some_and(|a| a == "{" || a == "(") {
         at = 1;
@@ -264,6 +317,9 @@ fn wrapped(name: &str, args: &[String]) -> Option<usize> {
         } else if arg == "--" {
             return (at + 1 < args.len()).then_some(at + 1);
         } else if arg.starts_with('-') || arg.contains('=') || (name == "timeout" && arg.chars().all(|c| c.is_ascii_digit() || ".smhd".contains(c))) {
+            at += 1;
+        } else if values > 0 {
+            values -= 1;
             at += 1;
         } else {
             return Some(at);
