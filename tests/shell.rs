@@ -23,6 +23,12 @@ fn shell_exit_code_is_the_exit_code() {
     assert_status(&shell("true"), Status::Ok);
     let r = shell("false");
     assert_eq!(r.exit_code, Some(1));
+    // A job ended by a signal is 128 + N, and its stderr is its own: nothing of the wrapper
+    // it runs under ("line 1: 10 Killed /usr/bin/timeout ...").
+    for (signal, code) in [("KILL", 137), ("SEGV", 139), ("TERM", 143)] {
+        let r = shell(&format!("echo err >&2; kill -{signal} $$"));
+        assert_eq!((r.exit_code, r.stderr.as_str()), (Some(code), "err\n"), "{signal}: {r:#?}");
+    }
 }
 
 #[test]

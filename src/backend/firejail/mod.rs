@@ -273,7 +273,11 @@ impl FirejailBackend {
             Some(timeout) => format!(r#"{} -s KILL "$t" "#, timeout.display()),
             None => String::new(),
         };
-        let wrapper = format!(r#"{}{backstop}"$@" /bin/bash -c "$c"; {REAP}"#, prepared::READ_JOB);
+        // The job's stderr is the wrapper's, kept on descriptor 9 while the wrapper's own goes
+        // to /dev/null: bash reports a child ended by a signal ("line 1: 10 Killed /usr/bin/
+        // timeout ...") on its stderr, which would show the wrapper in the job's output. The
+        // job's exit code (128 + N) says what happened.
+        let wrapper = format!(r#"{}exec 9>&2 2>/dev/null; {backstop}"$@" /bin/bash -c "$c" 2>&9 9>&-; {REAP}"#, prepared::READ_JOB);
         cmd.arg("/bin/bash").arg("-c").arg(wrapper);
 
         cmd.env_clear()
