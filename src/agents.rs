@@ -297,14 +297,24 @@ impl Agent {
         Ok(Ticket { agent: self.clone(), fuel: 0 })
     }
 
-    /// Admits one session of `language` (approval, languages, `max_sessions`); the ticket
-    /// gives its place back when dropped.
+    /// Admits one session of `language` (approval, languages, `max_sessions`, and
+    /// `fuel_per_hour` not used up); the ticket gives its place back when dropped.
     pub fn admit_session(self: &Arc<Self>, language: Language) -> Result<SessionTicket, Refusal> {
         if let Err(refusal) = self.may_use(language) {
             self.usage().refused_total += 1;
             return Err(refusal);
         }
         let mut usage = self.usage();
+        // A session whose turns would all be refused would only hold a guest's memory.
+        if let Some(max) = self.config.fuel_per_hour {
+            let now = Instant::now();
+            if usage.fuel.sum(now) >= max {
+                usage.refused_total += 1;
+                let wait = usage.fuel.until_below(now, max);
+                let message = format!("agent {} is over its quota fuel_per_hour = {max}", self.id);
+                return Err(self.refuse(429, "fuel_per_hour", message, Some(wait)));
+            }
+        }
         if let Some(max) = self.config.max_sessions {
             if usage.sessions >= max {
                 usage.refused_total += 1;

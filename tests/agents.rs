@@ -127,6 +127,9 @@ async fn each_quota_trips_with_its_code_and_message() {
     let fuel = run(&client, &server, "f-token", python("print(1)")).await;
     assert_eq!(fuel.status, 429, "{}", fuel.body);
     assert!(fuel.body["error"].as_str().unwrap().contains("fuel_per_hour = 1000000000"), "{}", fuel.body);
+    // Nor does it get a session, whose every turn would be refused.
+    let session = send(client.post(server.url("/v1/sessions")).json(&json!({"language": "python"})), "f-token").await;
+    assert_eq!((session.status, session.retry_after.is_some()), (429, true), "{}", session.body);
 
     let first = send(client.post(server.url("/v1/sessions")).json(&json!({"language": "python"})), "s-token").await;
     assert_eq!(first.status, 201, "{}", first.body);
