@@ -169,7 +169,10 @@ impl Tools {
         };
         let ran = tokio::select! {
             ran = work => ran,
-            () = context.ct.cancelled() => return Ok(refused("the call was cancelled; its run was killed")),
+            // Dropping the work killed the run (`KillOnDrop`): say so as a result would.
+            () = context.ct.cancelled() => {
+                return Ok(CallToolResult::error(vec![ContentBlock::text("status: killed\ndetail: the call was cancelled".to_owned())]));
+            }
         };
         Ok(match ran {
             Ok(mut result) => {
