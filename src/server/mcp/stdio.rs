@@ -87,7 +87,17 @@ pub(super) async fn serve(tools: super::Tools, max_line: usize) -> std::io::Resu
     let (service_out, from_service) = tokio::io::duplex(PIPE_BYTES);
     let (answers, answered) = mpsc::channel(16);
     let in_flight = Arc::new(InFlight::default());
-    tokio::spawn(read_client(tokio::io::stdin(), client_end, answers, in_flight.clone(), max_line));
+    tokio::spawn({
+        let in_flight = in_flight.clone();
+        async move {
+            // At the end of input, the requests in progress are answered before the SDK sees
+            // the end (it would wait 5 s for them, then exit without their answers): as a
+            // filter finishes its input, `printf '…' | wsbx mcp` gets every answer.
+            let to_service = read_client(tokio::io::stdin(), client_end, answers, in_flight.clone(), max_line).await;
+            in_flight.drained().await;
+            drop(to_service);
+        }
+    });
     let writer = tokio::spawn(async move {
         let written = write_client(from_service, answered, in_flight.clone(), tokio::io::stdout()).await;
         in_flight.abandon();
@@ -108,27 +118,25 @@ enum Line {
     End,
 }
 
-/// Reads the client's lines and hands each good one to the SDK; answers the bad ones. At the
-/// end of input it waits for the requests in progress to be answered (each run is bounded by
-/// its deadline), as a filter finishes its input: `printf '…' | wsbx mcp` gets every answer.
-/// Then the SDK sees the end.
+/// Reads the client's lines and hands each good one to the SDK; answers the bad ones. Ends at
+/// the end of input, returning the SDK's input for the caller to close.
 async fn read_client(
     input: impl AsyncRead + Unpin,
     mut to_service: DuplexStream,
     answers: mpsc::Sender<String>,
     in_flight: Arc<InFlight>,
     max_line: usize,
-) {
+) -> DuplexStream {
     let mut input = BufReader::with_capacity(PIPE_BYTES, input);
     let mut line = Vec::new();
     let mut in_a_row = 0;
     loop {
         in_flight.room().await;
         let bad = match read_line(&mut input, &mut line, max_line).await {
-            Ok(Line::End) => return in_flight.drained().await,
+            Ok(Line::End) => return to_service,
             Err(e) => {
                 tracing::warn!("reading the MCP client's input: {e}");
-                return;
+                return to_service;
             }
             Ok(Line::TooLong) => Malformed::too_large(max_line),
             Ok(Line::Read) => {
@@ -149,7 +157,7 @@ async fn read_client(
                         in_a_row = 0;
                         line.push(b'\n');
                         if to_service.write_all(&line).await.is_err() {
-                            return; // the service has ended
+                            return to_service; // the service has ended
                         }
                         continue;
                     }
@@ -161,7 +169,7 @@ async fn read_client(
             tracing::warn!("{ANSWERS_IN_A_ROW} malformed MCP messages in a row: not answering more until a good one");
         }
         if in_a_row <= ANSWERS_IN_A_ROW && answers.send(bad.answer()).await.is_err() {
-            return;
+            return to_service;
         }
     }
 }
@@ -288,7 +296,7 @@ mod tests {
     async fn read_all(input: &str, in_flight: Arc<InFlight>) -> (String, Vec<String>) {
         let (client_end, mut service_in) = tokio::io::duplex(1 << 20);
         let (answers, mut answered) = mpsc::channel(1000);
-        read_client(input.as_bytes(), client_end, answers, in_flight, 1024).await;
+        drop(read_client(input.as_bytes(), client_end, answers, in_flight, 1024).await);
         let mut handed = String::new();
         tokio::io::AsyncReadExt::read_to_string(&mut service_in, &mut handed).await.unwrap();
         let mut said = Vec::new();
