@@ -130,7 +130,8 @@ struct ServeArgs {
     /// Ceiling on a request's scratch quota, in MiB [default: 1024].
     #[arg(long = "max-disk", value_name = "MIB")]
     max_disk: Option<u64>,
-    /// The most file content one result returns (`return_files`), in bytes [default: 32 MiB].
+    /// The most one result returns (`return_files`): each file's content, path and 100 bytes for
+    /// its entry [default: 16 MiB].
     #[arg(long = "max-return-bytes", value_name = "BYTES")]
     max_return_bytes: Option<u64>,
     /// Connections open at once; more wait in the kernel's accept queue [default: 1024].

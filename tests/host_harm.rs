@@ -117,6 +117,14 @@ fn many_empty_files_under_long_paths_do_not_grow_a_result_past_its_cap() {
     let carried: u64 = files.iter().map(|f| f.size + f.path.len() as u64 + 100).sum();
     assert!(!files.is_empty() && carried <= cap, "{} files, {carried} bytes carried", files.len());
     assert!(files.len() < 3000 && r.files_truncated, "{} files", files.len());
+    // A control character is six bytes in JSON (`\u0001`): names of them cost what the
+    // response carries, not their length on disk.
+    let mut req = request(Language::Python, "import os\nd = '\\x01' * 200\nos.makedirs(d)\nfor i in range(3000):\n    open(f'{d}/{i}' + '\\x01' * 200, 'w').close()");
+    req.return_files = true;
+    let r = sandbox.run(&req);
+    assert_status(&r, Status::Ok);
+    let body = serde_json::to_string(&r.files).unwrap();
+    assert!(r.files_truncated && (body.len() as u64) < cap + (cap / 4), "{} bytes of files for a cap of {cap}", body.len());
 }
 
 #[test]

@@ -159,7 +159,7 @@ impl Budget {
 }
 
 /// The scratch directory's regular files, base64-encoded, at most `max_bytes` in all: each
-/// file's content, path and [`ENTRY_BYTES`]. A file that does not fit is left out and the
+/// file's content, path (as JSON writes it) and [`ENTRY_BYTES`]. A file that does not fit is left out and the
 /// report says `truncated`.
 pub fn collect(scratch: &Path, max_bytes: u64) -> io::Result<(Vec<OutputFile>, Report)> {
     let root = guarded::open_root(scratch)?;
@@ -179,7 +179,7 @@ pub fn collect(scratch: &Path, max_bytes: u64) -> io::Result<(Vec<OutputFile>, R
         };
         let size = u64::try_from(stat.st_size).unwrap_or(u64::MAX);
         let path = escape_path(&entry.rel);
-        if !budget.take(size.saturating_add(path.len() as u64).saturating_add(ENTRY_BYTES)) {
+        if !budget.take(size.saturating_add(json_len(&path)).saturating_add(ENTRY_BYTES)) {
             report.truncated = true;
             continue;
         }
@@ -195,6 +195,18 @@ pub fn collect(scratch: &Path, max_bytes: u64) -> io::Result<(Vec<OutputFile>, R
     }
     report.skipped.sort_by(|a, b| a.path.cmp(&b.path));
     Ok((files, report))
+}
+
+/// The bytes `text` takes as a JSON string's contents: a control character is `\u0001` (six
+/// bytes), so a name of them costs a response six times its length.
+fn json_len(text: &str) -> u64 {
+    text.chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if c < ' ' => 6,
+            c => c.len_utf8() as u64,
+        })
+        .sum()
 }
 
 /// Copies the scratch directory's directories and regular files into `dest` (created if
@@ -348,6 +360,13 @@ pub fn mime_type(rel: &Path) -> &'static str {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_path_costs_what_json_writes_of_it() {
+        for text in ["plain.csv", "é/ü", "a\u{1}b", "q\"\\\n\t\u{7f}", "\u{1f}\u{0}"] {
+            assert_eq!(json_len(text), serde_json::to_string(text).unwrap().len() as u64 - 2, "{text:?}");
+        }
+    }
 
     #[test]
     fn copy_out_strips_setuid_and_skips_links_and_fifos() {
