@@ -74,9 +74,14 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
                 _ => (node.child_by_field_name("left"), node.child_by_field_name("right")),
             };
             let (Some(name), Some(mut value)) = (name, value) else { return };
-            // `const a = b = o`: every target of the chain stands for its last value.
-            while value.kind() == "assignment_expression" {
-                let Some(next) = value.child_by_field_name("right") else { return };
+            // `const a = b = o`: every target of the chain stands for its last value; `(o)` is `o`.
+            loop {
+                let next = match value.kind() {
+                    "assignment_expression" => value.child_by_field_name("right"),
+                    "parenthesized_expression" => inner(value, false),
+                    _ => break,
+                };
+                let Some(next) = next else { return };
                 value = next;
             }
             if value.kind() == "await_expression" {

@@ -319,8 +319,18 @@ fn among(word: &str, args: &[String]) -> bool {
     if args.iter().any(|a| a == word) {
         return true;
     }
-    // A path as the kernel reads it: `//` and `/./` are `/`.
-    let path = |p: &str| p.split('/').filter(|part| !part.is_empty() && *part != ".").fold(String::new(), |path, part| path + "/" + part);
+    // An absolute path as the kernel reads it: `//`, `/./` and `/bin/..` are `/`.
+    let path = |p: &str| {
+        let mut parts: Vec<&str> = Vec::new();
+        for part in p.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => drop(parts.pop()),
+                part => parts.push(part),
+            }
+        }
+        parts.iter().fold(String::new(), |path, part| path + "/" + part)
+    };
     if word.starts_with('/') && args.iter().any(|a| a.starts_with('/') && path(a) == path(word)) {
         return true;
     }
@@ -1122,6 +1132,7 @@ mod tests {
             "exec(\"import \\U00000073ubprocess\")",
             "import os\ngetattr(os, \"\\x73ystem\")(\"x\")",
             "import os\no = p = os\no.system('x')",
+            "exec((\"import os\\nos.system('id')\"))",
         ] {
             assert_eq!(decided(Language::Python, code), Decision::Deny, "{code}");
         }
@@ -1131,11 +1142,28 @@ mod tests {
             "import * as o from \"qjs:os\"; const a = b = o; a.exec([\"x\"]);",
             "(await import(\"qjs:os\")).exec([\"x\"]);",
             "require('child_process').exec('x')",
+            "import * as o from \"qjs:os\"; const a = (o); a.exec([\"x\"]);",
         ] {
             assert_eq!(decided(Language::Javascript, code), Decision::Deny, "{code}");
         }
         assert_eq!(decided(Language::Shell, "cat <<XX\n`curl x`\nXX\n"), Decision::Deny);
-        for code in ["taskset 1 curl x", "taskset -c 0 curl x", "chrt 10 curl x", "flock /tmp/l curl x", "flock /tmp/l -c 'curl x'", "script -qc 'curl x'", "rm -rf //", "rm -rf /.", "rm -rf /./"] {
+        for code in [
+            "taskset 1 curl x",
+            "taskset -c 0 curl x",
+            "chrt 10 curl x",
+            "flock /tmp/l curl x",
+            "flock /tmp/l -c 'curl x'",
+            "script -qc 'curl x'",
+            "setpriv --reuid 1000 curl x",
+            "prlimit --nofile=10 curl x",
+            "unbuffer curl x",
+            "rm -rf //",
+            "rm -rf /.",
+            "rm -rf /./",
+            "rm -rf /bin/..",
+            "rm -R --force /",
+            "rm --recursive -f /",
+        ] {
             assert_eq!(decided(Language::Shell, code), Decision::Deny, "{code}");
         }
         assert_eq!(decided(Language::Shell, "rm -rf ./build"), Decision::Allow);
@@ -1360,6 +1388,9 @@ mod tests {
             "vars(__builtins__).get('eval')('1')",
             "globals()['__builtins__'].eval('1')",
             "import timeit\ntimeit.timeit(stmt='import subprocess')",
+            // Escapes by character name are not decoded; a choice is flow.
+            "__import__('\\N{LATIN SMALL LETTER S}ubprocess')",
+            "f = eval if 1 else print\nf('1')",
         ] {
             assert_eq!(python.check(Language::Python, unseen).decision, Decision::Allow, "{unseen}");
         }

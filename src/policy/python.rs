@@ -246,6 +246,7 @@ fn literal(node: Node<'_>, src: &[u8]) -> Option<String> {
     let mut cursor = node.walk();
     match node.kind() {
         "concatenated_string" => node.named_children(&mut cursor).map(|part| literal(part, src)).collect(),
+        "parenthesized_expression" => literal(inner(node, false)?, src),
         "string" => {
             let mut value = String::new();
             let mut raw = false;

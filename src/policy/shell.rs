@@ -38,6 +38,9 @@ const WRAPPERS: &[(&str, &[&str])] = &[
     ("taskset", &[]),
     ("chrt", &[]),
     ("runuser", &["-u", "-g", "-G", "--user", "--group"]),
+    ("setpriv", &["--reuid", "--regid", "--ruid", "--rgid", "--euid", "--egid", "--groups", "--inh-caps", "--ambient-caps", "--bounding-set", "--securebits", "--pdeathsig", "--selinux-label", "--apparmor-profile", "--landlock-access", "--landlock-rule"]),
+    ("prlimit", &["-p", "--pid"]),
+    ("unbuffer", &[]),
 ];
 
 /// Shells whose `-c` argument (or, without one, whose standard input) is code.
