@@ -63,6 +63,32 @@ fn a_run_never_sees_what_the_previous_run_left_in_a_reused_thread_slot_or_sandbo
     }
 }
 
+/// A run that writes nothing leaves its directory's tmpfs mounted for the next run: what it
+/// did to the directory itself (its times) is not seen by the next, nor is a file made and
+/// removed again (that tmpfs is not kept).
+#[test]
+fn a_directory_kept_for_the_next_run_shows_nothing_of_the_run_before() {
+    let _serial = one_at_a_time();
+    for warm in [0, 2] {
+        let sandbox = Sandbox::new(SandboxConfig { warm_instances: warm, ..SandboxConfig::default() });
+        for _ in 0..5 {
+            let first = sandbox.run(&request(Language::Python, "import os\nos.utime('.', (1, 1))\nprint(os.stat('.').st_mtime)"));
+            assert_status(&first, Status::Ok);
+            assert_eq!(first.stdout, "1.0\n");
+            std::thread::sleep(Duration::from_millis(20));
+            let look = "import os, time\ns = os.stat('.')\nprint(abs(time.time() - s.st_mtime) < 600, abs(time.time() - s.st_atime) < 600, os.listdir('.'))";
+            let second = sandbox.run(&request(Language::Python, look));
+            assert_status(&second, Status::Ok);
+            assert_eq!(second.stdout, "True True []\n", "warm {warm}: {second:#?}");
+            let made = sandbox.run(&request(Language::Python, "import os\nopen('gone', 'w').write('x' * 5000)\nos.remove('gone')\nos.mkdir('d')\nos.rmdir('d')\nprint('ok')"));
+            assert_status(&made, Status::Ok);
+            std::thread::sleep(Duration::from_millis(20));
+            let after = sandbox.run(&request(Language::Python, "import os\nprint(os.listdir('.'))"));
+            assert_eq!(after.stdout, "[]\n", "warm {warm}: {after:#?}");
+        }
+    }
+}
+
 /// Entries of `dir` (empty when it does not exist).
 fn entries(dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(dir)
@@ -117,6 +143,10 @@ fn many_runs_leave_nothing(language: Language, n: usize) {
     });
     drop(sandbox);
     assert_eq!(entries(root.path()), BTreeSet::new(), "scratch directories left under the scratch root");
+    let root_name = root.path().to_str().unwrap().to_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let left: Vec<_> = mounts.lines().filter(|l| l.contains(&root_name)).collect();
+    assert_eq!(left, Vec::<&str>::new(), "scratch tmpfs left mounted");
     let jobs_left: Vec<_> = entries(job_root).difference(&jobs_before).cloned().collect();
     assert_eq!(jobs_left, Vec::<String>::new(), "shell scratch directories left");
     // Guest threads wait a while for the next run, at most `MAX_IDLE` of them (8); the warm

@@ -31,6 +31,12 @@ pub struct Scratch {
     owned: bool,
     /// Whether the directory is a size-limited tmpfs of its own (see [`Quota`]).
     mounted: bool,
+    /// The quota it holds to.
+    quota: Quota,
+    /// Of a tmpfs this process mounted: the inode number it gave last (its root's, or that of
+    /// the probe [`untouched`] made). Each tmpfs numbers its inodes from a counter of its own,
+    /// so the next one it gives is this plus one only if nothing was made in between.
+    last_ino: Option<u64>,
 }
 
 /// The source name of every scratch tmpfs, as `/proc/self/mountinfo` shows it: how a shell
@@ -81,54 +87,73 @@ impl Scratch {
             .tempdir_in(root)?;
         let path = dir.keep();
         live().insert(path.clone());
-        let mut scratch = Scratch { path, owned: true, mounted: false };
+        let mut scratch = Scratch { path, owned: true, mounted: false, quota, last_ino: None };
         scratch.mounted = mount_quota(&scratch.path, &quota, false)?;
+        scratch.last_ino = scratch.mounted.then(|| root_ino(&scratch.path)).flatten();
         Ok(scratch)
     }
 
-    /// A new tmpfs on an empty mount point an earlier run under `root` left for reuse (see
-    /// [`Scratch::recycle`]), if there is one and the mount succeeds.
+    /// A directory an earlier run under `root` left for reuse ([`Scratch::recycle`]), if there
+    /// is one and it can hold `quota`: its tmpfs, untouched and kept mounted, with its times set
+    /// to now as a new mount's are; or a new tmpfs on its empty mount point.
     fn reuse_mount_point(root: &Path, quota: &Quota) -> Option<Scratch> {
         loop {
-            let path = {
+            let Idle { path, kept } = {
                 let mut idle = idle();
-                let at = idle.iter().position(|p| p.parent() == Some(root))?;
+                let at = idle.iter().position(|i| i.path.parent() == Some(root))?;
                 idle.swap_remove(at)
             };
             // Ours, made 0700 in a root only we write to (or a sticky /tmp): still a plain
             // directory unless something removed it meanwhile (`remove_all_live`).
             let plain_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
-            if plain_dir && matches!(mount_quota(&path, quota, false), Ok(true)) {
-                return Some(Scratch { path, owned: true, mounted: true });
+            if plain_dir {
+                if let Some((was, last_ino)) = kept {
+                    let fits = was == *quota || matches!(mount_quota(&path, quota, true), Ok(true));
+                    if fits && times_now(&path) {
+                        return Some(Scratch { path, owned: true, mounted: true, quota: *quota, last_ino: Some(last_ino) });
+                    }
+                    unmount(&path);
+                }
+                if matches!(mount_quota(&path, quota, false), Ok(true)) {
+                    let last_ino = root_ino(&path);
+                    return Some(Scratch { path, owned: true, mounted: true, quota: *quota, last_ino });
+                }
             }
+            unmount(&path);
             live().remove(&path);
             let _ = fs::remove_dir(&path);
         }
     }
 
-    /// Ends a one-shot run's directory the quick way: its tmpfs, with everything the run wrote,
-    /// is detached now as on drop, but the empty mount point it covered is kept for the next
-    /// directory made under the same root, which mounts a tmpfs of its own there. (Making and
-    /// removing that directory on the host's file system — on ext4 a block allocated, then
-    /// freed and discarded — was a third of a short run's host time.) At most [`MAX_IDLE`] are
-    /// kept; they go with [`release_idle`] (a [`crate::Sandbox`] calls it when dropped), at
-    /// exit, or by the next process's [`sweep`] after a crash. A directory that is not a tmpfs
-    /// of its own is removed, as on drop.
+    /// Ends a one-shot run's directory the quick way. A tmpfs the run left as it was made
+    /// ([`untouched`]: nothing created in it, by the guest or as an input) stays mounted for the
+    /// next directory made under the same root, which only sets its times; most runs write
+    /// nothing, and mounting and detaching a tmpfs was most of a short run's host time. Any
+    /// other tmpfs, with everything the run wrote, is detached now as on drop, and the empty
+    /// mount point it covered is kept for the next directory, which mounts a tmpfs of its own
+    /// there. (Making and removing that directory on the host's file system — on ext4 a block
+    /// allocated, then freed and discarded — was a third of a short run's host time.) At most
+    /// [`MAX_IDLE`] are kept; they go with [`release_idle`] (a [`crate::Sandbox`] calls it when
+    /// dropped), at exit, or by the next process's [`sweep`] after a crash. A directory that is
+    /// not a tmpfs of its own is removed, as on drop.
     pub fn recycle(mut self) {
         if !(self.mounted && self.owned && live().contains(&self.path)) {
             return;
         }
+        let kept = self.last_ino.and_then(|ino| untouched(&self.path, ino)).map(|ino| (self.quota, ino));
         let mut idle = idle();
-        if idle.len() < MAX_IDLE && unmount(&self.path) {
-            idle.push(self.path.clone());
+        if idle.len() < MAX_IDLE && (kept.is_some() || unmount(&self.path)) {
+            idle.push(Idle { path: self.path.clone(), kept });
             self.owned = false;
         }
     }
 
     /// Changes the quota of an empty scratch directory made ahead of its run.
-    pub fn set_quota(&self, quota: Quota) -> io::Result<()> {
-        if self.mounted {
+    pub fn set_quota(&mut self, quota: Quota) -> io::Result<()> {
+        // The same quota needs no remount: the kernel held what is there to it.
+        if self.mounted && self.quota != quota {
             mount_quota(&self.path, &quota, true)?;
+            self.quota = quota;
         }
         Ok(())
     }
@@ -282,23 +307,73 @@ fn unmount(path: &Path) -> bool {
     unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) == 0 }
 }
 
-/// Empty mount points kept for reuse ([`Scratch::recycle`]), at most this many per process.
+/// Directories kept for reuse ([`Scratch::recycle`]), at most this many per process.
 const MAX_IDLE: usize = 8;
 
-/// The empty mount points kept for reuse, each still in [`live`] (so that exit removes it).
-fn idle() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
-    static IDLE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+/// A directory kept for reuse, still in [`live`] (so that exit removes it): an empty mount
+/// point, or one with its tmpfs still mounted, untouched, with the quota it holds to and the
+/// inode number it gave last.
+struct Idle {
+    path: PathBuf,
+    kept: Option<(Quota, u64)>,
+}
+
+fn idle() -> std::sync::MutexGuard<'static, Vec<Idle>> {
+    static IDLE: std::sync::Mutex<Vec<Idle>> = std::sync::Mutex::new(Vec::new());
     IDLE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Removes the empty mount points kept for reuse ([`Scratch::recycle`]).
+/// Removes the directories kept for reuse ([`Scratch::recycle`]).
 pub fn release_idle() {
-    let paths: Vec<PathBuf> = idle().drain(..).collect();
+    let paths: Vec<PathBuf> = idle().drain(..).map(|i| i.path).collect();
     for path in paths {
         if live().remove(&path) {
+            unmount(&path);
             let _ = fs::remove_dir(&path);
         }
     }
+}
+
+/// The inode number of `path` itself (a tmpfs's root: the first it gave).
+fn root_ino(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).ok().map(|m| m.ino())
+}
+
+/// Whether the tmpfs on `path`, whose last inode number given was `last_ino`, is as it was
+/// made: it holds nothing (its root alone, no byte), its root is this process's, 0700, with no
+/// directory in it, and no inode was made in it since, even one removed again — a probe file
+/// (`O_TMPFILE`, never linked) gets the very next number. Returns the probe's number. Anything
+/// it cannot tell reads as touched: the tmpfs is then detached as usual.
+///
+/// Not checked, because a wasm guest cannot change them (a shell job's directory belongs to
+/// its job user and fails the owner check): extended attributes and links held open by a
+/// process that outlived its run. The times a guest can set, or reading the directory
+/// changes, are set to now when the directory is reused ([`times_now`]).
+fn untouched(path: &Path, last_ino: u64) -> Option<u64> {
+    use rustix::fs::{Mode, OFlags};
+    let usage = rustix::fs::statvfs(path).ok()?;
+    if usage.f_files.saturating_sub(usage.f_ffree) != 1 || usage.f_blocks != usage.f_bfree {
+        return None;
+    }
+    let root = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let stat = rustix::fs::fstat(&root).ok()?;
+    let ours = stat.st_uid == rustix::process::geteuid().as_raw() && stat.st_gid == rustix::process::getegid().as_raw();
+    if !ours || stat.st_mode != (libc::S_IFDIR | 0o700) || stat.st_nlink != 2 {
+        return None;
+    }
+    let probe = rustix::fs::openat(&root, c".", OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC, Mode::from_raw_mode(0o600)).ok()?;
+    let ino = rustix::fs::fstat(&probe).ok()?.st_ino;
+    (ino == last_ino.checked_add(1)?).then_some(ino)
+}
+
+/// Sets the access and modification times of `path` (and so its change time) to now, as a new
+/// mount's are; whether that worked.
+fn times_now(path: &Path) -> bool {
+    let Ok(target) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    let now = libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW };
+    // SAFETY: a NUL-terminated path and two timespecs that outlive the call.
+    unsafe { libc::utimensat(libc::AT_FDCWD, target.as_ptr(), [now, now].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) == 0 }
 }
 
 /// Makes sure a process that exits without dropping its scratch directories (a test binary
@@ -439,6 +514,82 @@ mod tests {
         let path = third.path().to_owned();
         drop(third);
         assert!(!path.exists());
+    }
+
+    /// What a run left as it was made is kept mounted for the next; anything a run made,
+    /// even removed again, or changed in the root, gets the next directory a new tmpfs.
+    #[test]
+    fn only_an_untouched_tmpfs_stays_mounted_for_the_next_run() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let quota = Quota::of(&crate::Limits::DEFAULT);
+        let probe = Scratch::create(root.path(), quota).unwrap();
+        if !probe.mounted {
+            return; // Only root mounts (CI runs as root).
+        }
+        drop(probe);
+        let dev = |s: &Scratch| fs::symlink_metadata(s.path()).unwrap().dev();
+        // Each way of touching it, done to a directory; `true` when it must be kept.
+        let long_ago = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1);
+        let touches: Vec<(&str, Box<dyn Fn(&Path) -> Option<fs::File>>, bool)> = vec![
+            ("nothing", Box::new(|_| None), true),
+            ("read and its times set", Box::new(move |p| {
+                let _ = fs::read_dir(p).unwrap().count();
+                fs::File::open(p).unwrap().set_times(fs::FileTimes::new().set_accessed(long_ago).set_modified(long_ago)).unwrap();
+                None
+            }), true),
+            ("a file made and removed", Box::new(|p| {
+                fs::write(p.join("gone"), "x").unwrap();
+                fs::remove_file(p.join("gone")).unwrap();
+                None
+            }), false),
+            ("a directory made and removed", Box::new(|p| {
+                fs::create_dir(p.join("d")).unwrap();
+                fs::remove_dir(p.join("d")).unwrap();
+                None
+            }), false),
+            ("a file removed but held open", Box::new(|p| {
+                let f = fs::File::create(p.join("held")).unwrap();
+                fs::remove_file(p.join("held")).unwrap();
+                Some(f)
+            }), false),
+            ("its mode changed", Box::new(|p| {
+                fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+                None
+            }), false),
+        ];
+        for (what, touch, kept) in touches {
+            let first = Scratch::create(root.path(), quota).unwrap();
+            let (path, was) = (first.path().to_owned(), dev(&first));
+            // Held open, a detached tmpfs lives on: a new one cannot get its device number.
+            let _pinned = fs::File::open(&path).unwrap();
+            let held = touch(&path);
+            first.recycle();
+            drop(held);
+            let next = Scratch::create(root.path(), quota).unwrap();
+            assert_eq!(next.path(), path, "{what}: the directory is reused");
+            assert_eq!(dev(&next) == was, kept, "{what}: kept mounted is {kept}");
+            let meta = fs::symlink_metadata(next.path()).unwrap();
+            assert_eq!(meta.mode(), libc::S_IFDIR | 0o700, "{what}");
+            assert!(fs::read_dir(next.path()).unwrap().next().is_none(), "{what}: empty");
+            let age = std::time::SystemTime::now().duration_since(meta.modified().unwrap()).unwrap_or_default();
+            assert!(age < std::time::Duration::from_secs(60), "{what}: its times are new ({age:?})");
+            drop(next);
+            release_idle();
+        }
+        // A kept tmpfs given another quota holds to the new one.
+        let first = Scratch::create(root.path(), quota).unwrap();
+        let (was, _pinned) = (dev(&first), fs::File::open(first.path()).unwrap());
+        first.recycle();
+        let small = Quota { bytes: 64 << 10, files: 3 };
+        let next = Scratch::create(root.path(), small).unwrap();
+        assert_eq!(dev(&next), was, "kept mounted");
+        let usage = rustix::fs::statvfs(next.path()).unwrap();
+        assert_eq!((usage.f_blocks * usage.f_frsize, usage.f_files), (64 << 10, 4));
+        assert!(fs::write(next.path().join("big"), vec![0u8; 128 << 10]).is_err(), "the new size holds");
+        drop(next);
+        release_idle();
+        assert_eq!(fs::read_dir(root.path()).unwrap().count(), 0, "nothing left");
     }
 
     #[test]

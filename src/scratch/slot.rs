@@ -47,7 +47,7 @@ impl<'a> ScratchSlot<'a> {
     /// A slot holding `kept`, a directory that outlives the run (a session's, between its
     /// turns): it gets `quota` and `inputs` now, replacing files of the same name. Whatever
     /// happens, the directory is in the slot for [`ScratchSlot::into_scratch`] to give back.
-    pub fn keep(root: &'a Path, quota: Quota, inputs: &'a [InputFile], kept: Scratch) -> (ScratchSlot<'a>, Result<(), SlotError>) {
+    pub fn keep(root: &'a Path, quota: Quota, inputs: &'a [InputFile], mut kept: Scratch) -> (ScratchSlot<'a>, Result<(), SlotError>) {
         let started = Instant::now();
         // An earlier run may have taken the owner's rights away (`chmod 000 /scratch`): the
         // root is the run's again, as when made. (Its path is the host's: a guest cannot swap
@@ -101,7 +101,7 @@ impl<'a> ScratchSlot<'a> {
     /// Makes `prepared` (an empty directory made ahead under the same rules) the run's
     /// directory: it gets the request's quota and inputs. A directory already in the slot is
     /// removed.
-    pub fn adopt(&mut self, prepared: Scratch) -> Result<&mut Scratch, SlotError> {
+    pub fn adopt(&mut self, mut prepared: Scratch) -> Result<&mut Scratch, SlotError> {
         if self.kept {
             // A session's files must never be thrown away for a prepared directory.
             return Err(SlotError { status: Status::InternalError, detail: "a kept scratch directory cannot be replaced".into() });
