@@ -243,13 +243,7 @@ impl Agent {
         self.may_use(language).map_err(refused)?;
         let now = Instant::now();
         let mut usage = self.usage();
-        if let Some(max) = self.config.max_concurrent {
-            if usage.running >= max {
-                usage.refused_total += 1;
-                let message = format!("agent {} is over its quota max_concurrent = {max}: that many runs are executing", self.id);
-                return Err(self.refuse(429, "max_concurrent", message, Some(1)));
-            }
-        }
+        self.has_room(&mut usage)?;
         if let Some(max) = self.config.runs_per_minute {
             if usage.runs.sum(now) >= u64::from(max) {
                 usage.refused_total += 1;
@@ -286,15 +280,21 @@ impl Agent {
             return Err(refusal);
         }
         let mut usage = self.usage();
-        if let Some(max) = self.config.max_concurrent {
-            if usage.running >= max {
-                usage.refused_total += 1;
-                let message = format!("agent {} is over its quota max_concurrent = {max}: that many runs and checks are executing", self.id);
-                return Err(self.refuse(429, "max_concurrent", message, Some(1)));
-            }
-        }
+        self.has_room(&mut usage)?;
         usage.running += 1;
         Ok(Ticket { agent: self.clone(), fuel: 0 })
+    }
+
+    /// Whether one more run or check fits in `max_concurrent` (a refusal is counted).
+    fn has_room(&self, usage: &mut Usage) -> Result<(), Refusal> {
+        match self.config.max_concurrent {
+            Some(max) if usage.running >= max => {
+                usage.refused_total += 1;
+                let message = format!("agent {} is over its quota max_concurrent = {max}: that many runs and checks are executing", self.id);
+                Err(self.refuse(429, "max_concurrent", message, Some(1)))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Admits one session of `language` (approval, languages, `max_sessions`, and
