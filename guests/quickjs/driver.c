@@ -243,6 +243,19 @@ static const JSMallocFunctions noting_allocator = {
     noting_calloc, noting_malloc, noting_free, noting_realloc, usable_size,
 };
 
+/* Writes `obj[prop]` on stderr if it is a string that can be had without memory the run no
+ * longer has, else `otherwise`. */
+static void put_property(JSContext *ctx, JSValueConst obj, const char *prop, const char *otherwise)
+{
+    JSValue v = JS_GetPropertyStr(ctx, obj, prop);
+    const char *s = JS_IsString(v) ? JS_ToCString(ctx, v) : NULL;
+    if (JS_IsException(v) || !s)
+        JS_FreeValue(ctx, JS_GetException(ctx));
+    fputs(s ? s : otherwise, stderr);
+    JS_FreeCString(ctx, s);
+    JS_FreeValue(ctx, v);
+}
+
 /* Prints the pending exception with its stack on stderr, through the bootstrap's formatter
  * when it is there. */
 static void report(JSContext *ctx)
@@ -260,8 +273,17 @@ static void report(JSContext *ctx)
         JSValue r = JS_Call(ctx, fn, JS_UNDEFINED, 1, (JSValueConst *)&exc);
         if (JS_IsException(r)) {
             JS_FreeValue(ctx, JS_GetException(ctx));
-            JS_Throw(ctx, JS_DupValue(ctx, exc));
-            js_std_dump_error(ctx);
+            if (allocation_failed && JS_IsError(exc)) {
+                /* No memory left to format the error: QuickJS's own dump would then print
+                 * its message alone ("out of memory"). Its name and message, as they are. */
+                put_property(ctx, exc, "name", "Error");
+                fputs(": ", stderr);
+                put_property(ctx, exc, "message", "");
+                fputc('\n', stderr);
+            } else {
+                JS_Throw(ctx, JS_DupValue(ctx, exc));
+                js_std_dump_error(ctx);
+            }
         }
         JS_FreeValue(ctx, r);
     } else {
