@@ -65,7 +65,8 @@ fn a_run_never_sees_what_the_previous_run_left_in_a_reused_thread_slot_or_sandbo
 
 /// A run that writes nothing leaves its directory's tmpfs mounted for the next run: what it
 /// did to the directory itself (its times) is not seen by the next, nor is a file made and
-/// removed again (that tmpfs is not kept).
+/// removed again (that tmpfs is not kept). A directory made ahead or kept shows nothing older
+/// than its run: not its birth (once shown as the change time), not when it was made.
 #[test]
 fn a_directory_kept_for_the_next_run_shows_nothing_of_the_run_before() {
     let _serial = one_at_a_time();
@@ -75,11 +76,15 @@ fn a_directory_kept_for_the_next_run_shows_nothing_of_the_run_before() {
             let first = sandbox.run(&request(Language::Python, "import os\nos.utime('.', (1, 1))\nprint(os.stat('.').st_mtime)"));
             assert_status(&first, Status::Ok);
             assert_eq!(first.stdout, "1.0\n");
-            std::thread::sleep(Duration::from_millis(20));
-            let look = "import os, time\ns = os.stat('.')\nprint(abs(time.time() - s.st_mtime) < 600, abs(time.time() - s.st_atime) < 600, os.listdir('.'))";
+            // Long enough that a directory made ahead, or kept, is visibly older than the run.
+            std::thread::sleep(Duration::from_millis(1200));
+            let look = "import os, time\ns = os.stat('.')\nprint(abs(time.time() - s.st_mtime) < 1, abs(time.time() - s.st_atime) < 1, s.st_ctime_ns == s.st_mtime_ns, os.listdir('.'))";
             let second = sandbox.run(&request(Language::Python, look));
             assert_status(&second, Status::Ok);
-            assert_eq!(second.stdout, "True True []\n", "warm {warm}: {second:#?}");
+            assert_eq!(second.stdout, "True True True []\n", "warm {warm}: {second:#?}");
+            let look = "import * as os from 'qjs:os'; const [s] = os.stat('/scratch'); console.log(Math.abs(Date.now() - s.mtime) < 1000, s.ctime === s.mtime)";
+            let js = sandbox.run(&request(Language::Javascript, look));
+            assert_eq!(js.stdout, "true true\n", "warm {warm}: {js:#?}");
             let made = sandbox.run(&request(Language::Python, "import os\nopen('gone', 'w').write('x' * 5000)\nos.remove('gone')\nos.mkdir('d')\nos.rmdir('d')\nprint('ok')"));
             assert_status(&made, Status::Ok);
             std::thread::sleep(Duration::from_millis(20));

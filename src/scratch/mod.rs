@@ -148,6 +148,12 @@ impl Scratch {
         }
     }
 
+    /// Sets the directory's access and modification times to now: a directory made ahead of
+    /// its run shows the run's start, not when it was made (after an earlier run ended).
+    pub fn touch(&self) {
+        times_now(&self.path);
+    }
+
     /// Changes the quota of an empty scratch directory made ahead of its run.
     pub fn set_quota(&mut self, quota: Quota) -> io::Result<()> {
         // The same quota needs no remount: the kernel held what is there to it.

@@ -107,6 +107,7 @@ impl<'a> ScratchSlot<'a> {
             return Err(SlotError { status: Status::InternalError, detail: "a kept scratch directory cannot be replaced".into() });
         }
         let started = Instant::now();
+        prepared.touch();
         let ready = prepared
             .set_quota(self.quota)
             .map_err(|e| SlotError { status: Status::InternalError, detail: format!("setting the scratch directory's quota: {e}") })

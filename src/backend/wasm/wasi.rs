@@ -315,11 +315,71 @@ const ERRNO_FAULT: i32 = 21;
 const ERRNO_INVAL: i32 = 28;
 
 /// Links WASI preview 1 for a guest: wasmtime-wasi's implementation, with `poll_oneoff` and
-/// `proc_exit` replaced by ours.
+/// `proc_exit` replaced by ours and its file status calls wrapped ([`replace_filestat`]).
 pub fn link(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p1::add_to_linker_sync(linker, |s: &mut GuestState| &mut s.wasi)?;
+    replace_filestat(linker)?;
     replace_poll_oneoff(linker)?;
     replace_proc_exit(linker)
+}
+
+// WASI preview 1 ABI: `filestat` is 64 bytes, `mtim` at 48, `ctim` at 56.
+const FILESTAT_SIZE: usize = 64;
+const FILESTAT_MTIM: usize = 48;
+const FILESTAT_CTIM: usize = 56;
+
+/// Wraps `fd_filestat_get` and `path_filestat_get`: a file's change time is reported as its
+/// modification time. wasmtime-wasi reports the file's *birth* time there, which no one can
+/// set: a scratch directory made ahead of its run (a prepared guest's, or a tmpfs kept from
+/// an earlier run that wrote nothing) would show when an earlier run ended or started, to the
+/// nanosecond. Its access and modification times are set to the run's start when it is handed
+/// to the run, so the directory shows nothing older than the run itself.
+pub fn replace_filestat(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::p1::wasi_snapshot_preview1 as p1;
+    linker.allow_shadowing(true);
+    linker.func_wrap("wasi_snapshot_preview1", "fd_filestat_get", |mut caller: Caller<'_, GuestState>, fd: i32, buf: i32| {
+        with_memory(&mut caller, buf, |wasi, memory| {
+            wasmtime_wasi::runtime::in_tokio(p1::fd_filestat_get(wasi, memory, fd, buf))
+        })
+    })?;
+    linker.func_wrap(
+        "wasi_snapshot_preview1",
+        "path_filestat_get",
+        |mut caller: Caller<'_, GuestState>, fd: i32, flags: i32, path: i32, len: i32, buf: i32| {
+            with_memory(&mut caller, buf, |wasi, memory| {
+                wasmtime_wasi::runtime::in_tokio(p1::path_filestat_get(wasi, memory, fd, flags, path, len, buf))
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// Calls `stat` with the guest's WASI context and memory, as wasmtime-wasi's own binding does
+/// (`wiggle`'s `wasmtime_integration`);
+/// when it succeeds (it wrote a `filestat` at `buf`), that `filestat`'s `ctim` := `mtim`.
+fn with_memory(
+    caller: &mut Caller<'_, GuestState>,
+    buf: i32,
+    stat: impl FnOnce(&mut WasiP1Ctx, &mut wiggle::GuestMemory<'_>) -> wasmtime::Result<i32>,
+) -> wasmtime::Result<i32> {
+    use wasmtime::AsContextMut;
+    use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
+    let Some(wasmtime::Extern::Memory(memory)) = caller.get_export("memory") else {
+        return Err(wasmtime::format_err!("missing required memory export"));
+    };
+    // What a call may copy from the guest (its bound on a path's length, say).
+    let fuel = caller.as_context_mut().hostcall_fuel();
+    let (data, state) = memory.data_and_store_mut(&mut *caller);
+    state.wasi.set_hostcall_fuel(fuel);
+    let errno = stat(&mut state.wasi, &mut wiggle::GuestMemory::Unshared(data))?;
+    if errno == ERRNO_SUCCESS {
+        let at = buf as u32 as usize;
+        if let Some(filestat) = data.get_mut(at..at.saturating_add(FILESTAT_SIZE)) {
+            filestat.copy_within(FILESTAT_MTIM..FILESTAT_MTIM + 8, FILESTAT_CTIM);
+        }
+    }
+    Ok(errno)
 }
 
 /// Files one guest may hold open at once (counted as entries of its WASI resource table, which
