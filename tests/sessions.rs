@@ -34,6 +34,28 @@ fn python_keeps_variables_imports_and_functions() {
     assert_eq!(s.turns(), 2);
 }
 
+/// A session's monotonic clock runs on across its turns (it once restarted at zero with each
+/// turn, so a time saved in one turn went backwards in the next); a one-shot run's, and a
+/// session's first turn's, start near zero.
+#[test]
+fn the_monotonic_clock_runs_on_across_a_sessions_turns() {
+    let mut s = start(Language::Python);
+    let first = turn(&mut s, "import time\na = time.monotonic_ns()\nprint(a < 5_000_000_000)");
+    assert_eq!(first.stdout, "True\n", "{first:#?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let second = turn(&mut s, "b = time.monotonic_ns()\nprint(b - a >= 300_000_000)");
+    assert_eq!(second.stdout, "True\n", "{second:#?}");
+    // A sleep (an absolute one on that clock, in CPython) still lasts what it asks.
+    let third = turn(&mut s, "c = time.monotonic_ns()\ntime.sleep(0.05)\nd = time.monotonic_ns()\nprint(50_000_000 <= d - c < 5_000_000_000)");
+    assert_eq!(third.stdout, "True\n", "{third:#?}");
+    let mut js = start(Language::Javascript);
+    let first = turn(&mut js, "globalThis.a = performance.now(); console.log(a < 5000)");
+    assert_eq!(first.stdout, "true\n", "{first:#?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let second = turn(&mut js, "console.log(performance.now() - a >= 300)");
+    assert_eq!(second.stdout, "true\n", "{second:#?}");
+}
+
 #[test]
 fn python_pandas_frame_survives_to_the_next_turn() {
     let mut s = start(Language::Python);

@@ -40,7 +40,8 @@ pub struct GuestState {
     wasi: WasiP1Ctx,
     memory: MemoryCap,
     /// When the guest's clock reads zero: the origin of its monotonic clock and of the
-    /// replacement `poll_oneoff`'s arithmetic. Both restart with each run.
+    /// replacement `poll_oneoff`'s arithmetic. Both restart with a guest's first run, not with a
+    /// session's later turns.
     started: Instant,
     clock: wasi::RunClock,
     /// When its wall-clock deadline passes.
@@ -93,6 +94,8 @@ pub(crate) struct Guest {
     store: Store<GuestState>,
     instance: Instance,
     io: GuestIo,
+    /// Whether a run of the request's code started in it (a session's later turns).
+    ran: bool,
 }
 
 /// Makes a store for a guest with `grants`, armed with `limits`.
@@ -103,18 +106,22 @@ fn store(engine: &WasmEngine, grants: &Grants, io: &GuestIo, limits: &Limits) ->
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|state| &mut state.memory);
     store.epoch_deadline_callback(on_tick);
-    arm(&mut store, limits, None).map_err(|e| format!("arming the store: {e}"))?;
+    arm(&mut store, limits, None, true).map_err(|e| format!("arming the store: {e}"))?;
     Ok(store)
 }
 
 /// Sets a store's limits for the run about to start: memory cap, fuel, deadline, and the
-/// run's kill switch.
-fn arm(store: &mut Store<GuestState>, limits: &Limits, handle: Option<&RunHandle>) -> wasmtime::Result<()> {
+/// run's kill switch. `restart_clock`: the guest's monotonic clock reads zero from now (the
+/// first run in a guest, so it does not tell how long a prepared guest waited); a session's
+/// later turns keep it running, so that what one turn saved of it still counts forward.
+fn arm(store: &mut Store<GuestState>, limits: &Limits, handle: Option<&RunHandle>, restart_clock: bool) -> wasmtime::Result<()> {
     let held = store.data().memory.peak();
     let state = store.data_mut();
     state.memory = MemoryCap::new(limits.memory_bytes()).holding(held);
-    state.started = state.clock.restart();
-    state.deadline = state.started + limits.timeout();
+    if restart_clock {
+        state.started = state.clock.restart();
+    }
+    state.deadline = Instant::now() + limits.timeout();
     state.handle = handle.cloned();
     state.fuel = limits.fuel;
     limits::arm(store, limits.fuel)
@@ -214,7 +221,7 @@ impl Guest {
                 let detail = format!("the interpreter could not start: the guest needs more than its memory cap of {} MiB", limits.memory_mb);
                 Err(Outcome::failed(Status::MemoryLimit, detail))
             }
-            Ok(instance) => Ok(Guest { store, instance, io }),
+            Ok(instance) => Ok(Guest { store, instance, io, ran: false }),
             Err(error) => {
                 let memory = &store.data().memory;
                 let (status, exit_code, detail) = classify(Err(error), memory, limits);
@@ -292,9 +299,10 @@ impl Guest {
         self.io.stdin.set(request.stdin.clone());
         self.io.stdout.reset(request.limits.max_output_bytes, request.on_output.clone());
         self.io.stderr.reset(request.limits.max_output_bytes, request.on_output.clone());
-        if let Err(e) = arm(&mut self.store, &request.limits, request.handle.as_ref()) {
+        if let Err(e) = arm(&mut self.store, &request.limits, request.handle.as_ref(), !self.ran) {
             return (internal_error(format!("arming the store: {e}")), false);
         }
+        self.ran = true;
         let started = Instant::now();
         let result = enter(&mut self.store, &self.instance);
         // The listener belongs to this run: a kept guest's next run (or its teardown) must not
