@@ -133,7 +133,8 @@ fn bare_firejail(runs: usize) -> Row {
     Row { what: "bare `firejail ... /bin/true` (reference)".into(), runs, p50, p99, note: String::new() }
 }
 
-/// A `wsbx serve` process on an ephemeral port, killed on drop.
+/// A `wsbx serve` process on an ephemeral port, stopped by SIGTERM on drop (as an operator
+/// stops it, so it removes its prepared sandboxes' directories); SIGKILL after 10 s.
 struct Server(std::process::Child, String);
 
 impl Server {
@@ -163,6 +164,14 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: signals our own child, which we have not yet waited for.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
