@@ -347,4 +347,23 @@ async fn an_mcp_call_is_checked_like_any_run() {
     client.cancel().await.expect("closed");
     let rows = audit_rows(&dir.path().join("audit.db"), 2).await;
     assert!(rows.iter().any(|r| r["kind"] == "policy_deny" && r["agent"] == "dev"), "{rows:?}");
+    // Without `--agent`, or with `--agent default`, on a file without that agent: the operator,
+    // under the file's policy and thresholds (as `wsbx exec` runs), not a refusal of every call.
+    for named in [&[][..], &["--agent", "default"][..]] {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsbx"));
+        command.args(["mcp", "--config", path.to_str().unwrap()]).args(named).env_remove("WSBX_CONFIG").env("TMPDIR", dir.path());
+        let client = ().serve(TokioChildProcess::new(command).expect("wsbx mcp starts")).await.expect("initialized");
+        let ran = client.call_tool(call("print(6 * 7)")).await.expect("called");
+        let text = serde_json::to_string(&ran.content).unwrap();
+        assert_eq!(ran.is_error, Some(false), "{named:?}: {text}");
+        assert!(text.contains("42"), "{text}");
+        let denied = client.call_tool(call(WRITES_A_MARKER)).await.expect("called");
+        assert_eq!(denied.is_error, Some(true), "{named:?}");
+        client.cancel().await.expect("closed");
+    }
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsbx"));
+    command.args(["mcp", "--config", path.to_str().unwrap(), "--agent", "nobody"]).env_remove("WSBX_CONFIG").env("TMPDIR", dir.path());
+    let output = command.stdin(std::process::Stdio::null()).output().await.unwrap();
+    assert_eq!(output.status.code(), Some(126), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no agent \"nobody\""), "{output:?}");
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tree_sitter::{Node, Tree};
 
-use super::{field, inner, site, walk, Bindings, Kind, Site, Step};
+use super::{field, inner, site, walk, Bindings, Found, Kind, Step};
 
 /// The ids of the fields read on every node.
 struct Fields {
@@ -24,7 +24,7 @@ const MAX_DEPTH: usize = 3;
 
 /// The sites of `tree`, its imports added to `bindings`; `None` if `deadline` passed first.
 /// `depth` counts the strings of code (`eval("...")`) it was found in.
-pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut Bindings, depth: usize) -> Option<Vec<Site>> {
+pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut Bindings, depth: usize) -> Option<Found> {
     let src = code.as_bytes();
     let fields = Fields {
         object: field(tree, "object"),
@@ -125,7 +125,7 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
         _ => {}
     });
     let bindings = &*bindings;
-    let mut sites = Vec::new();
+    let mut sites = Found::default();
     let mut late = false;
     let complete = complete
         && walk(tree, deadline, |node| match node.kind() {
@@ -186,16 +186,20 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
 
 /// Reads the code `eval("…")` or `Function("a", "…")` runs from a literal (its last argument),
 /// placing what it finds at the call; `false` if `deadline` passed first.
-fn nested(call: Node<'_>, src: &[u8], fields: &Fields, deadline: Instant, bindings: &Bindings, depth: usize, sites: &mut Vec<Site>) -> bool {
+fn nested(call: Node<'_>, src: &[u8], fields: &Fields, deadline: Instant, bindings: &Bindings, depth: usize, sites: &mut Found) -> bool {
     if depth >= MAX_DEPTH {
         return true;
     }
     let Some(code) = call.child_by_field_id(fields.arguments).and_then(|a| inner(a, true)).and_then(|a| literal(a, src)) else { return true };
     let found = super::parse(&tree_sitter_javascript::LANGUAGE.into(), &code, deadline)
-        .and_then(|tree| self::sites(&tree, &code, deadline, &mut bindings.clone(), depth + 1));
+        .and_then(|tree| {
+            let mut bindings = bindings.clone();
+            let found = self::sites(&tree, &code, deadline, &mut bindings, depth + 1);
+            found.map(|found| Found { overflowed: found.overflowed || bindings.overflowed, ..found })
+        });
     match found {
         Some(found) => {
-            sites.extend(found.into_iter().map(|s| Site { start: call.start_byte(), end: call.end_byte(), ..s }));
+            sites.nest(found, call);
             true
         }
         None => false,
@@ -255,9 +259,10 @@ fn dotted(node: Node<'_>, src: &[u8], fields: &Fields, bindings: &Bindings) -> O
 
 /// The value of a plain string literal (a template without substitutions too), its escapes
 /// decoded.
-fn literal<'s>(node: Node<'_>, src: &'s [u8]) -> Option<Cow<'s, str>> {
-    if node.kind() == "parenthesized_expression" {
-        return literal(inner(node, false)?, src);
+fn literal<'s>(mut node: Node<'_>, src: &'s [u8]) -> Option<Cow<'s, str>> {
+    // `((("x")))`: in a loop, however deep.
+    while node.kind() == "parenthesized_expression" {
+        node = inner(node, false)?;
     }
     let text = node.utf8_text(src).ok()?;
     let inner = text.get(1..text.len().checked_sub(1)?)?;

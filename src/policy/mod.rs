@@ -464,7 +464,8 @@ impl Policy {
         };
         let before = bindings.clone();
         let code = &*lines_as_read(language, code);
-        let (found, error) = sites(language, code, bindings);
+        let deadline = Instant::now() + CHECK_BUDGET;
+        let (found, mut error) = sites(language, code, bindings, deadline);
         // Every match as (byte range, rule): cheap to hold, positions computed for the kept
         // ones only.
         let mut hits: Vec<(usize, usize, Hit<'_>)> = Vec::new();
@@ -472,22 +473,27 @@ impl Policy {
         let unparsable = own.unparsable.unwrap_or(Risk::Medium);
         // Code that could not be read in full might hold anything a rule looks for.
         let unchecked = own.rules.iter().map(|r| r.risk).chain([unparsable]).max().unwrap_or(unparsable);
-        match error {
-            Some(Unread::Unparsable(start, end)) => {
-                hits.push((start, end, Hit::Unparsable));
-                risk = unparsable;
+        for (n, site) in found.iter().enumerate() {
+            // Matching is bounded too: what was found may be many sites with long names.
+            if n % 1024 == 1023 && Instant::now() > deadline {
+                error = Some(LATE);
+                break;
             }
-            Some(Unread::Unchecked(why)) => {
-                hits.push((0, 0, Hit::Unchecked(why)));
-                risk = unchecked;
-            }
-            None => {}
-        }
-        for site in &found {
             for rule in own.rules.iter().filter(|r| r.matches(site)) {
                 hits.push((site.start, site.end, Hit::Rule(rule)));
                 risk = risk.max(rule.risk);
             }
+        }
+        match error {
+            Some(Unread::Unparsable(start, end)) => {
+                hits.push((start, end, Hit::Unparsable));
+                risk = risk.max(unparsable);
+            }
+            Some(Unread::Unchecked(why)) => {
+                hits.push((0, 0, Hit::Unchecked(why)));
+                risk = risk.max(unchecked);
+            }
+            None => {}
         }
         for rule in &own.rules {
             // A rule's first matches are all that can be among the first findings.
@@ -658,6 +664,48 @@ struct Site {
     end: usize,
 }
 
+impl Site {
+    /// The memory it holds.
+    fn weight(&self) -> usize {
+        std::mem::size_of::<Site>() + self.name.len() + self.args.iter().map(|a| std::mem::size_of::<String>() + a.len()).sum::<usize>()
+    }
+}
+
+/// The most memory the sites of one check may hold (code that names more is `unchecked`):
+/// aliases make a short call stand for a long name (`a=x; a(); a(); ...`), so what is found can
+/// outgrow the code by far.
+pub const MAX_FOUND_BYTES: usize = 16 << 20;
+
+/// The sites found in a check so far, within [`MAX_FOUND_BYTES`].
+#[derive(Debug, Default)]
+struct Found {
+    sites: Vec<Site>,
+    bytes: usize,
+    /// A site was left out: there were more than the bound holds.
+    overflowed: bool,
+}
+
+impl Found {
+    fn push(&mut self, site: Site) {
+        let weight = site.weight();
+        match self.bytes + weight <= MAX_FOUND_BYTES {
+            true => {
+                self.bytes += weight;
+                self.sites.push(site);
+            }
+            false => self.overflowed = true,
+        }
+    }
+
+    /// The sites of code inside `at` (`exec("...")`), placed at `at`.
+    fn nest(&mut self, found: Found, at: tree_sitter::Node<'_>) {
+        self.overflowed |= found.overflowed;
+        for site in found.sites {
+            self.push(Site { start: at.start_byte(), end: at.end_byte(), ..site });
+        }
+    }
+}
+
 /// The sites of `node`.
 fn site(kind: Kind, name: String, node: tree_sitter::Node<'_>) -> Site {
     Site { kind, name, args: Vec::new(), start: node.start_byte(), end: node.end_byte() }
@@ -680,6 +728,12 @@ fn lines_as_read(language: Language, code: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(String::from_utf8(bytes).unwrap_or_else(|_| code.to_owned()))
 }
 
+/// Why a check that ran out of time gives.
+const LATE: Unread = Unread::Unchecked("the code takes longer to check than a check may (500 ms)");
+
+/// Why a check that found or bound more than it holds gives.
+const FULL: Unread = Unread::Unchecked("the code names more than a check holds (16 MiB of sites, 64 KiB of bound names)");
+
 /// Why code could not be read in full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Unread {
@@ -700,7 +754,7 @@ pub const MAX_NESTING: usize = 1000;
 
 /// The sites of `code`, resolved with and added to `bindings`, and why it could not be read in
 /// full, if it could not.
-fn sites(language: Language, code: &str, bindings: &mut Bindings) -> (Vec<Site>, Option<Unread>) {
+fn sites(language: Language, code: &str, bindings: &mut Bindings, deadline: Instant) -> (Vec<Site>, Option<Unread>) {
     if code.len() > MAX_CHECKED_BYTES {
         return (Vec::new(), Some(Unread::Unchecked("the code is larger than a check reads (256 KiB)")));
     }
@@ -712,8 +766,6 @@ fn sites(language: Language, code: &str, bindings: &mut Bindings) -> (Vec<Site>,
         Language::Javascript => tree_sitter_javascript::LANGUAGE.into(),
         Language::Shell => tree_sitter_bash::LANGUAGE.into(),
     };
-    let late = Unread::Unchecked("the code takes longer to check than a check may (500 ms)");
-    let deadline = Instant::now() + CHECK_BUDGET;
     // bash joins the lines a backslash continues before it reads words (`cu\⏎rl` is `curl`);
     // the grammar does not.
     let (code, joins) = match language == Language::Shell && code.contains("\\\n") {
@@ -721,7 +773,7 @@ fn sites(language: Language, code: &str, bindings: &mut Bindings) -> (Vec<Site>,
         false => (std::borrow::Cow::Borrowed(code), Vec::new()),
     };
     let Some(tree) = parse(&grammar, &code, deadline) else {
-        return (Vec::new(), Some(late));
+        return (Vec::new(), Some(LATE));
     };
     let found = match language {
         Language::Python => python::sites(&tree, &code, deadline, bindings, 0),
@@ -731,13 +783,14 @@ fn sites(language: Language, code: &str, bindings: &mut Bindings) -> (Vec<Site>,
     // Offsets in the joined code back to the code as given.
     let back = |at: usize| at + 2 * joins.partition_point(|&join| join <= at);
     match found {
-        Some(mut found) => {
+        Some(found) if found.overflowed || bindings.overflowed => (Vec::new(), Some(FULL)),
+        Some(Found { sites: mut found, .. }) => {
             for site in &mut found {
                 (site.start, site.end) = (back(site.start), back(site.end));
             }
             (found, first_error(&tree).map(|(start, end)| Unread::Unparsable(back(start), back(end))))
         }
-        None => (Vec::new(), Some(late)),
+        None => (Vec::new(), Some(LATE)),
     }
 }
 
@@ -786,16 +839,51 @@ pub struct Bindings {
     names: std::collections::HashMap<String, String>,
     /// Modules imported with `from m import *` (Python), whose names a bare call may be.
     star: Vec<String>,
+    /// The bytes of the names held, within [`MAX_BINDINGS_BYTES`].
+    bytes: usize,
+    /// A binding was refused for want of room: names may stand for what no longer shows, and
+    /// every check with these bindings is `unchecked`.
+    overflowed: bool,
 }
+
+/// The most bytes of names [`Bindings`] hold. Real code binds tens of short names, and a
+/// session's turns keep theirs; the bound keeps hostile code (`a1 = a2 = ... = <long name>`)
+/// from growing a session's memory and every check's copy of it.
+pub const MAX_BINDINGS_BYTES: usize = 64 << 10;
+
+/// The most modules imported with `from m import *` that bare calls are read in (more is
+/// `unchecked`).
+const MAX_STAR: usize = 16;
 
 impl Bindings {
     /// `local` stands for `full` from now on.
     fn bind(&mut self, local: String, full: String) {
         if local == full {
-            self.names.remove(&local);
-        } else {
-            self.names.insert(local, full);
+            if let Some(old) = self.names.remove(&local) {
+                self.bytes -= local.len() + old.len();
+            }
+            return;
         }
+        let old = self.names.get(&local).map_or(0, |old| local.len() + old.len());
+        if self.bytes - old + local.len() + full.len() > MAX_BINDINGS_BYTES {
+            self.overflowed = true;
+            return;
+        }
+        self.bytes = self.bytes - old + local.len() + full.len();
+        self.names.insert(local, full);
+    }
+
+    /// Calls of bare names may be calls of `module`'s names too (`from module import *`).
+    fn star(&mut self, module: String) {
+        if self.star.contains(&module) {
+            return;
+        }
+        if self.star.len() == MAX_STAR || self.bytes + module.len() > MAX_BINDINGS_BYTES {
+            self.overflowed = true;
+            return;
+        }
+        self.bytes += module.len();
+        self.star.push(module);
     }
 
     /// `dotted` with its first part replaced by what it stands for.
@@ -948,7 +1036,7 @@ mod tests {
     use super::*;
 
     fn names(language: Language, code: &str, kind: Kind) -> Vec<String> {
-        let (found, _) = sites(language, code, &mut Bindings::default());
+        let (found, _) = sites(language, code, &mut Bindings::default(), Instant::now() + CHECK_BUDGET);
         found.into_iter().filter(|s| s.kind == kind).map(|s| s.name).collect()
     }
 
@@ -989,7 +1077,7 @@ mod tests {
     #[test]
     fn comments_and_strings_never_match() {
         let code = "# import subprocess\ns = 'os.system(1); eval(2)'\nprint(\"\"\"import socket\"\"\")\n";
-        let (found, error) = sites(Language::Python, code, &mut Bindings::default());
+        let (found, error) = sites(Language::Python, code, &mut Bindings::default(), Instant::now() + CHECK_BUDGET);
         assert_eq!(error, None);
         assert!(found.iter().all(|s| s.name == "print"), "{found:?}");
         let js = "// require('child_process')\nconst s = \"eval(1)\"; /* new Function('x') */\n";
@@ -1409,6 +1497,54 @@ mod tests {
         ] {
             assert_eq!(shell.check(Language::Shell, unseen).decision, Decision::Allow, "{unseen}");
         }
+    }
+
+    /// Code built to make the check itself slow, deep or large: a verdict within bounds, on a
+    /// thread with a small stack (a server's check runs on one), never an abort or a hang.
+    #[test]
+    fn hostile_chains_and_aliases_are_bounded() {
+        let checks = std::thread::Builder::new().stack_size(256 << 10).spawn(|| {
+            let starter = starter();
+            let rule_of = |code: &str| {
+                let started = Instant::now();
+                let verdict = starter.check(Language::Python, code);
+                // Not a speed target: a guard that turns an exponential walk into a failure.
+                assert!(started.elapsed() < 20 * CHECK_BUDGET, "{:?} for {} bytes", started.elapsed(), code.len());
+                verdict.findings.iter().map(|f| f.rule.clone()).collect::<Vec<_>>()
+            };
+            let unchecked = vec![UNCHECKED.to_owned()];
+            // Each subscript of a chain was read twice, and once per native frame.
+            for depth in [40, 50_000] {
+                assert!(rule_of(&format!("x{}()", "[\"a\"]".repeat(depth))).is_empty(), "{depth}");
+            }
+            for code in ["import sys\nsys.modules['os'].system('x')", "import sys as s\ns.modules['os'].system('x')", "__import__('sys').modules['os'].system('x')"] {
+                assert!(rule_of(code).contains(&"os-process".to_owned()), "{code}");
+            }
+            // A call of a call of ...: each callee's text is not copied.
+            assert!(rule_of(&format!("f{}", "()".repeat(100_000))).is_empty());
+            // Parentheses as deep as a check reads, around a literal and inside one.
+            let deep = format!("exec({}'import os; os.system(1)'{})", "(".repeat(990), ")".repeat(990));
+            assert!(rule_of(&deep).contains(&"os-process".to_owned()));
+            let escaped = format!("exec('{}1{}')", "\\x28".repeat(60_000), "\\x29".repeat(60_000));
+            rule_of(&escaped);
+            // Aliases that make each short line stand for a long name.
+            let binds: String = (0..2000).map(|i| format!("a{i} = os.{}\n", "p".repeat(100))).collect();
+            assert_eq!(rule_of(&format!("import os\n{binds}")), unchecked);
+            let calls = format!("import os\nx = os.{}\n{}", "p".repeat(60_000), "x()\n".repeat(45_000));
+            assert_eq!(rule_of(&calls), unchecked);
+            let stars: String = (0..17).map(|i| format!("from m{i} import *\n")).collect();
+            assert_eq!(rule_of(&format!("{stars}system('x')")), unchecked);
+            // A session's names are bounded too: a turn past the bound is unchecked, and so
+            // is every later turn that ran after it (what its names stand for is not known).
+            let warn = starter.with_thresholds(Some(Risk::Critical), None);
+            let mut bindings = Bindings::default();
+            for turn in 0..3 {
+                let verdict = warn.check_in(Language::Python, &binds, &mut bindings);
+                assert_eq!(verdict.findings[0].rule, UNCHECKED, "turn {turn}");
+                assert!(bindings.bytes <= MAX_BINDINGS_BYTES);
+            }
+        });
+        checks.unwrap().join().unwrap();
     }
 
     #[test]

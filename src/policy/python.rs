@@ -8,7 +8,7 @@ use std::time::Instant;
 use tree_sitter::{Node, Tree};
 use unicode_normalization::UnicodeNormalization;
 
-use super::{field, inner, site, walk, Bindings, Kind, Site, Step};
+use super::{field, inner, site, walk, Bindings, Found, Kind, Step};
 
 /// The ids of the fields read on every node.
 struct Fields {
@@ -18,26 +18,27 @@ struct Fields {
     arguments: u16,
 }
 
-/// The most `from x import *` modules a bare call is also read in.
-const MAX_STAR: usize = 16;
-
 /// The functions that import the module their first argument names.
 const IMPORTERS: &[&str] = &["__import__", "importlib.import_module", "importlib.__import__", "runpy.run_module"];
 
 /// The functions that run their first argument as Python code: a literal there is read as code.
 const RUNNERS: &[&str] = &["exec", "eval", "compile", "timeit.timeit", "timeit.repeat", "timeit.Timer", "pdb.run", "pdb.runeval", "cProfile.run", "profile.run"];
 
+/// The longest callee whose text is read to see whether it stands for a module or a member
+/// (`importlib.import_module`, `getattr`).
+const MAX_CALLEE_BYTES: usize = 256;
+
 /// How deep `exec("exec('...')")` is followed.
 const MAX_DEPTH: usize = 3;
 
 /// The sites of `tree`, its imports added to `bindings`; `None` if `deadline` passed first.
 /// `depth` counts the strings of code (`exec("...")`) it was found in.
-pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut Bindings, depth: usize) -> Option<Vec<Site>> {
+pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut Bindings, depth: usize) -> Option<Found> {
     let src = code.as_bytes();
     let fields = Fields { object: field(tree, "object"), attribute: field(tree, "attribute"), function: field(tree, "function"), arguments: field(tree, "arguments") };
     // Python reads identifiers in NFKC form: `ｅｖａｌ` is `eval`.
     let text = |n: Node<'_>| nfkc(n.utf8_text(src).unwrap_or(""));
-    let mut sites = Vec::new();
+    let mut sites = Found::default();
     // First the imports, which also say what each local name stands for.
     let complete = walk(tree, deadline, |node| match node.kind() {
         "import_statement" => {
@@ -65,9 +66,7 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
             sites.push(site(Kind::Import, module.clone(), node));
             let mut cursor = node.walk();
             if node.children(&mut cursor).any(|c| c.kind() == "wildcard_import") {
-                if !bindings.star.contains(&module) && bindings.star.len() < MAX_STAR {
-                    bindings.star.push(module.clone());
-                }
+                bindings.star(module);
                 return;
             }
             for name in node.children_by_field_name("name", &mut cursor) {
@@ -141,9 +140,13 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
                 if RUNNERS.contains(&name.as_str()) && depth < MAX_DEPTH {
                     if let Some(nested) = imported(node, src, &fields) {
                         let found = super::parse(&tree_sitter_python::LANGUAGE.into(), &nested, deadline)
-                            .and_then(|tree| self::sites(&tree, &nested, deadline, &mut bindings.clone(), depth + 1));
+                            .and_then(|tree| {
+                                let mut bindings = bindings.clone();
+                                let found = self::sites(&tree, &nested, deadline, &mut bindings, depth + 1);
+                                found.map(|found| Found { overflowed: found.overflowed || bindings.overflowed, ..found })
+                            });
                         match found {
-                            Some(found) => sites.extend(found.into_iter().map(|s| Site { start: node.start_byte(), end: node.end_byte(), ..s })),
+                            Some(found) => sites.nest(found, node),
                             None => late = true,
                         }
                     }
@@ -192,18 +195,21 @@ fn dotted(node: Node<'_>, src: &[u8], fields: &Fields, bindings: &Bindings) -> O
             // `os.__dict__["system"]` is `os.system`.
             Some(Step::Member(object, Cow::Borrowed(if attribute == "__dict__" { "" } else { attribute })))
         }
-        // `x["name"]` with a literal: `sys.modules["os"]` is `os`, `vars(os)["system"]` is
-        // `os.system`.
+        // `x["name"]` with a literal: `vars(os)["system"]` is `os.system`, and
+        // `sys.modules["os"]` is `os` (below, once the whole chain is read: looking at the
+        // value here would read it again at every level).
         "subscript" => {
             let value = node.child_by_field_name("value")?;
             let key = literal(node.child_by_field_name("subscript")?, src)?;
-            match dotted(value, src, fields, bindings).as_deref() {
-                Some("sys.modules") => Some(Step::Name(Cow::Owned(key))),
-                _ => Some(Step::Member(value, Cow::Owned(key))),
-            }
+            Some(Step::Member(value, Cow::Owned(key)))
         }
         "call" => {
             let function = node.child_by_field_id(fields.function)?;
+            // The functions that stand for a module or a member are called by a short name;
+            // the text of anything else (`f()()()...`) is not copied at every call of a chain.
+            if !matches!(function.kind(), "identifier" | "attribute") || function.byte_range().len() > MAX_CALLEE_BYTES {
+                return None;
+            }
             let name = bindings.resolve(nfkc(function.utf8_text(src).ok()?));
             let arguments = node.child_by_field_id(fields.arguments)?;
             let mut cursor = arguments.walk();
@@ -217,7 +223,12 @@ fn dotted(node: Node<'_>, src: &[u8], fields: &Fields, bindings: &Bindings) -> O
         }
         _ => None,
     })?;
-    Some(bindings.resolve(nfkc(&name)))
+    let name = bindings.resolve(nfkc(&name));
+    // The modules by their real names, whatever the code's own names stand for.
+    match name.strip_prefix("sys.modules.") {
+        Some(module) => Some(module.to_owned()),
+        None => Some(name),
+    }
 }
 
 /// The module a call of `__import__` (or `importlib.import_module`) imports, when its first
@@ -242,11 +253,14 @@ fn imported(call: Node<'_>, src: &[u8], fields: &Fields) -> Option<String> {
 
 /// The value of a plain string literal (no interpolation; adjacent literals joined), its
 /// escapes decoded as Python decodes them (`"\x73ystem"` is `system`) unless it is raw.
-fn literal(node: Node<'_>, src: &[u8]) -> Option<String> {
+fn literal(mut node: Node<'_>, src: &[u8]) -> Option<String> {
+    // `((("x")))`: in a loop, however deep.
+    while node.kind() == "parenthesized_expression" {
+        node = inner(node, false)?;
+    }
     let mut cursor = node.walk();
     match node.kind() {
         "concatenated_string" => node.named_children(&mut cursor).map(|part| literal(part, src)).collect(),
-        "parenthesized_expression" => literal(inner(node, false)?, src),
         "string" => {
             let mut value = String::new();
             let mut raw = false;

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tree_sitter::{Node, Tree};
 
-use super::{inner, walk, Kind, Site};
+use super::{inner, walk, Found, Kind, Site};
 
 /// Commands that run the command named by their first argument that is not an option, with the
 /// options of each that take a value (skipped with it: `sudo -u root curl` runs curl).
@@ -160,17 +160,17 @@ fn shell_code(args: &[String]) -> Option<String> {
 /// The sites of `tree`, `None` if `deadline` passed first; `depth` counts the strings of code
 /// it was found in. The sites of code found inside a string (`bash -c '...'`, a here-document
 /// fed to a shell) are placed at the statement that runs it.
-pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, depth: usize) -> Option<Vec<Site>> {
+pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, depth: usize) -> Option<Found> {
     let src = code.as_bytes();
-    let mut sites = Vec::new();
+    let mut sites = Found::default();
     let mut late = false;
-    let mut nested = |text: &str, node: Node<'_>, sites: &mut Vec<Site>| {
+    let mut nested = |text: &str, node: Node<'_>, sites: &mut Found| {
         if depth >= MAX_DEPTH {
             return;
         }
         let found = super::parse(&tree_sitter_bash::LANGUAGE.into(), text, deadline).and_then(|tree| self::sites(&tree, text, deadline, depth + 1));
         match found {
-            Some(found) => sites.extend(found.into_iter().map(|s| Site { start: node.start_byte(), end: node.end_byte(), ..s })),
+            Some(found) => sites.nest(found, node),
             None => late = true,
         }
     };
