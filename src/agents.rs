@@ -55,6 +55,8 @@ pub struct Agents {
     agents: BTreeMap<String, Arc<Agent>>,
     tokens: HashMap<[u8; 32], String>,
     admin: Option<[u8; 32]>,
+    /// The agent `default` when the file has none: see [`Agents::local`].
+    operator: Arc<Agent>,
 }
 
 impl Agents {
@@ -88,13 +90,31 @@ impl Agents {
         if admin.is_some_and(|a| tokens.contains_key(&a)) {
             return Err("the admin token is also an agent's token".into());
         }
+        let operator = Arc::new(Agent::new(AgentConfig { id: DEFAULT_AGENT.into(), approved: true, ..AgentConfig::default() }, policy.as_ref()));
         let open = tokens.is_empty() && admin.is_none();
         if open || default_token.is_some() {
-            agents
-                .entry(DEFAULT_AGENT.to_owned())
-                .or_insert_with(|| Arc::new(Agent::new(AgentConfig { id: DEFAULT_AGENT.into(), approved: true, ..AgentConfig::default() }, policy.as_ref())));
+            agents.entry(DEFAULT_AGENT.to_owned()).or_insert_with(|| operator.clone());
         }
-        Ok(Agents { agents, tokens, admin })
+        Ok(Agents { agents, tokens, admin, operator })
+    }
+
+    /// The agent a local caller runs as — `wsbx exec`, `wsbx check` and `wsbx mcp` on stdio,
+    /// which have no token: the agent `id`, or `default` when none is named. A file without an
+    /// agent `default` still has one for them: the operator on their own machine, approved,
+    /// under the file's limits and policy, without quotas. `None` when `id` is no agent.
+    ///
+    /// ```
+    /// let config = wsbx::config::Config::parse("[[agents]]\nid = \"a\"\ntoken_sha256 = \"00000000000000000000000000000000000000000000000000000000000000aa\"\n").unwrap();
+    /// let agents = wsbx::agents::Agents::new(&config, None).unwrap();
+    /// assert!(agents.get("default").is_none(), "over HTTP, a token names every caller");
+    /// assert_eq!(agents.local(None).unwrap().id, "default");
+    /// assert_eq!(agents.local(Some("default")).unwrap().id, "default");
+    /// assert_eq!(agents.local(Some("a")).unwrap().id, "a");
+    /// assert!(agents.local(Some("b")).is_none());
+    /// ```
+    pub fn local(&self, id: Option<&str>) -> Option<Arc<Agent>> {
+        let id = id.unwrap_or(DEFAULT_AGENT);
+        self.get(id).or_else(|| (id == DEFAULT_AGENT).then(|| self.operator.clone()))
     }
 
     /// Whether requests need a token (some token is configured).

@@ -508,6 +508,11 @@ impl Config {
             if let Some((name, _)) = zero.iter().find(|(_, v)| *v == Some(0)) {
                 return invalid(format!("{key}.{name} must be above zero (revoke the agent to stop it)"));
             }
+            if let (Some(deny_at), Some(warn_at)) = (agent.policy_deny_at, agent.policy_warn_at) {
+                if warn_at > deny_at {
+                    return invalid(format!("{key}: policy_warn_at ({warn_at}) is above policy_deny_at ({deny_at}), so it would never warn"));
+                }
+            }
             check_limits(&format!("{key}.ceiling"), &agent.ceiling)?;
         }
         check_limits("limits.default", &self.limits.default)?;
@@ -712,6 +717,8 @@ mod tests {
         // What could never work is refused, not silently kept.
         let error = Config::parse("[policy.python]\ndeny_at = \"low\"\nwarn_at = \"critical\"\n").unwrap_err().to_string();
         assert!(error.contains("warn_at (critical) is above deny_at (low)"), "{error}");
+        let error = Config::parse("[[agents]]\nid = \"a\"\npolicy_deny_at = \"low\"\npolicy_warn_at = \"critical\"\n").unwrap_err().to_string();
+        assert!(error.contains("agents[0] (id \"a\"): policy_warn_at (critical) is above policy_deny_at (low)"), "{error}");
         let error = Config::parse("[[policy.python.rules]]\nid = \"c\"\nkind = \"command\"\nmatch = \"curl\"\nrisk = \"low\"\n").unwrap_err().to_string();
         assert!(error.contains("rule c is of kind command, which python code never has"), "{error}");
         let error = Config::parse("[[policy.shell.rules]]\nid = \"c\"\nkind = \"import\"\nmatch = \"os\"\nrisk = \"low\"\n").unwrap_err().to_string();

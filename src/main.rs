@@ -66,7 +66,8 @@ struct McpArgs {
     /// The config file: limits, agents, audit (`$WSBX_CONFIG`).
     #[arg(long, value_name = "FILE", env = "WSBX_CONFIG")]
     config: Option<PathBuf>,
-    /// The agent the client runs as (default: `default`).
+    /// The agent the client runs as; `default` is the operator, with the file's limits and
+    /// policy, unless the file defines it [default: default].
     #[arg(long, value_name = "ID")]
     agent: Option<String>,
 }
@@ -224,7 +225,8 @@ struct ExecArgs {
     #[arg(long, value_name = "FILE", env = "WSBX_CONFIG")]
     config: Option<PathBuf>,
     /// The agent this run is for (needs --config): its approval, languages, ceilings and
-    /// policy thresholds apply, and the audit row names it [default: default].
+    /// policy thresholds apply, and the audit row names it; `default` is the operator, with the
+    /// file's limits and policy, unless the file defines it [default: default].
     #[arg(long, value_name = "ID")]
     agent: Option<String>,
 }
@@ -243,7 +245,8 @@ struct CheckArgs {
     /// The config file with the policy (`$WSBX_CONFIG`).
     #[arg(long, value_name = "FILE", env = "WSBX_CONFIG")]
     config: Option<PathBuf>,
-    /// Check with this agent's thresholds (`policy_deny_at`, `policy_warn_at`).
+    /// Check with this agent's thresholds (`policy_deny_at`, `policy_warn_at`)
+    /// [default: default].
     #[arg(long, value_name = "ID")]
     agent: Option<String>,
 }
@@ -525,15 +528,7 @@ impl ExecConfig {
             }
             false => None,
         };
-        let agent = match agents.get(&id) {
-            Some(agent) => agent,
-            None if args.agent.is_none() => {
-                // No agent asked for and no `default` in the file: the file's limits apply.
-                let (defaults, ceiling) = (table.default(language), table.ceiling(language));
-                return Ok(ExecConfig { defaults, ceiling, agent: id, audit, policy: config.policy(), preinit_imports: config.python.preinit_imports });
-            }
-            None => return Err(format!("no agent {id:?} in {}", path.display())),
-        };
+        let agent = agents.local(Some(&id)).ok_or_else(|| format!("no agent {id:?} in {}", path.display()))?;
         if let Some(audit) = &audit {
             for (who, approved) in audit.approvals()? {
                 if who == agent.id {
@@ -569,15 +564,10 @@ fn check(args: CheckArgs) -> ExitCode {
         let language = args.language.parse::<Language>().map_err(|e| e.to_string())?;
         let path = args.config.as_ref().ok_or("no policy to check against: give --config FILE (or $WSBX_CONFIG) with [policy.<language>] sections")?;
         let config = wsbx::config::Config::load(path).map_err(|e| e.to_string())?;
-        let policy = match &args.agent {
-            Some(id) => {
-                let agents = wsbx::agents::Agents::new(&config, None)?;
-                let agent = agents.get(id).ok_or_else(|| format!("no agent {id:?} in {}", path.display()))?;
-                agent.policy().cloned()
-            }
-            None => config.policy(),
-        };
-        let policy = policy.ok_or_else(|| format!("{} has no [policy] section: there is nothing to check against", path.display()))?;
+        // As `wsbx exec` would run it: as `--agent`, else `default`, with its thresholds.
+        let agents = wsbx::agents::Agents::new(&config, None)?;
+        let agent = agents.local(args.agent.as_deref()).ok_or_else(|| format!("no agent {:?} in {}", args.agent.as_deref().unwrap_or_default(), path.display()))?;
+        let policy = agent.policy().cloned().ok_or_else(|| format!("{} has no [policy] section: there is nothing to check against", path.display()))?;
         Ok(policy.check(language, &read_code(&args.code, &args.source)?))
     };
     match checked() {
@@ -841,7 +831,16 @@ fn mcp(args: McpArgs) -> ExitCode {
             }
         }
     }
-    config.stdio_agent = args.agent;
+    // A name that is no agent is a mistake in the command, found before anything starts.
+    let known = wsbx::agents::Agents::new(&config.file, None).map(|agents| agents.local(args.agent.as_deref()).is_some());
+    if let (Some(id), Ok(false)) = (&args.agent, known) {
+        match &args.config {
+            Some(path) => wsbx::errln!("wsbx: rejected: no agent {id:?} in {}", path.display()),
+            None => wsbx::errln!("wsbx: rejected: --agent names an agent of a config file: give --config FILE too"),
+        }
+        return ExitCode::from(EXIT_REJECTED);
+    }
+    config.stdio_agent = Some(args.agent.unwrap_or_else(|| wsbx::agents::DEFAULT_AGENT.into()));
     let runtime = match server_runtime(&config) {
         Ok(runtime) => runtime,
         Err(code) => return code,

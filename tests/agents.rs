@@ -518,6 +518,19 @@ fn cli_runs_take_an_agent_and_are_audited() {
     let db = dir.path().join("audit.db");
     let (_, out, _) = wsbx(&["audit", "list", "--db", db.to_str().unwrap(), "--agent", "dev-1"]);
     assert!(out.lines().nth(1).is_some_and(|l| l.contains("dev-1") && l.contains("ok")), "{out}");
+    // The file has no agent `default`: without `--agent`, and with `--agent default`, the run is
+    // the operator's, under the file's limits, and its row says `default`; another name is refused.
+    for named in [&[][..], &["--agent", "default"][..]] {
+        let args = [&["exec", "--config", config][..], named, &["--lang", "javascript", "-c", "console.log(6*7)"][..]].concat();
+        let (code, out, err) = wsbx(&args);
+        assert_eq!((code, out.as_str()), (0, "42\n"), "{named:?}: {err}");
+    }
+    let (code, _, err) = wsbx(&["exec", "--config", config, "--agent", "nobody", "--lang", "python", "-c", "1"]);
+    assert_eq!(code, 126);
+    assert!(err.contains("no agent \"nobody\""), "{err}");
+    let (_, rows, _) = wsbx(&["audit", "list", "--db", db.to_str().unwrap(), "--agent", "default", "--json"]);
+    let rows: Vec<Value> = serde_json::from_str(&rows).unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
 }
 
 /// A run waiting for a slot is in the table and a kill reaches it: it ends `killed` at once,

@@ -249,6 +249,22 @@ async fn without_a_policy_nothing_is_checked_and_noise_never_crashes_the_checker
             assert_eq!(verdict["decision"], "deny", "{language}: {verdict}");
         }
     }
+    // Code built against the checker itself (an outside attack): a chain of subscripts deep
+    // enough to overflow a native stack per level, one that took 2^n steps, aliases that make
+    // every short line stand for a long name. Each is a verdict; the server lives on, and a
+    // run of such code answers as its check and limits say, not never.
+    let binds: String = (0..2000).map(|i| format!("a{i} = os.{}\n", "p".repeat(100))).collect();
+    for (code, rule) in [
+        (format!("x{}()", "[\"a\"]".repeat(50_000)), Value::Null),
+        (format!("x{}()", "[\"a\"]".repeat(40)), Value::Null),
+        (format!("import os\n{binds}"), json!("unchecked")),
+    ] {
+        let (status, verdict) = post(&client, &strict, "/v1/check", "dev-token", json!({"language": "python", "code": code})).await;
+        assert_eq!((status, &verdict["findings"][0]["rule"]), (200, &rule), "{verdict}");
+    }
+    let (_, result) = post(&client, &strict, "/v1/exec", "dev-token", json!({"language": "python", "code": format!("x = {{'a': 0}}\nx{}()", "['a']".repeat(40))})).await;
+    assert_eq!(result["status"], "error", "{result}");
+    assert!(result["stderr"].as_str().unwrap().contains("TypeError"), "{result}");
     let health = client.get(strict.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 }

@@ -73,7 +73,8 @@ pub struct ServeConfig {
     pub file: Config,
     /// Where the audit log is written; `None`: runs are not audited.
     pub audit: Option<std::path::PathBuf>,
-    /// The agent of `wsbx mcp` (stdio, where there is no token): `--agent`, else `default`.
+    /// The agent `wsbx mcp`'s client on stdio runs as (there is no token there; see
+    /// [`crate::agents::Agents::local`]); `None` for a server without stdio.
     pub stdio_agent: Option<String>,
 }
 
@@ -252,8 +253,8 @@ fn app(config: ServeConfig) -> Result<(Router, Arc<AppState>), String> {
         None => None,
     };
     let stdio_caller = match config.stdio_agent.as_deref() {
-        Some(id) => Some(Caller::Agent(agents.get(id).ok_or_else(|| format!("no agent {id:?} in the config file"))?)),
-        None => agents.get(crate::agents::DEFAULT_AGENT).map(Caller::Agent),
+        Some(id) => Some(Caller::Agent(agents.local(Some(id)).ok_or_else(|| format!("no agent {id:?} in the config file"))?)),
+        None => None,
     };
     let metrics = Metrics::new().map_err(|e| format!("registering metrics: {e}"))?;
     let sandbox = Arc::new(Sandbox::new(SandboxConfig { ceiling: limits.highest(), ..config.sandbox }));
