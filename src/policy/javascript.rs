@@ -36,7 +36,11 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
     let fields = &fields;
     let text = |n: Node<'_>| unescape(n.utf8_text(src).unwrap_or("")).into_owned();
     // First what the imports and declarations bind.
+    // The assignments inside a chain (`a = b = o`), read with its first.
+    let mut chained = std::collections::HashSet::new();
     let complete = walk(tree, deadline, |node| match node.kind() {
+        // Past the bound the check gives up: nothing more needs reading.
+        _ if bindings.overflowed => {}
         "import_statement" => {
             let Some(module) = node.child_by_field_name("source").and_then(|s| literal(s, src)) else { return };
             let mut cursor = node.walk();
@@ -54,6 +58,9 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
                     "named_imports" => {
                         let mut cursor = part.walk();
                         for specifier in part.named_children(&mut cursor).filter(|s| s.kind() == "import_specifier") {
+                            if bindings.overflowed {
+                                return;
+                            }
                             let Some(name) = specifier.child_by_field_name("name") else { continue };
                             let name = literal(name, src).map(Cow::into_owned).unwrap_or_else(|| text(name));
                             let local = specifier.child_by_field_name("alias").map(text).unwrap_or_else(|| name.clone());
@@ -74,10 +81,20 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
                 _ => (node.child_by_field_name("left"), node.child_by_field_name("right")),
             };
             let (Some(name), Some(mut value)) = (name, value) else { return };
-            // `const a = b = o`: every target of the chain stands for its last value; `(o)` is `o`.
+            // `const a = b = o`: every target of the chain stands for its last value; `(o)` is
+            // `o`. The chain is read once, from its first assignment (following it from each
+            // would take time quadratic in its length).
+            if chained.contains(&node.id()) {
+                return;
+            }
+            let mut names = vec![name];
             loop {
                 let next = match value.kind() {
-                    "assignment_expression" => value.child_by_field_name("right"),
+                    "assignment_expression" => {
+                        chained.insert(value.id());
+                        names.extend(value.child_by_field_name("left"));
+                        value.child_by_field_name("right")
+                    }
                     "parenthesized_expression" => inner(value, false),
                     _ => break,
                 };
@@ -101,25 +118,53 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
                 _ => None,
             };
             let Some(source) = source else { return };
-            match name.kind() {
-                "identifier" => bindings.bind(text(name), source),
-                "object_pattern" => {
-                    let mut cursor = name.walk();
-                    for property in name.named_children(&mut cursor) {
-                        match property.kind() {
-                            "shorthand_property_identifier_pattern" => bindings.bind(text(property), format!("{source}.{}", text(property))),
-                            "pair_pattern" => {
-                                let (Some(key), Some(local)) = (property.child_by_field_name("key"), property.child_by_field_name("value")) else { continue };
-                                if local.kind() == "identifier" {
-                                    let key = literal(key, src).map(Cow::into_owned).unwrap_or_else(|| text(key));
-                                    bindings.bind(text(local), format!("{source}.{key}"));
-                                }
+            for name in names {
+                if bindings.overflowed {
+                    return;
+                }
+                match name.kind() {
+                    "identifier" => bindings.bind(text(name), source.clone()),
+                    "object_pattern" => {
+                        let mut cursor = name.walk();
+                        for property in name.named_children(&mut cursor) {
+                            if bindings.overflowed {
+                                return;
                             }
-                            _ => {}
+                            match property.kind() {
+                                "shorthand_property_identifier_pattern" => bindings.bind(text(property), format!("{source}.{}", text(property))),
+                                // `{ exec = f }`: `exec` is still `source.exec` when it has one.
+                                "object_assignment_pattern" => {
+                                    if let Some(local) = property.child_by_field_name("left").filter(|l| l.kind() == "shorthand_property_identifier_pattern") {
+                                        bindings.bind(text(local), format!("{source}.{}", text(local)));
+                                    }
+                                }
+                                // `{ ...rest }`: the rest of `source`, its members included.
+                                "rest_pattern" => {
+                                    if let Some(local) = inner(property, false).filter(|l| l.kind() == "identifier") {
+                                        bindings.bind(text(local), source.clone());
+                                    }
+                                }
+                                // `{ exec: e }`, `{ ["exec"]: e }`, `{ exec: e = f }`.
+                                "pair_pattern" => {
+                                    let (Some(key), Some(mut local)) = (property.child_by_field_name("key"), property.child_by_field_name("value")) else { continue };
+                                    if local.kind() == "assignment_pattern" {
+                                        let Some(left) = local.child_by_field_name("left") else { continue };
+                                        local = left;
+                                    }
+                                    let key = match key.kind() {
+                                        "computed_property_name" => inner(key, false).and_then(|k| literal(k, src)).map(Cow::into_owned),
+                                        _ => Some(literal(key, src).map(Cow::into_owned).unwrap_or_else(|| text(key))),
+                                    };
+                                    if let (Some(key), "identifier") = (key, local.kind()) {
+                                        bindings.bind(text(local), format!("{source}.{key}"));
+                                    }
+                                }
+                                _ => {}
+                            }
                         }
                     }
+                    _ => {}
                 }
-                _ => {}
             }
         }
         _ => {}
@@ -129,6 +174,7 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
     let mut late = false;
     let complete = complete
         && walk(tree, deadline, |node| match node.kind() {
+            _ if sites.overflowed => {}
             "import_statement" | "export_statement" => {
                 if let Some(module) = node.child_by_field_name("source").and_then(|s| literal(s, src)) {
                     sites.push(site(Kind::Import, module.into_owned(), node));
@@ -187,10 +233,17 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
 /// Reads the code `eval("…")` or `Function("a", "…")` runs from a literal (its last argument),
 /// placing what it finds at the call; `false` if `deadline` passed first.
 fn nested(call: Node<'_>, src: &[u8], fields: &Fields, deadline: Instant, bindings: &Bindings, depth: usize, sites: &mut Found) -> bool {
+    // `Function("a", "…")`, and the tagged template `` Function`…` ``.
+    let code = call.child_by_field_id(fields.arguments).and_then(|a| match a.kind() {
+        "template_string" => literal(a, src),
+        _ => inner(a, true).and_then(|a| literal(a, src)),
+    });
+    let Some(code) = code else { return true };
     if depth >= MAX_DEPTH {
+        // Code this deep is not read: the verdict says so rather than pass it.
+        sites.too_deep = true;
         return true;
     }
-    let Some(code) = call.child_by_field_id(fields.arguments).and_then(|a| inner(a, true)).and_then(|a| literal(a, src)) else { return true };
     let found = super::parse(&tree_sitter_javascript::LANGUAGE.into(), &code, deadline)
         .and_then(|tree| {
             let mut bindings = bindings.clone();
@@ -249,7 +302,8 @@ fn dotted(node: Node<'_>, src: &[u8], fields: &Fields, bindings: &Bindings) -> O
         }
         _ => None,
     })?;
-    for object in ["globalThis.", "window.", "self.", "global."] {
+    // `this` at a script's top level is the global object too.
+    for object in ["globalThis.", "window.", "self.", "global.", "this."] {
         if let Some(rest) = name.strip_prefix(object) {
             return Some(bindings.resolve(rest.to_owned()));
         }

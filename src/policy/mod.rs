@@ -290,7 +290,7 @@ fn matches(kind: Kind, pattern: &str, site: &Site) -> bool {
         Kind::Attribute => name == pattern || name.strip_suffix(pattern).is_some_and(|rest| rest.ends_with('.')),
         Kind::Command => {
             let mut words = pattern.split_whitespace();
-            words.next().is_some_and(|command| named(command, name)) && words.all(|word| among(word, &site.args))
+            words.next().is_some_and(|command| could_name(name, command)) && words.all(|word| among(word, &site.args))
         }
         Kind::Pattern => false,
     }
@@ -304,13 +304,161 @@ fn named(pattern: &str, name: &str) -> bool {
     }
 }
 
+/// Whether a command `name` as written may run the command `pattern` names. bash expands
+/// braces (`cu{r,}l` is `curl cul`) and then globs (`/usr/bin/cur[l]`, `cur?`) before it
+/// runs a name, against file names the check cannot see: a name that could become the
+/// pattern's matches it.
+fn could_name(name: &str, pattern: &str) -> bool {
+    if named(pattern, name) {
+        return true;
+    }
+    if !name.contains(['{', '*', '?', '[']) {
+        return false;
+    }
+    let mut expanded = Vec::new();
+    braces(name, &mut expanded);
+    expanded.iter().any(|word| {
+        let word = word.rsplit('/').next().unwrap_or(word);
+        let (glob, text): (Vec<char>, Vec<char>) = (word.chars().collect(), pattern.trim_end_matches('*').chars().collect());
+        named(pattern, word) || glob_matches(&glob, &text, pattern.ends_with('*'))
+    })
+}
+
+/// The most words one brace expansion is read into (bash makes as many as it is told).
+const MAX_BRACE_WORDS: usize = 64;
+
+/// `word`'s brace expansion (`a{b,c}d` is `abd acd`, `{a..c}` is `a b c`), at most
+/// [`MAX_BRACE_WORDS`] words, into `out`.
+fn braces(word: &str, out: &mut Vec<String>) {
+    if out.len() >= MAX_BRACE_WORDS {
+        return;
+    }
+    let bytes = word.as_bytes();
+    // The first `{` whose group expands: a comma at its own depth, or `x..y`.
+    for open in (0..bytes.len()).filter(|&i| bytes[i] == b'{' && (i == 0 || bytes[i - 1] != b'$')) {
+        let (mut depth, mut commas) = (0usize, Vec::new());
+        let mut close = None;
+        for (i, &b) in bytes.iter().enumerate().skip(open) {
+            match b {
+                b'{' => depth += 1,
+                b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = Some(i);
+                        break;
+                    }
+                }
+                b',' if depth == 1 => commas.push(i),
+                _ => {}
+            }
+        }
+        let Some(close) = close else { break };
+        let (head, body, tail) = (&word[..open], &word[open + 1..close], &word[close + 1..]);
+        let parts: Vec<String> = match commas.is_empty() {
+            false => {
+                let mut at = open + 1;
+                let mut parts: Vec<String> = commas.iter().map(|&c| std::mem::replace(&mut at, c + 1)).zip(commas.iter()).map(|(a, &c)| word[a..c].to_owned()).collect();
+                parts.push(word[at..close].to_owned());
+                parts
+            }
+            true => match body.split_once("..") {
+                Some((from, to)) => match (from.parse::<i64>(), to.parse::<i64>(), from.chars().count(), to.chars().count()) {
+                    (Ok(a), Ok(b), _, _) => (a.min(b)..=a.max(b)).take(MAX_BRACE_WORDS).map(|n| n.to_string()).collect(),
+                    (_, _, 1, 1) => {
+                        let (a, b) = (from.chars().next().unwrap_or('a'), to.chars().next().unwrap_or('a'));
+                        (a.min(b)..=a.max(b)).take(MAX_BRACE_WORDS).map(String::from).collect()
+                    }
+                    _ => continue,
+                },
+                None => continue,
+            },
+        };
+        for part in parts {
+            braces(&format!("{head}{part}{tail}"), out);
+        }
+        return;
+    }
+    out.push(word.to_owned());
+}
+
+/// Whether the shell glob `glob` (`*`, `?`, `[...]`) matches `text` — or, with `prefix`, some
+/// text that begins with `text`. One pass per part of the glob over the positions of `text`:
+/// time is their product, never exponential.
+fn glob_matches(glob: &[char], text: &[char], prefix: bool) -> bool {
+    // Which positions of `text` the glob read so far can end at.
+    let mut reach = vec![false; text.len() + 1];
+    reach[0] = true;
+    let mut at = 0;
+    while at < glob.len() {
+        if prefix && reach[text.len()] {
+            return true;
+        }
+        let mut next = vec![false; text.len() + 1];
+        if glob[at] == '*' {
+            let mut on = false;
+            for (end, reached) in reach.iter().enumerate() {
+                on |= reached;
+                next[end] = on;
+            }
+            at += 1;
+        } else {
+            let (width, fits) = one_char(&glob[at..]);
+            for end in 0..text.len() {
+                if reach[end] && fits(text[end]) {
+                    next[end + 1] = true;
+                }
+            }
+            at += width;
+        }
+        reach = next;
+        if !reach.contains(&true) {
+            return false;
+        }
+    }
+    reach[text.len()]
+}
+
+/// The first part of a glob that matches one character (`?`, a `[...]` class, a character):
+/// its width and its test.
+fn one_char(glob: &[char]) -> (usize, Box<dyn Fn(char) -> bool + '_>) {
+    match glob[0] {
+        '?' => (1, Box::new(|_| true)),
+        '[' => {
+            let negated = matches!(glob.get(1), Some('!' | '^'));
+            let first = if negated { 2 } else { 1 };
+            // A `]` first in the class is one of its characters.
+            let Some(close) = glob.iter().skip(first + 1).position(|&c| c == ']').map(|p| p + first + 1) else {
+                return (1, Box::new(|c| c == '['));
+            };
+            let class = &glob[first..close];
+            let test = move |c: char| {
+                let mut i = 0;
+                let mut found = false;
+                while i < class.len() {
+                    if i + 2 < class.len() && class[i + 1] == '-' {
+                        found |= (class[i]..=class[i + 2]).contains(&c);
+                        i += 3;
+                    } else {
+                        found |= class[i] == c;
+                        i += 1;
+                    }
+                }
+                found != negated
+            };
+            (close + 1, Box::new(test))
+        }
+        literal => (1, Box::new(move |c| c == literal)),
+    }
+}
+
 /// Whether a call `name` is a call rule's `pattern`: also through a module that re-exports
 /// the pattern's module (`platform.os.system` is `os.system`) when the pattern names one.
 fn called(pattern: &str, name: &str) -> bool {
     if named(pattern, name) {
         return true;
     }
-    pattern.contains('.') && name.match_indices('.').any(|(at, _)| named(pattern, &name[at + 1..]))
+    // Also under a private name (`random._os.system`, `tempfile._os`).
+    pattern.contains('.') && name.match_indices('.').any(|(at, _)| named(pattern, &name[at + 1..]) || named(pattern, name[at + 1..].trim_start_matches('_')))
 }
 
 /// Whether a command rule's `word` is among `args`: as written, or, for short options (`-rf`),
@@ -332,6 +480,10 @@ fn among(word: &str, args: &[String]) -> bool {
         parts.iter().fold(String::new(), |path, part| path + "/" + part)
     };
     if word.starts_with('/') && args.iter().any(|a| a.starts_with('/') && path(a) == path(word)) {
+        return true;
+    }
+    // GNU tools take any unambiguous start of a long option: `--forc` is `--force`.
+    if word.starts_with("--") && args.iter().any(|a| a.len() > 2 && a.starts_with("--") && !a.contains('=') && word.starts_with(a.as_str())) {
         return true;
     }
     let short = |w: &str| w.len() > 1 && w.starts_with('-') && !w.starts_with("--") && w[1..].chars().all(|c| c.is_ascii_alphanumeric());
@@ -473,11 +625,17 @@ impl Policy {
         let unparsable = own.unparsable.unwrap_or(Risk::Medium);
         // Code that could not be read in full might hold anything a rule looks for.
         let unchecked = own.rules.iter().map(|r| r.risk).chain([unparsable]).max().unwrap_or(unparsable);
-        for (n, site) in found.iter().enumerate() {
-            // Matching is bounded too: what was found may be many sites with long names.
-            if n % 1024 == 1023 && Instant::now() > deadline {
-                error = Some(LATE);
-                break;
+        let mut since = 0;
+        for site in &found {
+            // Matching is bounded too: what was found may be many sites with long names (its
+            // cost grows with their length).
+            since += 64 + site.name.len();
+            if since > 64 << 10 {
+                since = 0;
+                if Instant::now() > deadline {
+                    error = Some(LATE);
+                    break;
+                }
             }
             for rule in own.rules.iter().filter(|r| r.matches(site)) {
                 hits.push((site.start, site.end, Hit::Rule(rule)));
@@ -683,6 +841,8 @@ struct Found {
     bytes: usize,
     /// A site was left out: there were more than the bound holds.
     overflowed: bool,
+    /// Code in a string nested deeper than a check reads was left unread.
+    too_deep: bool,
 }
 
 impl Found {
@@ -700,6 +860,7 @@ impl Found {
     /// The sites of code inside `at` (`exec("...")`), placed at `at`.
     fn nest(&mut self, found: Found, at: tree_sitter::Node<'_>) {
         self.overflowed |= found.overflowed;
+        self.too_deep |= found.too_deep;
         for site in found.sites {
             self.push(Site { start: at.start_byte(), end: at.end_byte(), ..site });
         }
@@ -769,7 +930,21 @@ fn sites(language: Language, code: &str, bindings: &mut Bindings, deadline: Inst
     // bash joins the lines a backslash continues before it reads words (`cu\⏎rl` is `curl`);
     // the grammar does not.
     let (code, joins) = match language == Language::Shell && code.contains("\\\n") {
-        true => joined(code),
+        true => {
+            // The comments and single-quoted strings, from a parse of the code as given.
+            let Some(tree) = parse(&grammar, code, deadline) else {
+                return (Vec::new(), Some(LATE));
+            };
+            let mut literal = Vec::new();
+            if !walk(&tree, deadline, |node| {
+                if matches!(node.kind(), "comment" | "raw_string") {
+                    literal.push((node.start_byte(), node.end_byte()));
+                }
+            }) {
+                return (Vec::new(), Some(LATE));
+            }
+            joined(code, &literal)
+        }
         false => (std::borrow::Cow::Borrowed(code), Vec::new()),
     };
     let Some(tree) = parse(&grammar, &code, deadline) else {
@@ -784,6 +959,7 @@ fn sites(language: Language, code: &str, bindings: &mut Bindings, deadline: Inst
     let back = |at: usize| at + 2 * joins.partition_point(|&join| join <= at);
     match found {
         Some(found) if found.overflowed || bindings.overflowed => (Vec::new(), Some(FULL)),
+        Some(found) if found.too_deep => (Vec::new(), Some(Unread::Unchecked("the code nests code in strings deeper than a check reads (3 levels)"))),
         Some(Found { sites: mut found, .. }) => {
             for site in &mut found {
                 (site.start, site.end) = (back(site.start), back(site.end));
@@ -795,14 +971,20 @@ fn sites(language: Language, code: &str, bindings: &mut Bindings, deadline: Inst
 }
 
 /// `code` with each backslash-newline that continues a line removed, and where (in the result)
-/// each was.
-fn joined(code: &str) -> (std::borrow::Cow<'_, str>, Vec<usize>) {
+/// each was. Not inside `literal` byte ranges: bash does not join lines in a comment (`# c \⏎
+/// curl x` runs curl) or between single quotes.
+fn joined<'c>(code: &'c str, literal: &[(usize, usize)]) -> (std::borrow::Cow<'c, str>, Vec<usize>) {
     let bytes = code.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut joins = Vec::new();
     let mut backslashes = 0;
-    for &byte in bytes {
-        if byte == b'\n' && backslashes % 2 == 1 {
+    let inside = |at: usize| {
+        let after = literal.partition_point(|&(start, _)| start <= at);
+        after > 0 && literal[after - 1].1 > at
+    };
+    for (at, &byte) in bytes.iter().enumerate() {
+        // The backslash decides: a comment ends before its newline.
+        if byte == b'\n' && backslashes % 2 == 1 && !inside(at - 1) {
             out.pop();
             joins.push(out.len());
             backslashes = 0;
@@ -1344,6 +1526,67 @@ mod tests {
 
     /// What a second outside pass found: close variants of the first, and plain literal code.
     #[test]
+    fn a_third_outside_pass_is_denied_too() {
+        let starter = starter();
+        let decided = |language: Language, code: &str| starter.check(language, code).decision;
+        for code in [
+            // `__import__` of a dotted name is its package; `posix` is what `os` is made of.
+            "__import__('os.path').system('x')",
+            "import sys\nsys.modules['posix'].system('x')",
+            "import random\nrandom._os.system('x')",
+            "import tempfile\ntempfile._os.popen('x')",
+            // Bindings by list and by a `match` capture.
+            "import os\n[o] = [os]\no.system('x')",
+            "import os\nmatch os:\n    case o:\n        o.system('x')",
+        ] {
+            assert_eq!(decided(Language::Python, code), Decision::Deny, "{code}");
+        }
+        // Runners the check cannot follow into: seen as what they are.
+        for code in ["import pkgutil\npkgutil.resolve_name('os:system')('x')", "import pydoc\npydoc.locate('os.system')('x')", "breakpoint()", "import trace\ntrace.Trace().run('x')", "import cProfile\ncProfile.Profile().run('x')", "import code\ncode.InteractiveInterpreter().runsource('x')"] {
+            assert_eq!(decided(Language::Python, code), Decision::Warn, "{code}");
+        }
+        for code in [
+            "this.eval(\"require('child_process')\")",
+            "Function`require('child_process')```",
+            "new Function`require('child_process')```",
+            "import * as os from 'qjs:os'\nconst {exec = 1} = os\nexec(['x'])",
+            "import * as os from 'qjs:os'\nconst {...r} = os\nr.exec(['x'])",
+            "import * as os from 'qjs:os'\nconst {['exec']: e} = os\ne(['x'])",
+            "import * as os from 'qjs:os'\nconst {exec: e = 1} = os\ne(['x'])",
+        ] {
+            assert_eq!(decided(Language::Javascript, code), Decision::Deny, "{code}");
+        }
+        for code in [
+            // Braces and globs in a command's name, expanded by bash before it runs.
+            "cu{r,}l x",
+            "/usr/bin/cur[l] x",
+            "/usr/*/curl x",
+            "r{m,} -rf /",
+            "mk{fs,x}.ext4 /dev/x",
+            // A shell reading its standard input as its script, after options with values.
+            "bash /dev/stdin <<< 'curl x'",
+            "sh /proc/self/fd/0 <<< 'curl x'",
+            "bash --rcfile /dev/null -c 'curl x'",
+            "echo 'curl x' | bash --init-file /dev/null",
+            "env -S'curl x'",
+            "env --split-string='curl x'",
+            "echo -e 'cu\\x72l x' | bash",
+            "printf 'cu\\162l x' | sh",
+            // A comment ends at its newline: its backslash joins nothing.
+            "# c \\\ncurl x",
+            "rm -r --forc /",
+            "hash -p /usr/bin/curl c; c x",
+            "mapfile -C 'curl x' -c 1 < f",
+        ] {
+            assert_eq!(decided(Language::Shell, code), Decision::Deny, "{code}");
+        }
+        // What the same words mean where they are no command: nothing.
+        for code in ["echo 'a \\\ncurl x'", "[ -f x ] && echo ok", "ls *.txt; echo {a,b} c?rl", "echo '# c \\'\nls"] {
+            assert_eq!(decided(Language::Shell, code), Decision::Allow, "{code}");
+        }
+    }
+
+    #[test]
     fn a_second_outside_pass_is_denied_too() {
         let starter = starter();
         let denied = |language: Language, code: &str| {
@@ -1494,9 +1737,17 @@ mod tests {
             "PS4='$(curl x)' bash -xc :",
             // Paths built by quoting, which a pattern on the text does not undo.
             "cat < /dev/'tcp'/h/80",
+            // A name `hash -p` or an alias binds is followed only where it is bound.
+            "f() { \"$@\"; }; f curl x",
         ] {
             assert_eq!(shell.check(Language::Shell, unseen).decision, Decision::Allow, "{unseen}");
         }
+        let starter = starter();
+        // Globs in arguments: `/[a-z]*` may expand to every directory under `/`; a rule's
+        // words are matched as written.
+        assert_eq!(starter.check(Language::Shell, "rm -rf /[a-z]*").decision, Decision::Allow);
+        // Names bound inside a string of code do not carry out of it: the `exec` is what is seen.
+        assert_eq!(starter.check(Language::Python, "exec('import os as o')\no.system('x')").decision, Decision::Warn);
     }
 
     /// Code built to make the check itself slow, deep or large: a verdict within bounds, on a
@@ -1534,6 +1785,17 @@ mod tests {
             assert_eq!(rule_of(&calls), unchecked);
             let stars: String = (0..17).map(|i| format!("from m{i} import *\n")).collect();
             assert_eq!(rule_of(&format!("{stars}system('x')")), unchecked);
+            // A chain of assignments was followed to its end from each of its links.
+            assert!(rule_of(&format!("{}x\n", "a=".repeat(120_000))).is_empty());
+            // Matching stops at the budget too: a few sites with very long names.
+            let long = format!("from {} import b as x\n{}", ".".repeat(60_000), "x()\n".repeat(275));
+            assert!(matches!(rule_of(&long).as_slice(), [] | [_]), "allowed within the budget, or unchecked past it");
+            // Code in strings deeper than a check reads is unchecked, not passed.
+            let mut deep = "import subprocess".to_owned();
+            for _ in 0..4 {
+                deep = format!("exec({deep:?})");
+            }
+            assert_eq!(rule_of(&deep), unchecked);
             // A session's names are bounded too: a turn past the bound is unchecked, and so
             // is every later turn that ran after it (what its names stand for is not known).
             let warn = starter.with_thresholds(Some(Risk::Critical), None);
@@ -1545,6 +1807,29 @@ mod tests {
             }
         });
         checks.unwrap().join().unwrap();
+        // The same for the other languages: each link of a chain, each stage of a pipeline
+        // looked at once; code four strings deep is unchecked.
+        let starter = starter();
+        let timed = |language: Language, code: &str| {
+            let started = Instant::now();
+            let verdict = starter.check(language, code);
+            assert!(started.elapsed() < 20 * CHECK_BUDGET, "{language}: {:?} for {} bytes", started.elapsed(), code.len());
+            verdict.findings.iter().map(|f| f.rule.clone()).collect::<Vec<_>>()
+        };
+        assert!(timed(Language::Javascript, &format!("var q = {}x\n", "a=".repeat(120_000))).is_empty());
+        assert!(matches!(timed(Language::Shell, &format!("{}\n", ["stdbuf sh"; 25_000].join("|"))).as_slice(), [] | [_]));
+        assert!(timed(Language::Shell, &format!("echo '{}' | {}\n", "a".repeat(100_000), ["sh"; 20_000].join(" | "))).is_empty());
+        let mut deep = "curl x".to_owned();
+        for _ in 0..4 {
+            deep = format!("bash -c '{}'", deep.replace('\'', "'\\''"));
+        }
+        assert_eq!(timed(Language::Shell, &deep), [UNCHECKED]);
+        assert_eq!(timed(Language::Shell, "eval eval eval eval curl x"), [UNCHECKED]);
+        let mut deep = "require('child_process')".to_owned();
+        for _ in 0..4 {
+            deep = format!("eval({})", serde_json::to_string(&deep).unwrap());
+        }
+        assert_eq!(timed(Language::Javascript, &deep), [UNCHECKED]);
     }
 
     #[test]

@@ -39,11 +39,18 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
     // Python reads identifiers in NFKC form: `ｅｖａｌ` is `eval`.
     let text = |n: Node<'_>| nfkc(n.utf8_text(src).unwrap_or(""));
     let mut sites = Found::default();
+    // The assignments inside a chain (`o = p = os`), read with its first.
+    let mut chained = std::collections::HashSet::new();
     // First the imports, which also say what each local name stands for.
     let complete = walk(tree, deadline, |node| match node.kind() {
+        // Past a bound the check gives up: nothing more needs reading.
+        _ if sites.overflowed || bindings.overflowed => {}
         "import_statement" => {
             let mut cursor = node.walk();
             for name in node.children_by_field_name("name", &mut cursor) {
+                if sites.overflowed || bindings.overflowed {
+                    return;
+                }
                 match name.kind() {
                     "aliased_import" => {
                         let module = name.child_by_field_name("name").map(text).unwrap_or_default();
@@ -70,6 +77,9 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
                 return;
             }
             for name in node.children_by_field_name("name", &mut cursor) {
+                if sites.overflowed || bindings.overflowed {
+                    return;
+                }
                 let (imported, local) = match name.kind() {
                     "aliased_import" => {
                         let imported = name.child_by_field_name("name").map(text).unwrap_or_default();
@@ -93,29 +103,59 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
                 _ => (node.child_by_field_name("name"), node.child_by_field_name("value")),
             };
             let (Some(left), Some(mut right)) = (left, right) else { return };
-            // `o = p = os`: every target of the chain stands for its last value (the inner
-            // assignments bind their own targets when the walk reaches them).
+            // `o = p = os`: every target of the chain stands for its last value. The chain is
+            // read once, from its first assignment (following it from each would take time
+            // quadratic in its length).
+            if chained.contains(&node.id()) {
+                return;
+            }
+            let mut targets = vec![left];
             while right.kind() == "assignment" {
-                let Some(next) = right.child_by_field_name("right") else { return };
+                chained.insert(right.id());
+                let (Some(target), Some(next)) = (right.child_by_field_name("left"), right.child_by_field_name("right")) else { return };
+                targets.push(target);
                 right = next;
             }
-            let pairs: Vec<(Node<'_>, Node<'_>)> = match (left.kind(), right.kind()) {
-                ("pattern_list" | "tuple_pattern", "expression_list" | "tuple") => {
-                    let (mut l, mut r) = (left.walk(), right.walk());
-                    let lefts: Vec<Node<'_>> = left.named_children(&mut l).collect();
-                    let rights: Vec<Node<'_>> = right.named_children(&mut r).collect();
-                    match lefts.len() == rights.len() {
-                        true => lefts.into_iter().zip(rights).collect(),
-                        false => Vec::new(),
+            let mut cursor = right.walk();
+            let rights: Vec<Node<'_>> = match right.kind() {
+                "expression_list" | "tuple" | "list" => right.named_children(&mut cursor).collect(),
+                _ => Vec::new(),
+            };
+            for left in targets {
+                let pairs: Vec<(Node<'_>, Node<'_>)> = match left.kind() {
+                    "pattern_list" | "tuple_pattern" | "list_pattern" => {
+                        let mut l = left.walk();
+                        let lefts: Vec<Node<'_>> = left.named_children(&mut l).collect();
+                        match lefts.len() == rights.len() {
+                            true => lefts.into_iter().zip(rights.iter().copied()).collect(),
+                            false => Vec::new(),
+                        }
+                    }
+                    _ => vec![(left, right)],
+                };
+                for (left, right) in pairs {
+                    // Past the bound the check gives up: no more names need making.
+                    if bindings.overflowed {
+                        return;
+                    }
+                    if left.kind() == "identifier" && matches!(right.kind(), "identifier" | "attribute" | "call" | "subscript" | "parenthesized_expression") {
+                        if let Some(source) = dotted(right, src, &fields, bindings) {
+                            bindings.bind(text(left), source);
+                        }
                     }
                 }
-                _ => vec![(left, right)],
-            };
-            for (left, right) in pairs {
-                if left.kind() == "identifier" && matches!(right.kind(), "identifier" | "attribute" | "call" | "subscript" | "parenthesized_expression") {
-                    if let Some(source) = dotted(right, src, &fields, bindings) {
-                        bindings.bind(text(left), source);
-                    }
+            }
+        }
+        // `match os:` / `case o:` binds `o` to `os` (a capture pattern: one plain name).
+        "match_statement" => {
+            let Some(source) = node.child_by_field_name("subject").and_then(|s| dotted(s, src, &fields, bindings)) else { return };
+            let Some(body) = node.child_by_field_name("body") else { return };
+            let mut cursor = body.walk();
+            for case in body.named_children(&mut cursor).filter(|c| c.kind() == "case_clause") {
+                let Some(pattern) = inner(case, false).filter(|p| p.kind() == "case_pattern") else { continue };
+                let name = inner(pattern, false).filter(|n| n.kind() == "dotted_name" && n.named_child_count() == 1);
+                if let Some(name) = name {
+                    bindings.bind(text(name), source.clone());
                 }
             }
         }
@@ -125,6 +165,7 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
     let mut late = false;
     let complete = complete
         && walk(tree, deadline, |node| match node.kind() {
+            _ if sites.overflowed => {}
             "call" => {
                 let Some(function) = node.child_by_field_id(fields.function) else { return };
                 let Some(name) = dotted(function, src, &fields, bindings) else { return };
@@ -137,8 +178,12 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
                     }
                 }
                 // `exec("import os; os.system('x')")`: the literal is code, read here.
-                if RUNNERS.contains(&name.as_str()) && depth < MAX_DEPTH {
-                    if let Some(nested) = imported(node, src, &fields) {
+                if RUNNERS.contains(&name.as_str()) {
+                    if let Some(nested) = imported(node, src, &fields).filter(|_| {
+                        // Code this deep is not read: the verdict says so rather than pass it.
+                        sites.too_deep |= depth >= MAX_DEPTH;
+                        depth < MAX_DEPTH
+                    }) {
                         let found = super::parse(&tree_sitter_python::LANGUAGE.into(), &nested, deadline)
                             .and_then(|tree| {
                                 let mut bindings = bindings.clone();
@@ -154,6 +199,9 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
                 // After `from os import *`, `system()` may be `os.system()`.
                 if !name.contains('.') {
                     for module in &bindings.star {
+                        if sites.overflowed {
+                            break;
+                        }
                         sites.push(site(Kind::Call, format!("{module}.{name}"), node));
                     }
                 }
@@ -218,6 +266,11 @@ fn dotted(node: Node<'_>, src: &[u8], fields: &Fields, bindings: &Bindings) -> O
                 // `getattr(os, "system")` is `os.system`; `vars(os)` is `os`.
                 ("getattr" | "builtins.getattr", [object, key, ..]) => Some(Step::Member(*object, Cow::Owned(literal(*key, src)?))),
                 ("vars" | "builtins.vars", [object]) => Some(Step::Member(*object, Cow::Borrowed(""))),
+                // `__import__("os.path")` is the package `os` (without a `fromlist`);
+                // `importlib.import_module("os.path")` is `os.path`.
+                (_, [_]) if name.ends_with("__import__") && IMPORTERS.contains(&name.as_str()) => {
+                    imported(node, src, fields).map(|m| Step::Name(Cow::Owned(m.split('.').next().unwrap_or_default().to_owned())))
+                }
                 _ => IMPORTERS.contains(&name.as_str()).then(|| imported(node, src, fields)).flatten().map(|m| Step::Name(Cow::Owned(m))),
             }
         }

@@ -92,10 +92,15 @@ impl Command {
                 code = code_of(run, args).0;
             }
         }
-        // `env -S 'curl x'` splits its string into a command.
+        // `env -S 'curl x'` (also `-S'curl x'`, `--split-string=…`) splits its string into a
+        // command.
         if name == "env" {
-            if let Some(at) = args.iter().position(|a| a == "-S" || a == "--split-string") {
-                code = code.or_else(|| args.get(at + 1).cloned());
+            code = code.or_else(|| valued_option(&args, "-S", "--split-string"));
+        }
+        // `hash -p /usr/bin/curl c` makes `c` run curl.
+        if name == "hash" {
+            if let Some(path) = valued_option(&args, "-p", "") {
+                runs.push((command_name(&path), Vec::new()));
             }
         }
         Some(Command { name, args, runs, code, reads_code })
@@ -113,15 +118,41 @@ fn code_of(name: &str, args: &[String]) -> (Option<String>, bool) {
         "alias" => (Some(args.iter().filter_map(|a| a.split_once('=').map(|(_, v)| v)).collect::<Vec<_>>().join("\n")), false),
         // `source /dev/stdin <<< '...'`, `. /dev/stdin`: code from standard input.
         "source" | "." => (None, args.first().is_none_or(|f| matches!(f.as_str(), "/dev/stdin" | "/proc/self/fd/0" | "/dev/fd/0" | "-"))),
-        _ if name.contains(char::is_whitespace) => (Some(name.to_owned()), false),
+        // A name that is code once quotes are gone (`'curl x'` through a wrapper); not one
+        // that expands (`$(printf cu)rl`), whose text is the command itself.
+        _ if name.contains(char::is_whitespace) && !name.contains(['$', '`']) => (Some(name.to_owned()), false),
         // `flock FILE -c 'curl x'`, `script -qc 'curl x'`: a shell runs the option's value.
         "flock" | "script" => (command_option(args), false),
-        shell if SHELLS.contains(&shell) => match shell_code(args) {
-            Some(code) => (Some(code), false),
-            None => (None, args.iter().all(|a| a.starts_with('-') || a.starts_with('+')) || args.iter().any(|a| a == "-s")),
-        },
+        // `mapfile -C 'curl x' < f` runs its callback as a command.
+        "mapfile" | "readarray" => (valued_option(args, "-C", ""), false),
+        shell if SHELLS.contains(&shell) => {
+            let options = shell_options(args);
+            match (options.code, options.operands.first()) {
+                (true, operand) => (operand.cloned(), false),
+                // No script, `-s`, or a script that is standard input (`bash /dev/stdin`).
+                (false, None) => (None, true),
+                (false, Some(script)) => (None, options.stdin || matches!(script.as_str(), "/dev/stdin" | "/proc/self/fd/0" | "/dev/fd/0" | "-")),
+            }
+        }
         _ => (None, false),
     }
+}
+
+/// The value of option `short` (`-S x`, `-Sx`) or `long` (`--long x`, `--long=x`) in `args`.
+fn valued_option(args: &[String], short: &str, long: &str) -> Option<String> {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == short || (!long.is_empty() && arg == long) {
+            return args.next().cloned();
+        }
+        if let Some(value) = arg.strip_prefix(short).filter(|v| !v.is_empty() && !short.starts_with("--")) {
+            return Some(value.to_owned());
+        }
+        if let Some(value) = arg.strip_prefix(long).and_then(|v| v.strip_prefix('=')).filter(|_| !long.is_empty()) {
+            return Some(value.to_owned());
+        }
+    }
+    None
 }
 
 /// The value of option `-c` (also last in a cluster, `-qc`) or `--command` among `args`.
@@ -133,28 +164,40 @@ fn command_option(args: &[String]) -> Option<String> {
     args.get(at + 1).cloned()
 }
 
-/// The code a shell's arguments give with `-c` (also `-lc`, `-ec`, `-c --`); `None` when it
-/// has none (it reads its standard input, or a script file).
-fn shell_code(args: &[String]) -> Option<String> {
-    let mut with_c = false;
+/// What a shell's arguments say about where its code comes from.
+struct ShellOptions<'a> {
+    /// `-c` (also `-lc`, `-ec`): the first operand is the code.
+    code: bool,
+    /// `-s`: the code is standard input, whatever the operands.
+    stdin: bool,
+    /// What follows the options: the code (with `-c`) or the script, then its arguments.
+    operands: &'a [String],
+}
+
+/// Reads a shell's options (`-c`, clusters, `-o pipefail`, `--rcfile FILE`, `--`).
+fn shell_options(args: &[String]) -> ShellOptions<'_> {
+    let (mut code, mut stdin) = (false, false);
     let mut at = 0;
     while let Some(arg) = args.get(at) {
-        if arg == "--" {
+        if arg == "--" || arg == "-" {
             at += 1;
             break;
         }
         let short = arg.strip_prefix('-').or_else(|| arg.strip_prefix('+'));
         match short {
             Some(flags) if !flags.is_empty() && !flags.starts_with('-') => {
-                with_c |= arg.starts_with('-') && flags.contains('c');
+                code |= arg.starts_with('-') && flags.contains('c');
+                stdin |= arg.starts_with('-') && flags.contains('s');
                 // `-o pipefail`, `-O extglob` take a value.
                 at += if flags.ends_with('o') || flags.ends_with('O') { 2 } else { 1 };
             }
+            // `--rcfile FILE`, `--init-file FILE` take a value; other long options do not.
+            Some(_) if matches!(arg.as_str(), "--rcfile" | "--init-file") => at += 2,
             Some(_) => at += 1,
             None => break,
         }
     }
-    with_c.then(|| args.get(at).cloned()).flatten()
+    ShellOptions { code, stdin, operands: args.get(at..).unwrap_or(&[]) }
 }
 
 /// The sites of `tree`, `None` if `deadline` passed first; `depth` counts the strings of code
@@ -165,7 +208,13 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, depth: usize) ->
     let mut sites = Found::default();
     let mut late = false;
     let mut nested = |text: &str, node: Node<'_>, sites: &mut Found| {
+        // Code that is the code being read adds nothing.
+        if text == code {
+            return;
+        }
         if depth >= MAX_DEPTH {
+            // Code this deep is not read: the verdict says so rather than pass it.
+            sites.too_deep |= !text.trim().is_empty();
             return;
         }
         let found = super::parse(&tree_sitter_bash::LANGUAGE.into(), text, deadline).and_then(|tree| self::sites(&tree, text, deadline, depth + 1));
@@ -234,17 +283,29 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, depth: usize) ->
         // `echo 'curl x' | bash`, `printf '%s' 'curl x' | sh`.
         "pipeline" => {
             let mut cursor = node.walk();
-            let stages: Vec<Node<'_>> = node.named_children(&mut cursor).filter(|c| c.kind() != "comment").collect();
-            for (at, stage) in stages.iter().enumerate() {
-                if !Command::of(*stage, src).is_some_and(|c| c.reads_code) {
+            // Each stage read once; what writes a stage's input is the last stage before it
+            // that does not pass its input on (`echo 'curl x' | cat | bash`).
+            let mut writer: Option<Command> = None;
+            let mut read = false;
+            for stage in node.named_children(&mut cursor).filter(|c| c.kind() != "comment") {
+                let Some(command) = Command::of(stage, src) else {
+                    (writer, read) = (None, false);
                     continue;
+                };
+                if command.reads_code && !read {
+                    read = true;
+                    if let Some(writer) = writer.as_ref().filter(|c| matches!(c.name.as_str(), "echo" | "printf")) {
+                        let text = writer.args.iter().filter(|a| !a.starts_with('-')).cloned().collect::<Vec<_>>().join("\n");
+                        // `echo -e 'cu\x72l x'` and `printf` write what their escapes say.
+                        let decoded = escapes(&text);
+                        if decoded != text {
+                            nested(&decoded, node, &mut sites);
+                        }
+                        nested(&text, node, &mut sites);
+                    }
                 }
-                // Back through what passes its input on (`echo 'curl x' | cat | bash`) to
-                // what writes it.
-                let writer = stages[..at].iter().rev().filter_map(|s| Command::of(*s, src)).find(|c| !matches!(c.name.as_str(), "cat" | "tee" | "head" | "tail" | "dd" | "stdbuf"));
-                if let Some(writer) = writer.filter(|c| matches!(c.name.as_str(), "echo" | "printf")) {
-                    let text = writer.args.iter().filter(|a| !a.starts_with('-')).cloned().collect::<Vec<_>>().join("\n");
-                    nested(&text, node, &mut sites);
+                if !matches!(command.name.as_str(), "cat" | "tee" | "head" | "tail" | "dd" | "stdbuf") {
+                    (writer, read) = (Some(command), false);
                 }
             }
         }
@@ -390,11 +451,28 @@ fn unquote(text: &str) -> Option<String> {
     Some(out)
 }
 
+/// `text` with its backslash escapes decoded as `$'...'`, `echo -e` and `printf` decode them.
+fn escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    // Without a closing quote the decoding runs to the end; an escape that names no
+    // character ends it where it is.
+    let _ = decode(&mut chars, &mut out, None);
+    out
+}
+
 /// The rest of a `$'...'` string, its escapes decoded, into `out`.
 fn ansi_c(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, out: &mut String) -> Option<()> {
+    decode(chars, out, Some('\''))
+}
+
+/// Decodes backslash escapes from `chars` into `out` up to `end` (the end is consumed;
+/// `None` if it never comes), or to the end of `chars` when `end` is `None`.
+fn decode(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, out: &mut String, end: Option<char>) -> Option<()> {
     loop {
-        match chars.next()? {
-            '\'' => return Some(()),
+        let Some(c) = chars.next() else { return end.is_none().then_some(()) };
+        match c {
+            c if Some(c) == end => return Some(()),
             '\\' => {
                 let escape = chars.next()?;
                 let digits = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>, radix: u32, most: usize, first: Option<char>| {
