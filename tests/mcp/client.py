@@ -49,6 +49,8 @@ async def exercise(session):
     created = await session.call_tool("create_session", {"language": "python"})
     text = texts(created)
     session_id = text.split("session_id: ")[1].split()[0]
+    # The structured content names it as the other tools take it.
+    assert created.structured_content["session_id"] == session_id, created.structured_content
     await session.call_tool("run_python", {"code": "import pandas as pd\ndf = pd.DataFrame({'a': [1, 2, 3]})", "session_id": session_id})
     result = await session.call_tool("run_python", {"code": "print(df.a.sum())", "session_id": session_id})
     seen["session"] = texts(result)

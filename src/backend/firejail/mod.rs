@@ -519,7 +519,11 @@ impl FirejailBackend {
         } else if cut == Some(Cut::Deadline) {
             (Status::Timeout, None, Some(format!("the deadline of {} ms passed", request.limits.timeout_ms)))
         } else if oom {
-            let detail = format!("a process of the job was killed on reaching the memory cap of {} MiB", request.limits.memory_mb);
+            // The group holds the scratch tmpfs's pages too (see `start`): the cap is both.
+            let detail = format!(
+                "a process of the job was killed on reaching the job's memory cap: {} MiB of memory plus {} MiB of scratch disk, which its files also take",
+                request.limits.memory_mb, request.limits.disk_mb
+            );
             (Status::MemoryLimit, None, Some(detail))
         } else if stopped() {
             (Status::Killed, None, Some("wsbx was asked to stop".into()))

@@ -240,7 +240,13 @@ impl Tools {
             Ok(view) => {
                 let text = format!("session_id: {}\n{language} session started.", view.id);
                 let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
-                result.structured_content = serde_json::to_value(&view).ok();
+                // The session as `GET /v1/sessions/{id}` shows it, plus its id under the name
+                // the other tools take it by.
+                let mut structured = serde_json::to_value(&view).ok();
+                if let Some(serde_json::Value::Object(fields)) = &mut structured {
+                    fields.insert("session_id".into(), view.id.to_string().into());
+                }
+                result.structured_content = structured;
                 result
             }
             Err(ApiError { message, .. }) => refused(&message),
