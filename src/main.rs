@@ -358,7 +358,7 @@ fn exec(args: ExecArgs) -> ExitCode {
     });
     // Refuse bad requests before any install work.
     if let Err(e) = request.validate(&admitted.ceiling) {
-        return refuse(json, Some(language), &e.to_string());
+        return refuse(json, Some(language), &in_flags(&e));
     }
     if let Some(dir) = args.out_dir.as_deref().filter(|d| d.exists() && !d.is_dir()) {
         return refuse(json, Some(language), &format!("--out-dir {}: it exists and is not a directory", dir.display()));
@@ -463,6 +463,35 @@ fn environment(specs: &[String]) -> Result<BTreeMap<String, String>, String> {
 
 /// The request's limits: `defaults`, overridden by flags. Zero and negative values become 0
 /// so that validation refuses them with the limit's name.
+/// A refused request, said in the flags and units of the command line (`--timeout` in
+/// seconds) rather than in the JSON names the library uses (`timeout_ms`).
+fn in_flags(error: &wsbx::request::RequestError) -> String {
+    use wsbx::request::RequestError;
+    let flag = |name: &str| match name {
+        "timeout_ms" => Some(("--timeout", 1000, " s")),
+        "fuel" => Some(("--fuel", 1, "")),
+        "memory_mb" => Some(("--memory", 1, " MiB")),
+        "max_output_bytes" => Some(("--max-output", 1, " bytes")),
+        "disk_mb" => Some(("--disk", 1, " MiB")),
+        "max_files" => Some(("--max-files", 1, "")),
+        _ => None,
+    };
+    match error {
+        RequestError::ZeroLimit(name) => match flag(name) {
+            Some((flag, _, _)) => format!("{flag} must be above zero"),
+            None => error.to_string(),
+        },
+        RequestError::AboveCeiling { name, value, ceiling } => match flag(name) {
+            Some((flag, per, unit)) => {
+                let shown = |v: u64| if per == 1 { v.to_string() } else { format!("{}", v as f64 / per as f64) };
+                format!("{flag} {}{unit} is above the ceiling of {}{unit}", shown(*value), shown(*ceiling))
+            }
+            None => error.to_string(),
+        },
+        _ => error.to_string(),
+    }
+}
+
 fn limits(args: &LimitArgs, defaults: &Limits) -> Result<Limits, String> {
     let mut limits = *defaults;
     if let Some(seconds) = args.timeout {
@@ -774,8 +803,15 @@ fn serve_config(args: &ServeArgs) -> Result<(wsbx::server::ServeConfig, String),
 }
 
 /// Sessions hold their memory and their scratch tmpfs while idle: say at start when the flags
-/// let them hold more than the machine has.
+/// let them hold more than the machine has. Not for the built-in defaults, which every bare
+/// `wsbx serve` would otherwise warn about (the README gives their worst case): only when the
+/// operator chose the figures.
 fn warn_if_sessions_can_outgrow_memory(config: &wsbx::server::ServeConfig) {
+    let defaults = wsbx::server::ServeConfig::default();
+    let chosen = (config.max_sessions, config.ceiling.memory_mb, config.ceiling.disk_mb) != (defaults.max_sessions, defaults.ceiling.memory_mb, defaults.ceiling.disk_mb);
+    if !chosen {
+        return;
+    }
     // SAFETY: sysinfo fills the struct it is given.
     let total = unsafe {
         let mut info: libc::sysinfo = std::mem::zeroed();

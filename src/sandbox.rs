@@ -180,6 +180,20 @@ impl Sandbox {
         Ok(self.runtimes.list(&*self.engine()?))
     }
 
+    /// Stops preparing guests and sandboxes ahead and ends those prepared (their processes and
+    /// scratch directories), waiting for any being prepared: for a process about to exit, so
+    /// nothing it leaves half-made. Runs after this prepare their own.
+    pub fn stop_preparing(&self) {
+        let backends: [Option<Arc<dyn Backend>>; 3] = [
+            self.python.ready.get().map(|b| b.clone() as Arc<dyn Backend>),
+            self.javascript.ready.get().map(|b| b.clone() as Arc<dyn Backend>),
+            self.shell.ready.get().map(|b| b.clone() as Arc<dyn Backend>),
+        ];
+        for backend in backends.into_iter().flatten() {
+            backend.stop_preparing();
+        }
+    }
+
     /// The backend of `language`, made ready on first use; shared with the sessions it starts.
     pub(crate) fn backend(&self, language: Language) -> Result<Arc<dyn Backend>, PrepareError> {
         match language {

@@ -144,7 +144,13 @@ fn exec_json_rejection_is_a_result_object() {
     assert_eq!(o.status.code(), Some(126));
     let v = json(&o);
     assert_eq!(v["status"], "rejected");
-    assert!(v["detail"].as_str().unwrap().contains("timeout_ms"), "{v}");
+    // Said in the command line's flags and units.
+    assert_eq!(v["detail"], "--timeout must be above zero", "{v}");
+    let o = wsbx(&["exec", "--lang", "python", "--timeout", "99999", "-c", "print(1)"]);
+    assert_eq!(o.status.code(), Some(126));
+    assert!(stderr(&o).contains("--timeout 99999 s is above the ceiling of 300 s"), "{}", stderr(&o));
+    let o = wsbx(&["exec", "--lang", "python", "--memory", "999999", "-c", "print(1)"]);
+    assert!(stderr(&o).contains("--memory 999999 MiB is above the ceiling of 4096 MiB"), "{}", stderr(&o));
 }
 
 #[test]

@@ -350,6 +350,28 @@ fn a_call_in_progress_at_the_end_of_input_is_answered() {
     assert!(answer["result"]["content"][0]["text"].as_str().unwrap_or("").contains("finished"), "{answer}");
 }
 
+/// `printf '…' | wsbx mcp` with a shell call: the input ends while the next shell sandbox is
+/// being prepared ahead. It is ended cleanly, not torn from under Firejail: stderr stays quiet
+/// (no warning, no Firejail complaint) and nothing is left behind.
+#[test]
+fn a_quick_end_of_input_stops_what_is_prepared_quietly() {
+    use std::io::Write;
+    let root = tempfile::tempdir().unwrap();
+    for _ in 0..3 {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wsbx"));
+        command.arg("mcp").env("TMPDIR", root.path()).env_remove("RUST_LOG");
+        let mut child = command.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let call = call_line(2, "run_shell", serde_json::json!({"code": "echo hi"}));
+        writeln!(child.stdin.take().unwrap(), "{INITIALIZE}\n{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/initialized\"}}\n{call}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("hi\\n"), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "stderr");
+    }
+    let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 /// `wsbx mcp` stopped by a signal (as MCP clients stop their servers) leaves no scratch
 /// directory or tmpfs behind: not its sessions', not its prepared guests'.
 #[test]

@@ -104,6 +104,11 @@ pub trait Backend: Send + Sync {
         let _ = (request, scratch);
         None
     }
+
+    /// Stops preparing ahead and ends what was prepared (its guests, sandboxes and scratch
+    /// directories), waiting for what is being prepared: for a process about to exit. Runs
+    /// afterwards prepare their own.
+    fn stop_preparing(&self) {}
 }
 
 /// A guest that stays alive between runs, each run continuing from the state the last one

@@ -13,7 +13,7 @@ use std::time::Duration;
 /// every item still ready) when the pool is dropped.
 pub(crate) struct WarmPool<T: Send + 'static> {
     shared: Arc<Shared<T>>,
-    refill: Option<std::thread::JoinHandle<()>>,
+    refill: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 struct Shared<T> {
@@ -66,6 +66,8 @@ impl<T: Send + 'static> WarmPool<T> {
                             pool.ready().push(item);
                         }
                     }
+                    // Stopping may take what was being prepared away (its directory).
+                    Err(_) if pool.stop.load(Ordering::Relaxed) => break,
                     Err(e) => {
                         // Runs still work without the pool (they prepare their own); back off
                         // so a broken set-up does not spin.
@@ -83,7 +85,20 @@ impl<T: Send + 'static> WarmPool<T> {
                 None
             }
         };
-        WarmPool { shared, refill }
+        WarmPool { shared, refill: Mutex::new(refill) }
+    }
+
+    /// Stops the refill thread (waiting for the item it may be preparing) and drops every
+    /// prepared item, so whatever they hold (scratch directories, processes) is gone when this
+    /// returns. Later [`WarmPool::take`]s find nothing.
+    pub(crate) fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.wanted.notify_all();
+        let refill = self.refill.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(refill) = refill {
+            let _ = refill.join();
+        }
+        self.shared.ready().clear();
     }
 
     /// A prepared item, if one is ready.
@@ -95,16 +110,9 @@ impl<T: Send + 'static> WarmPool<T> {
 }
 
 impl<T: Send + 'static> Drop for WarmPool<T> {
-    /// Stops the refill thread (waiting for the item it may be preparing) and drops every
-    /// prepared item, so whatever they hold (scratch directories, processes) is gone when this
-    /// returns.
+    /// [`WarmPool::stop`].
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        self.shared.wanted.notify_all();
-        if let Some(refill) = self.refill.take() {
-            let _ = refill.join();
-        }
-        self.shared.ready().clear();
+        self.stop();
     }
 }
 

@@ -395,6 +395,9 @@ pub async fn serve_mcp_stdio(config: ServeConfig) -> std::io::Result<()> {
         if let Some(audit) = &state.audit {
             audit.close();
         }
+        // What is prepared ahead ends cleanly first (a shell sandbox being started would
+        // otherwise lose its directory mid-start, and say so).
+        state.sandbox.stop_preparing();
         // A run still going (its client left, or the signal came mid-call) loses its
         // directory now rather than leaving it behind when the process exits.
         crate::scratch::remove_all_live();

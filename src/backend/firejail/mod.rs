@@ -391,6 +391,12 @@ impl Backend for FirejailBackend {
     }
 
     /// Firejail's `.bashrc` and `.inputrc` in the job's home, removed after the run.
+    fn stop_preparing(&self) {
+        if let Some(prepared) = &self.prepared {
+            prepared.stop();
+        }
+    }
+
     fn scratch_overhead_files(&self) -> u64 {
         2
     }

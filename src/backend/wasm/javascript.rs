@@ -168,6 +168,12 @@ impl Backend for JavascriptBackend {
 
     /// A session keeps one runtime and context: each turn is evaluated in it, so globals,
     /// functions and resolved promises stay; a turn's jobs and timers run to its end.
+    fn stop_preparing(&self) {
+        if let Some(warm) = &self.warm {
+            warm.stop();
+        }
+    }
+
     fn start_live(&self, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Option<Result<Box<dyn LiveGuest>, Outcome>> {
         let grants = |dir: &Path| grants(dir, &request.env);
         Some(start_live(&self.engine, self.warm.as_ref(), self.interpreters(request), grants, request, scratch, run_turn))

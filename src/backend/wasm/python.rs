@@ -765,6 +765,12 @@ impl Backend for PythonBackend {
 
     /// A session keeps one interpreter and runs each turn through `turn`: variables, imports
     /// and functions stay in `__main__` between turns.
+    fn stop_preparing(&self) {
+        if let Some(warm) = &self.warm {
+            warm.stop();
+        }
+    }
+
     fn start_live(&self, request: &ExecRequest, scratch: &mut ScratchSlot<'_>) -> Option<Result<Box<dyn LiveGuest>, Outcome>> {
         let grants = |dir: &Path| grants(&self.lib_dir, &self.mpl_data_dir, dir, &request.env);
         Some(start_live(&self.engine, self.warm.as_ref(), self.interpreters(request), grants, request, scratch, user_turn))
