@@ -254,13 +254,16 @@ async fn without_a_policy_nothing_is_checked_and_noise_never_crashes_the_checker
     // every short line stand for a long name. Each is a verdict; the server lives on, and a
     // run of such code answers as its check and limits say, not never.
     let binds: String = (0..2000).map(|i| format!("a{i} = os.{}\n", "p".repeat(100))).collect();
-    for (code, rule) in [
-        (format!("x{}()", "[\"a\"]".repeat(50_000)), Value::Null),
-        (format!("x{}()", "[\"a\"]".repeat(40)), Value::Null),
-        (format!("import os\n{binds}"), json!("unchecked")),
+    // (The 250 KB one's parse alone is near the budget on a busy machine: unchecked is right
+    // for it too.)
+    for (code, rules) in [
+        (format!("x{}()", "[\"a\"]".repeat(50_000)), &[Value::Null, json!("unchecked")][..]),
+        (format!("x{}()", "[\"a\"]".repeat(40)), &[Value::Null][..]),
+        (format!("import os\n{binds}"), &[json!("unchecked")][..]),
     ] {
         let (status, verdict) = post(&client, &strict, "/v1/check", "dev-token", json!({"language": "python", "code": code})).await;
-        assert_eq!((status, &verdict["findings"][0]["rule"]), (200, &rule), "{verdict}");
+        assert_eq!(status, 200, "{verdict}");
+        assert!(rules.contains(&verdict["findings"][0]["rule"]), "{verdict}");
     }
     let (_, result) = post(&client, &strict, "/v1/exec", "dev-token", json!({"language": "python", "code": format!("x = {{'a': 0}}\nx{}()", "['a']".repeat(40))})).await;
     assert_eq!(result["status"], "error", "{result}");

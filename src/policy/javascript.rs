@@ -114,40 +114,44 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
                         false => None,
                     }
                 }
-                "identifier" | "member_expression" | "subscript_expression" => dotted(value, src, fields, bindings),
+                "identifier" | "this" | "member_expression" | "subscript_expression" => dotted(value, src, fields, bindings),
                 _ => None,
             };
-            let Some(source) = source else { return };
+            // What each name stands for: a member of `source`, or its default when that is a
+            // name (`const { e = eval } = {}`).
+            let member = |key: &str| source.as_ref().map(|source| format!("{source}.{key}"));
+            let default = |pattern: Node<'_>| pattern.child_by_field_name("right").and_then(|d| dotted(d, src, fields, bindings));
+            let mut found: Vec<(String, String)> = Vec::new();
             for name in names {
-                if bindings.overflowed {
-                    return;
+                // Past the bound the check gives up: no more names need making.
+                if found.len() > MAX_BINDS_PER_STATEMENT {
+                    break;
                 }
                 match name.kind() {
-                    "identifier" => bindings.bind(text(name), source.clone()),
+                    "identifier" => found.extend(source.clone().map(|s| (text(name), s))),
                     "object_pattern" => {
                         let mut cursor = name.walk();
                         for property in name.named_children(&mut cursor) {
-                            if bindings.overflowed {
-                                return;
-                            }
                             match property.kind() {
-                                "shorthand_property_identifier_pattern" => bindings.bind(text(property), format!("{source}.{}", text(property))),
+                                "shorthand_property_identifier_pattern" => found.extend(member(&text(property)).map(|m| (text(property), m))),
                                 // `{ exec = f }`: `exec` is still `source.exec` when it has one.
                                 "object_assignment_pattern" => {
                                     if let Some(local) = property.child_by_field_name("left").filter(|l| l.kind() == "shorthand_property_identifier_pattern") {
-                                        bindings.bind(text(local), format!("{source}.{}", text(local)));
+                                        found.extend(member(&text(local)).or_else(|| default(property)).map(|m| (text(local), m)));
                                     }
                                 }
                                 // `{ ...rest }`: the rest of `source`, its members included.
                                 "rest_pattern" => {
                                     if let Some(local) = inner(property, false).filter(|l| l.kind() == "identifier") {
-                                        bindings.bind(text(local), source.clone());
+                                        found.extend(source.clone().map(|s| (text(local), s)));
                                     }
                                 }
                                 // `{ exec: e }`, `{ ["exec"]: e }`, `{ exec: e = f }`.
                                 "pair_pattern" => {
                                     let (Some(key), Some(mut local)) = (property.child_by_field_name("key"), property.child_by_field_name("value")) else { continue };
+                                    let mut fallback = None;
                                     if local.kind() == "assignment_pattern" {
+                                        fallback = default(local);
                                         let Some(left) = local.child_by_field_name("left") else { continue };
                                         local = left;
                                     }
@@ -155,16 +159,31 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
                                         "computed_property_name" => inner(key, false).and_then(|k| literal(k, src)).map(Cow::into_owned),
                                         _ => Some(literal(key, src).map(Cow::into_owned).unwrap_or_else(|| text(key))),
                                     };
-                                    if let (Some(key), "identifier") = (key, local.kind()) {
-                                        bindings.bind(text(local), format!("{source}.{key}"));
+                                    if local.kind() == "identifier" {
+                                        found.extend(key.and_then(|key| member(&key)).or(fallback).map(|m| (text(local), m)));
                                     }
                                 }
                                 _ => {}
                             }
                         }
                     }
+                    // `const [e = eval] = []`: a default that is a name.
+                    "array_pattern" => {
+                        let mut cursor = name.walk();
+                        for element in name.named_children(&mut cursor).filter(|e| e.kind() == "assignment_pattern") {
+                            if let Some(local) = element.child_by_field_name("left").filter(|l| l.kind() == "identifier") {
+                                found.extend(default(element).map(|d| (text(local), d)));
+                            }
+                        }
+                    }
                     _ => {}
                 }
+            }
+            for (local, full) in found {
+                if bindings.overflowed {
+                    return;
+                }
+                bindings.bind(local, full);
             }
         }
         _ => {}
@@ -279,6 +298,10 @@ fn member<'t, 's>(node: Node<'t>, src: &'s [u8], fields: &Fields) -> Option<(Nod
     Some((object, name))
 }
 
+/// The most names one declaration's patterns are read for (more would overflow the bindings'
+/// bound anyway: each is at least a few bytes).
+const MAX_BINDS_PER_STATEMENT: usize = super::MAX_BINDINGS_BYTES / 4;
+
 /// The dotted name an expression spells (`std.popen`, `globalThis["eval"]`, `(0, eval)`), as
 /// the engine reads it — escapes decoded (`\u0065val` is `eval`), the names imports bind
 /// resolved, and without the global object in front (`globalThis.eval` is `eval`) — when it
@@ -302,13 +325,17 @@ fn dotted(node: Node<'_>, src: &[u8], fields: &Fields, bindings: &Bindings) -> O
         }
         _ => None,
     })?;
-    // `this` at a script's top level is the global object too.
-    for object in ["globalThis.", "window.", "self.", "global.", "this."] {
-        if let Some(rest) = name.strip_prefix(object) {
-            return Some(bindings.resolve(rest.to_owned()));
+    // `this` at a script's top level is the global object too; a name may stand for one of
+    // its members (`const { eval: e } = globalThis`).
+    let global = |name: String| -> String {
+        for object in ["globalThis.", "window.", "self.", "global.", "this."] {
+            if let Some(rest) = name.strip_prefix(object) {
+                return rest.to_owned();
+            }
         }
-    }
-    Some(bindings.resolve(name))
+        name
+    };
+    Some(global(bindings.resolve(global(name))))
 }
 
 /// The value of a plain string literal (a template without substitutions too), its escapes

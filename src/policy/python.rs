@@ -116,23 +116,9 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
                 targets.push(target);
                 right = next;
             }
-            let mut cursor = right.walk();
-            let rights: Vec<Node<'_>> = match right.kind() {
-                "expression_list" | "tuple" | "list" => right.named_children(&mut cursor).collect(),
-                _ => Vec::new(),
-            };
             for left in targets {
-                let pairs: Vec<(Node<'_>, Node<'_>)> = match left.kind() {
-                    "pattern_list" | "tuple_pattern" | "list_pattern" => {
-                        let mut l = left.walk();
-                        let lefts: Vec<Node<'_>> = left.named_children(&mut l).collect();
-                        match lefts.len() == rights.len() {
-                            true => lefts.into_iter().zip(rights.iter().copied()).collect(),
-                            false => Vec::new(),
-                        }
-                    }
-                    _ => vec![(left, right)],
-                };
+                let mut pairs = Vec::new();
+                captures(left, right, &mut pairs);
                 for (left, right) in pairs {
                     // Past the bound the check gives up: no more names need making.
                     if bindings.overflowed {
@@ -148,14 +134,26 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
         }
         // `match os:` / `case o:` binds `o` to `os` (a capture pattern: one plain name).
         "match_statement" => {
-            let Some(source) = node.child_by_field_name("subject").and_then(|s| dotted(s, src, &fields, bindings)) else { return };
+            let Some(subject) = node.child_by_field_name("subject") else { return };
+            let source = dotted(subject, src, &fields, bindings);
             let Some(body) = node.child_by_field_name("body") else { return };
             let mut cursor = body.walk();
             for case in body.named_children(&mut cursor).filter(|c| c.kind() == "case_clause") {
                 let Some(pattern) = inner(case, false).filter(|p| p.kind() == "case_pattern") else { continue };
-                let name = inner(pattern, false).filter(|n| n.kind() == "dotted_name" && n.named_child_count() == 1);
-                if let Some(name) = name {
-                    bindings.bind(text(name), source.clone());
+                let mut pairs = Vec::new();
+                captures(pattern, subject, &mut pairs);
+                for (name, value) in pairs {
+                    if bindings.overflowed {
+                        return;
+                    }
+                    // The subject itself, or what an element of it spells.
+                    let full = match value == subject {
+                        true => source.clone(),
+                        false => dotted(value, src, &fields, bindings),
+                    };
+                    if let Some(full) = full {
+                        bindings.bind(text(name), full);
+                    }
                 }
             }
         }
@@ -219,6 +217,51 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, bindings: &mut B
             _ => {}
         });
     (complete && !late).then_some(sites)
+}
+
+/// The names a target (of an assignment, or a `case` pattern) binds, each with the expression
+/// it takes, into `out`: `o = os`, `(o) = os`, `a, (b, c) = 1, (2, os)`, `[o] = [os]`, and in
+/// `case` patterns captures `o`, `_ as o`, `o | p`, `[o]`. Sequences pair element by element
+/// when their lengths agree. Iterative: targets may nest deeply.
+fn captures<'t>(target: Node<'t>, value: Node<'t>, out: &mut Vec<(Node<'t>, Node<'t>)>) {
+    let mut todo = vec![(target, value)];
+    while let Some((target, mut value)) = todo.pop() {
+        while value.kind() == "parenthesized_expression" {
+            let Some(inside) = inner(value, false) else { break };
+            value = inside;
+        }
+        let mut cursor = target.walk();
+        let parts: Vec<Node<'t>> = target.named_children(&mut cursor).filter(|c| c.kind() != "comment").collect();
+        match target.kind() {
+            "identifier" => out.push((target, value)),
+            // A capture is a plain name; `os.path` in a pattern is a value to compare with.
+            "dotted_name" if parts.len() == 1 => out.push((parts[0], value)),
+            "case_pattern" | "union_pattern" => todo.extend(parts.iter().map(|&p| (p, value))),
+            "as_pattern" => {
+                if let (Some(&pattern), Some(&alias)) = (parts.first(), parts.last().filter(|a| a.kind() == "identifier")) {
+                    out.push((alias, value));
+                    todo.push((pattern, value));
+                }
+            }
+            "pattern_list" | "tuple_pattern" | "list_pattern" => {
+                // `(o)` is `o`: parentheses without a comma make no tuple.
+                let comma = target.children(&mut target.walk()).any(|c| c.kind() == ",");
+                if target.kind() == "tuple_pattern" && parts.len() == 1 && !comma {
+                    todo.push((parts[0], value));
+                    continue;
+                }
+                if !matches!(value.kind(), "expression_list" | "tuple" | "list" | "pattern_list") {
+                    continue;
+                }
+                let mut cursor = value.walk();
+                let values: Vec<Node<'t>> = value.named_children(&mut cursor).filter(|c| c.kind() != "comment").collect();
+                if values.len() == parts.len() {
+                    todo.extend(parts.into_iter().zip(values));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// `name` as Python reads an identifier: in NFKC form.

@@ -22,11 +22,11 @@ const WRAPPERS: &[(&str, &[&str])] = &[
     ("!", &[]),
     ("nohup", &[]),
     ("nice", &["-n", "--adjustment"]),
-    ("ionice", &["-c", "-n", "-p", "-P", "-u"]),
+    ("ionice", &["-c", "-n", "-p", "-P", "-u", "--class", "--classdata", "--pid", "--pgid", "--uid"]),
     ("time", &["-f", "-o", "--format", "--output"]),
     ("timeout", &["-s", "-k", "--signal", "--kill-after"]),
     ("xargs", &["-I", "-i", "-n", "-P", "-L", "-l", "-s", "-d", "-a", "-E", "-e", "--arg-file", "--delimiter", "--max-args", "--max-procs"]),
-    ("stdbuf", &["-i", "-o", "-e"]),
+    ("stdbuf", &["-i", "-o", "-e", "--input", "--output", "--error"]),
     ("setsid", &[]),
     ("chroot", &["--userspec", "--groups"]),
     ("busybox", &[]),
@@ -53,6 +53,8 @@ const MAX_DEPTH: usize = 3;
 /// -exec`), and the code it hands to a shell (`bash -c`, `eval`, `trap`), if any.
 struct Command {
     name: String,
+    /// Other names the command word may run as (its glob, its other brace expansions).
+    also: Vec<String>,
     args: Vec<String>,
     /// Commands it runs: `sudo -u x curl` runs curl.
     runs: Vec<(String, Vec<String>)>,
@@ -64,9 +66,23 @@ struct Command {
 
 impl Command {
     fn of(node: Node<'_>, src: &[u8]) -> Option<Command> {
-        let name = command_name(node.child_by_field_name("name")?.utf8_text(src).ok()?);
+        let mut names = command_names(node.child_by_field_name("name")?.utf8_text(src).ok()?);
+        let name = names.remove(0);
         let mut cursor = node.walk();
-        let args: Vec<String> = node.children_by_field_name("argument", &mut cursor).filter_map(|a| a.utf8_text(src).ok()).map(word).collect();
+        // Arguments as bash passes them: braces expanded (`rm -rf /{,}` is `rm -rf / /`),
+        // within a bound for the whole command.
+        let mut room = 16 * MAX_BRACE_WORDS;
+        let mut args: Vec<String> = Vec::new();
+        // (`$"..."` is a `$` token, not an argument, then the string.)
+        for arg in node.children_by_field_name("argument", &mut cursor).filter(|a| a.is_named()).filter_map(|a| a.utf8_text(src).ok()).map(word) {
+            match braces(&arg).filter(|words| words.len() > 1 && words.len() <= room) {
+                Some(words) => {
+                    room -= words.len();
+                    args.extend(words);
+                }
+                None => args.push(arg),
+            }
+        }
         let mut runs = Vec::new();
         let mut inner = (name.clone(), args.as_slice());
         for _ in 0..4 {
@@ -103,7 +119,7 @@ impl Command {
                 runs.push((command_name(&path), Vec::new()));
             }
         }
-        Some(Command { name, args, runs, code, reads_code })
+        Some(Command { name, also: names, args, runs, code, reads_code })
     }
 }
 
@@ -140,19 +156,40 @@ fn code_of(name: &str, args: &[String]) -> (Option<String>, bool) {
 
 /// The value of option `short` (`-S x`, `-Sx`) or `long` (`--long x`, `--long=x`) in `args`.
 fn valued_option(args: &[String], short: &str, long: &str) -> Option<String> {
+    let letter = short.strip_prefix('-').and_then(|l| l.chars().next());
     let mut args = args.iter();
     while let Some(arg) = args.next() {
-        if arg == short || (!long.is_empty() && arg == long) {
-            return args.next().cloned();
-        }
-        if let Some(value) = arg.strip_prefix(short).filter(|v| !v.is_empty() && !short.starts_with("--")) {
-            return Some(value.to_owned());
-        }
-        if let Some(value) = arg.strip_prefix(long).and_then(|v| v.strip_prefix('=')).filter(|_| !long.is_empty()) {
-            return Some(value.to_owned());
+        match option_value(arg, letter, long) {
+            Some(Some(value)) => return Some(value.to_owned()),
+            Some(None) => return args.next().cloned(),
+            None => {}
         }
     }
     None
+}
+
+/// Whether `arg` gives the option with short `letter` (`-S`, also in a cluster `-vS`) or
+/// `long` name (`--split-string`, also any start of it GNU tools accept, `--split-str`):
+/// `Some(Some(value))` with the value attached (`-Sx`, `-vSx`, `--long=x`), `Some(None)` when
+/// the value is the next argument; `None` when it does not.
+fn option_value<'a>(arg: &'a str, letter: Option<char>, long: &str) -> Option<Option<&'a str>> {
+    if let Some(given) = arg.strip_prefix("--") {
+        let (name, value) = match given.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (given, None),
+        };
+        let long = long.strip_prefix("--")?;
+        return (!name.is_empty() && long.starts_with(name)).then_some(value);
+    }
+    let cluster = arg.strip_prefix('-')?;
+    let letter = letter?;
+    // Flags before the letter (`-v`), then the letter, then its value if attached.
+    let at = cluster.char_indices().find(|&(_, c)| c == letter || !c.is_ascii_alphanumeric())?;
+    if at.1 != letter {
+        return None;
+    }
+    let rest = &cluster[at.0 + letter.len_utf8()..];
+    Some((!rest.is_empty()).then_some(rest))
 }
 
 /// The value of option `-c` (also last in a cluster, `-qc`) or `--command` among `args`.
@@ -208,6 +245,11 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, depth: usize) ->
     let mut sites = Found::default();
     let mut late = false;
     let mut nested = |text: &str, node: Node<'_>, sites: &mut Found| {
+        // bash drops NUL bytes from code it reads; the grammar reads them very slowly.
+        let text = &*match text.contains('\0') {
+            true => std::borrow::Cow::Owned(text.replace('\0', "")),
+            false => std::borrow::Cow::Borrowed(text),
+        };
         // Code that is the code being read adds nothing.
         if text == code {
             return;
@@ -231,6 +273,9 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, depth: usize) ->
                 sites.push(place(name.clone(), args.clone()));
             }
             sites.push(place(command.name.clone(), command.args.clone()));
+            for name in &command.also {
+                sites.push(place(name.clone(), command.args.clone()));
+            }
             if let Some(code) = &command.code {
                 nested(code, node, &mut sites);
             }
@@ -284,34 +329,66 @@ pub(super) fn sites(tree: &Tree, code: &str, deadline: Instant, depth: usize) ->
         "pipeline" => {
             let mut cursor = node.walk();
             // Each stage read once; what writes a stage's input is the last stage before it
-            // that does not pass its input on (`echo 'curl x' | cat | bash`).
-            let mut writer: Option<Command> = None;
+            // that does not pass its input on (`echo 'curl x' | cat | bash`), or what such a
+            // stage reads from a here-string or here-document (`cat <<< 'curl x' | bash`).
+            let mut written: Option<String> = None;
             let mut read = false;
             for stage in node.named_children(&mut cursor).filter(|c| c.kind() != "comment") {
-                let Some(command) = Command::of(stage, src) else {
-                    (writer, read) = (None, false);
+                // A here-string is a redirect of the command itself, or of a statement around it.
+                let (body, redirected) = match stage.kind() {
+                    "redirected_statement" => (stage.child_by_field_name("body"), Some(stage)),
+                    _ => (Some(stage), Some(stage)),
+                };
+                let Some(command) = body.and_then(|body| Command::of(body, src)) else {
+                    (written, read) = (None, false);
                     continue;
                 };
                 if command.reads_code && !read {
                     read = true;
-                    if let Some(writer) = writer.as_ref().filter(|c| matches!(c.name.as_str(), "echo" | "printf")) {
-                        let text = writer.args.iter().filter(|a| !a.starts_with('-')).cloned().collect::<Vec<_>>().join("\n");
+                    if let Some(text) = &written {
                         // `echo -e 'cu\x72l x'` and `printf` write what their escapes say.
-                        let decoded = escapes(&text);
-                        if decoded != text {
-                            nested(&decoded, node, &mut sites);
+                        let mut texts = vec![text.clone()];
+                        for echo in [false, true] {
+                            let decoded = escapes(text, echo);
+                            if !texts.contains(&decoded) {
+                                texts.push(decoded);
+                            }
                         }
-                        nested(&text, node, &mut sites);
+                        for text in texts {
+                            nested(&text, node, &mut sites);
+                        }
                     }
                 }
-                if !matches!(command.name.as_str(), "cat" | "tee" | "head" | "tail" | "dd" | "stdbuf") {
-                    (writer, read) = (Some(command), false);
+                let passes_on = matches!(command.name.as_str(), "cat" | "tee" | "head" | "tail" | "dd" | "stdbuf");
+                if matches!(command.name.as_str(), "echo" | "printf") {
+                    (written, read) = (Some(command.args.iter().filter(|a| !a.starts_with('-')).cloned().collect::<Vec<_>>().join("\n")), false);
+                } else if let (true, Some(text)) = (passes_on, redirected.and_then(|r| here_text(r, src))) {
+                    (written, read) = (Some(text), false);
+                } else if !passes_on {
+                    (written, read) = (None, false);
                 }
             }
         }
         _ => {}
     });
     (complete && !late).then_some(sites)
+}
+
+/// What a command reads from its here-strings and here-documents (`cat <<< 'x'`).
+fn here_text(redirected: Node<'_>, src: &[u8]) -> Option<String> {
+    let mut cursor = redirected.walk();
+    let mut texts = Vec::new();
+    for redirect in redirected.children_by_field_name("redirect", &mut cursor) {
+        let mut parts = redirect.walk();
+        for part in redirect.named_children(&mut parts) {
+            match part.kind() {
+                "heredoc_body" => texts.extend(part.utf8_text(src).ok().map(str::to_owned)),
+                "raw_string" | "string" | "word" | "concatenation" if redirect.kind() == "herestring_redirect" => texts.extend(part.utf8_text(src).ok().map(word)),
+                _ => {}
+            }
+        }
+    }
+    (!texts.is_empty()).then(|| texts.join("\n"))
 }
 
 /// The code of each backquoted command substitution in `text` (a backslash escapes the next
@@ -366,8 +443,9 @@ fn wrapped(name: &str, args: &[String]) -> Option<usize> {
         return None;
     }
     let mut at = 0;
-    // `taskset MASK cmd`, `chrt PRIORITY cmd`, `flock FILE cmd`: a value before the command.
-    let mut values = usize::from(matches!(name, "taskset" | "chrt" | "flock"));
+    // `taskset MASK cmd`, `chrt PRIORITY cmd`, `flock FILE cmd`, `timeout 5 cmd` (`inf`,
+    // `1e3`, `0x10`, …): a value before the command.
+    let mut values = usize::from(matches!(name, "taskset" | "chrt" | "flock" | "timeout"));
     // `coproc NAME { ...; }` names the coprocess first.
     if name == "coproc" && args.get(1).is_some_and(|a| a == "{" || a == "(") {
         at = 1;
@@ -376,11 +454,17 @@ fn wrapped(name: &str, args: &[String]) -> Option<usize> {
         if matches!(arg.as_str(), "{" | "(" | "!") {
             // The grammar reads `time { curl x; }` as arguments of `time`.
             at += 1;
-        } else if valued.contains(&arg.as_str()) {
-            at += 2;
         } else if arg == "--" {
             return (at + 1 < args.len()).then_some(at + 1);
-        } else if arg.starts_with('-') || arg.contains('=') || (name == "timeout" && arg.chars().all(|c| c.is_ascii_digit() || ".smhd".contains(c))) {
+        } else if arg.starts_with('-') && arg.len() > 1 {
+            // An option whose value is the next argument: `-u root`, `-vu root` (a cluster
+            // ending in it), `--user root`, `--us root` (any start of a long name).
+            let takes_next = valued.iter().any(|option| match option.strip_prefix("--") {
+                Some(_) => matches!(option_value(arg, None, option), Some(None)),
+                None => matches!(option_value(arg, option.strip_prefix('-').and_then(|l| l.chars().next()), ""), Some(None)),
+            });
+            at += if takes_next { 2 } else { 1 };
+        } else if arg.contains('=') {
             at += 1;
         } else if values > 0 {
             values -= 1;
@@ -395,8 +479,119 @@ fn wrapped(name: &str, args: &[String]) -> Option<usize> {
 /// A command's name as it runs: quotes and escapes removed (`'cu'rl`, `c\url`), and
 /// `/usr/bin/curl` is `curl`.
 fn command_name(name: &str) -> String {
-    let name = word(name);
-    name.rsplit('/').next().unwrap_or(&name).to_owned()
+    command_names(name).swap_remove(0)
+}
+
+/// The names a command word may run as, the first being the name: quotes and escapes
+/// removed, braces expanded (`cu{r,}l` runs `curl`; the others are kept as names too, which
+/// only ever adds findings), each by its last path component. A glob that could be a command
+/// this check reads for what it runs (a wrapper, a shell: `/usr/bin/en?`, `/bin/[s]h`) is read
+/// as that command; rules still see the glob itself (see `could_name`).
+fn command_names(raw: &str) -> Vec<String> {
+    let words = match braces(&word(raw)) {
+        Some(words) => words,
+        // Too long to work out: it could be any command.
+        None => vec!["*".to_owned()],
+    };
+    let mut names: Vec<String> = words.iter().map(|w| w.rsplit('/').next().unwrap_or(w).to_owned()).collect();
+    if super::is_glob(&names[0]) && names[0].len() <= super::MAX_GLOB_BYTES {
+        let glob: Vec<char> = names[0].chars().collect();
+        let special = WRAPPERS.iter().map(|(name, _)| *name).chain(SHELLS.iter().copied()).chain(READERS.iter().copied());
+        if let Some(known) = special.into_iter().find(|known| super::glob_matches(&glob, &known.chars().collect::<Vec<_>>(), false)) {
+            names.insert(0, known.to_owned());
+        }
+    }
+    names
+}
+
+/// Commands read for what they run or write besides the wrappers and shells.
+const READERS: &[&str] = &["find", "eval", "source", ".", "trap", "alias", "flock", "script", "mapfile", "readarray", "hash", "echo", "printf", "cat", "tee", "head", "tail", "dd"];
+
+/// The most words one brace expansion is read into (bash makes as many as it is told).
+const MAX_BRACE_WORDS: usize = 64;
+
+/// The longest word with braces that is expanded.
+const MAX_BRACE_BYTES: usize = 1024;
+
+/// `word`'s brace expansion (`a{b,c}d` is `abd acd`, `{a..c}` is `a b c`), at most
+/// [`MAX_BRACE_WORDS`] words, the first as bash makes it first; `None` for a word with braces
+/// longer than [`MAX_BRACE_BYTES`]. In bounded steps, each one pass over the word.
+fn braces(word: &str) -> Option<Vec<String>> {
+    if !word.contains('{') {
+        return Some(vec![word.to_owned()]);
+    }
+    if word.len() > MAX_BRACE_BYTES {
+        return None;
+    }
+    let (mut done, mut todo) = (Vec::new(), vec![word.to_owned()]);
+    for _ in 0..4 * MAX_BRACE_WORDS {
+        let Some(word) = todo.pop() else { break };
+        match brace_group(&word) {
+            Some((open, parts, close)) => {
+                // Last pushed is next expanded: the first part's words come first (and are
+                // the ones kept when there are too many).
+                let kept = &parts[..parts.len().min(2 * MAX_BRACE_WORDS - todo.len().min(2 * MAX_BRACE_WORDS))];
+                for part in kept.iter().rev() {
+                    todo.push(format!("{}{part}{}", &word[..open], &word[close + 1..]));
+                }
+            }
+            None => done.push(word),
+        }
+        if done.len() == MAX_BRACE_WORDS {
+            break;
+        }
+    }
+    if done.is_empty() {
+        done.push(word.to_owned());
+    }
+    Some(done)
+}
+
+/// An expandable `{...}` group of `word` (a comma at its own depth, or `x..y`), innermost
+/// first: where it opens, its parts, where it closes.
+fn brace_group(word: &str) -> Option<(usize, Vec<String>, usize)> {
+    // The open groups: where each opens, its commas, and whether it is `${...}`.
+    let mut open: Vec<(usize, Vec<usize>, bool)> = Vec::new();
+    let bytes = word.as_bytes();
+    for (at, &byte) in bytes.iter().enumerate() {
+        match byte {
+            b'{' => open.push((at, Vec::new(), at > 0 && bytes[at - 1] == b'$')),
+            b',' => {
+                if let Some((_, commas, _)) = open.last_mut() {
+                    commas.push(at);
+                }
+            }
+            b'}' => {
+                let Some((start, commas, parameter)) = open.pop() else { continue };
+                if parameter {
+                    continue;
+                }
+                let body = &word[start + 1..at];
+                if !commas.is_empty() {
+                    let mut parts = Vec::with_capacity(commas.len() + 1);
+                    let mut from = start + 1;
+                    for comma in commas {
+                        parts.push(word[from..comma].to_owned());
+                        from = comma + 1;
+                    }
+                    parts.push(word[from..at].to_owned());
+                    return Some((start, parts, at));
+                }
+                let Some((from, to)) = body.split_once("..") else { continue };
+                let parts: Vec<String> = match (from.parse::<i64>(), to.parse::<i64>(), from.chars().count(), to.chars().count()) {
+                    (Ok(a), Ok(b), _, _) => (a.min(b)..=a.max(b)).take(MAX_BRACE_WORDS).map(|n| n.to_string()).collect(),
+                    (_, _, 1, 1) => {
+                        let (a, b) = (from.chars().next().unwrap_or('a'), to.chars().next().unwrap_or('a'));
+                        (a.min(b)..=a.max(b)).take(MAX_BRACE_WORDS).map(String::from).collect()
+                    }
+                    _ => continue,
+                };
+                return Some((start, parts, at));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// A word as bash hands it to the command, when it is written plainly: quotes removed,
@@ -444,6 +639,8 @@ fn unquote(text: &str) -> Option<String> {
                 chars.next();
                 ansi_c(&mut chars, &mut out)?;
             }
+            // `$"..."` (translated) is `"..."` where there is no translation.
+            '$' if chars.peek() == Some(&'"') => {}
             '$' | '`' => return None,
             c => out.push(c),
         }
@@ -452,23 +649,26 @@ fn unquote(text: &str) -> Option<String> {
 }
 
 /// `text` with its backslash escapes decoded as `$'...'`, `echo -e` and `printf` decode them.
-fn escapes(text: &str) -> String {
+/// `echo -e` and `printf '%b'` read `\0NNN` (octal after a zero) where `$'...'` and a
+/// `printf` format read `\NNN`: `echo` says which.
+fn escapes(text: &str, echo: bool) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     // Without a closing quote the decoding runs to the end; an escape that names no
     // character ends it where it is.
-    let _ = decode(&mut chars, &mut out, None);
+    let _ = decode(&mut chars, &mut out, None, echo);
     out
 }
 
 /// The rest of a `$'...'` string, its escapes decoded, into `out`.
 fn ansi_c(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, out: &mut String) -> Option<()> {
-    decode(chars, out, Some('\''))
+    decode(chars, out, Some('\''), false)
 }
 
 /// Decodes backslash escapes from `chars` into `out` up to `end` (the end is consumed;
-/// `None` if it never comes), or to the end of `chars` when `end` is `None`.
-fn decode(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, out: &mut String, end: Option<char>) -> Option<()> {
+/// `None` if it never comes), or to the end of `chars` when `end` is `None`; `echo` reads
+/// `\0NNN` as `echo -e` does.
+fn decode(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, out: &mut String, end: Option<char>, echo: bool) -> Option<()> {
     loop {
         let Some(c) = chars.next() else { return end.is_none().then_some(()) };
         match c {
@@ -500,6 +700,7 @@ fn decode(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, out: &mut String
                     'x' => digits(chars, 16, 2, None),
                     'u' => digits(chars, 16, 4, None),
                     'U' => digits(chars, 16, 8, None),
+                    '0' if echo => digits(chars, 8, 3, None),
                     '0'..='7' => digits(chars, 8, 3, Some(escape)),
                     other => Some(other),
                 };
