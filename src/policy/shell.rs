@@ -138,7 +138,7 @@ fn code_of(name: &str, args: &[String]) -> (Option<String>, bool) {
         // that expands (`$(printf cu)rl`), whose text is the command itself.
         _ if name.contains(char::is_whitespace) && !name.contains(['$', '`']) => (Some(name.to_owned()), false),
         // `flock FILE -c 'curl x'`, `script -qc 'curl x'`: a shell runs the option's value.
-        "flock" | "script" => (command_option(args), false),
+        "flock" | "script" => (valued_option(args, "-c", "--command"), false),
         // `mapfile -C 'curl x' < f` runs its callback as a command.
         "mapfile" | "readarray" => (valued_option(args, "-C", ""), false),
         shell if SHELLS.contains(&shell) => {
@@ -190,15 +190,6 @@ fn option_value<'a>(arg: &'a str, letter: Option<char>, long: &str) -> Option<Op
     }
     let rest = &cluster[at.0 + letter.len_utf8()..];
     Some((!rest.is_empty()).then_some(rest))
-}
-
-/// The value of option `-c` (also last in a cluster, `-qc`) or `--command` among `args`.
-fn command_option(args: &[String]) -> Option<String> {
-    if let Some(code) = args.iter().find_map(|a| a.strip_prefix("--command=")) {
-        return Some(code.to_owned());
-    }
-    let at = args.iter().position(|a| a == "--command" || (a.starts_with('-') && !a.starts_with("--") && a.ends_with('c')))?;
-    args.get(at + 1).cloned()
 }
 
 /// What a shell's arguments say about where its code comes from.
