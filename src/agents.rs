@@ -451,18 +451,22 @@ impl Drop for Ticket {
 /// Fuel a wasm guest burns per millisecond on the reference machine (about 8 billion a second).
 const FUEL_PER_MS: f64 = 8_000_000.0;
 
-/// The fuel a quota charges for `result`'s run, whose limit was `limit`: what it reports,
-/// except for a wasm run that a timeout or a kill interrupted. Then the reported count can be
-/// stale (wasmtime keeps it in a register in a tight loop and does not write it back before
-/// the interrupt), so the run is charged at least its wall time at the reference rate, at most
-/// its limit: an agent cannot burn CPU for free by ending its runs with timeouts.
+/// The fuel a quota charges for `result`'s run, whose limit was `limit`: what it reports; a
+/// shell job, which burns no fuel, its CPU time at the reference rate, at most its limit.
+/// A run that a timeout or a kill interrupted is charged at least its wall time at that rate
+/// (at most its limit): wasmtime's count can be stale then (it keeps it in a register in a
+/// tight loop and does not write it back before the interrupt), and a shell job's processes
+/// that the cut ended were never reaped into its CPU time. An agent cannot burn CPU for free,
+/// by timeouts or with shell jobs.
 pub fn fuel_burnt(result: &crate::ExecResult, limit: u64) -> u64 {
-    let Some(reported) = result.fuel_consumed else { return 0 };
+    let at_rate = |ms: f64| (ms.max(0.0) * FUEL_PER_MS).min(u64::MAX as f64) as u64;
+    let reported = match (result.fuel_consumed, result.cpu_ms) {
+        (Some(fuel), _) => fuel,
+        (None, Some(cpu_ms)) => at_rate(cpu_ms).min(limit),
+        (None, None) => return 0,
+    };
     match result.status {
-        crate::Status::Timeout | crate::Status::Killed => {
-            let by_time = (result.wall_ms.max(0.0) * FUEL_PER_MS).min(u64::MAX as f64) as u64;
-            reported.max(by_time.min(limit))
-        }
+        crate::Status::Timeout | crate::Status::Killed => reported.max(at_rate(result.wall_ms).min(limit)),
         _ => reported,
     }
 }
@@ -617,6 +621,22 @@ mod tests {
         assert_eq!(fuel_burnt(&ran(198_300, crate::Status::Timeout, 2000.0), u64::MAX), 16_000_000_000);
         assert_eq!(fuel_burnt(&ran(198_300, crate::Status::Killed, 2000.0), 1_000_000), 1_000_000, "never past its limit");
         assert_eq!(fuel_burnt(&ran(198_300, crate::Status::Ok, 2000.0), u64::MAX), 198_300);
+    }
+
+    /// An outside review: shell jobs never counted against `fuel_per_hour`.
+    #[test]
+    fn a_shell_job_is_charged_its_cpu_time_and_a_cut_one_at_least_its_wall_time() {
+        let shell = |cpu_ms: f64, status: crate::Status, wall_ms: f64| crate::ExecResult {
+            cpu_ms: Some(cpu_ms),
+            wall_ms,
+            ..crate::ExecResult::not_run(Language::Shell, status, String::new())
+        };
+        assert_eq!(fuel_burnt(&shell(1500.0, crate::Status::Ok, 1600.0), u64::MAX), 12_000_000_000);
+        assert_eq!(fuel_burnt(&shell(1.0, crate::Status::Ok, 5000.0), u64::MAX), 8_000_000, "sleeping is not charged");
+        assert_eq!(fuel_burnt(&shell(1.0, crate::Status::Timeout, 2000.0), u64::MAX), 16_000_000_000);
+        assert_eq!(fuel_burnt(&shell(9000.0, crate::Status::Error, 5000.0), 1_000), 1_000, "never past its limit");
+        let never_ran = crate::ExecResult::not_run(Language::Shell, crate::Status::Rejected, String::new());
+        assert_eq!(fuel_burnt(&never_ran, u64::MAX), 0);
     }
 
     #[test]

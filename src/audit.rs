@@ -619,12 +619,22 @@ pub struct Filter {
     pub execution_id: Option<String>,
     /// At most this many, newest first (default 100).
     pub limit: Option<usize>,
+    /// Read each row's stored code too (`store_code`). Up to a request body's size each, so
+    /// a list of many rows leaves it out (its `code` is `null`; `code_sha256` names it) and
+    /// one row's answer carries it.
+    pub code: bool,
 }
 
 /// The rows of the log at `path` that `filter` selects, newest first.
 pub fn list(path: &Path, filter: &Filter) -> Result<Vec<Row>, String> {
     let conn = open_ro(path)?;
-    let mut sql = String::from("SELECT * FROM events WHERE 1 = 1");
+    // Not selected at all when not wanted: SQLite then never reads the (overflow) pages of
+    // a row's code, which a list of thousands of 16 MiB rows would otherwise go through.
+    let code = if filter.code { "code" } else { "NULL AS code" };
+    let mut sql = format!(
+        "SELECT id, time, agent, kind, execution_id, session_id, language, code_sha256, {code}, status, exit_code, \
+         wall_ms, fuel, peak_memory_bytes, policy_decision, detail, prev_hash, hash FROM events WHERE 1 = 1"
+    );
     let mut args: Vec<String> = Vec::new();
     let mut bind = |sql: &mut String, clause: &str, value: String| {
         args.push(value);

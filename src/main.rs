@@ -384,11 +384,14 @@ fn exec(args: ExecArgs) -> ExitCode {
                 for skipped in &report.skipped {
                     wsbx::errln!("wsbx: not copied to {}: {}: {}", dir.display(), skipped.path, skipped.reason);
                 }
+                if report.skipped_truncated {
+                    wsbx::errln!("wsbx: more entries were not copied to {} than the first {} listed", dir.display(), report.skipped.len());
+                }
                 if report.truncated {
                     wsbx::errln!("wsbx: files over --max-return-bytes {} were not copied to {}", args.max_return_bytes, dir.display());
                 }
                 // `--json` says the same in the result, as a server's `return_files` does.
-                (result.files_truncated, result.files_skipped) = (report.truncated, report.skipped);
+                (result.files_truncated, result.files_skipped, result.files_skipped_truncated) = (report.truncated, report.skipped, report.skipped_truncated);
             }
             Err(e) => {
                 wsbx::errln!("wsbx: internal_error: copying the scratch directory to {}: {e}", dir.display());

@@ -342,7 +342,7 @@ pub fn audit(action: AuditAction) -> ExitCode {
                     vec![kind]
                 }
             };
-            let filter = Filter { agent, status, kinds, since: from.as_deref().map(since).transpose()?, limit: Some(limit), ..Filter::default() };
+            let filter = Filter { agent, status, kinds, since: from.as_deref().map(since).transpose()?, limit: Some(limit), code: json, ..Filter::default() };
             let rows = wsbx::audit::list(&log_path(&log)?, &filter).map_err(|e| Failed(format!("error: {e}"), EXIT_INTERNAL))?;
             if json {
                 print_json(&rows);

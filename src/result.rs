@@ -93,6 +93,10 @@ pub struct ExecResult {
     /// Fuel the request's code burnt (the interpreter's set-up excluded); `None` for shell jobs
     /// and runs that never started.
     pub fuel_consumed: Option<u64>,
+    /// CPU time (user and system) of a shell job's processes, in milliseconds: what an
+    /// agent's `fuel_per_hour` charges it, at the reference rate. `None` for wasm runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<f64>,
     /// Wall time of the request's code in milliseconds (the interpreter's set-up excluded).
     pub wall_ms: f64,
     /// Highest memory the guest held: linear memory (wasm) or maximum resident set (shell).
@@ -115,6 +119,9 @@ pub struct ExecResult {
     /// files (never followed or copied) and paths too long to reach.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files_skipped: Vec<crate::scratch::SkippedFile>,
+    /// Whether more entries were skipped than the 100 `files_skipped` lists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub files_skipped_truncated: bool,
     /// The session the run was a turn of ([`crate::Session`]); absent for one-shot runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<Uuid>,
@@ -140,12 +147,14 @@ impl ExecResult {
             stdout_truncated: false,
             stderr_truncated: false,
             fuel_consumed: None,
+            cpu_ms: None,
             wall_ms: 0.0,
             peak_memory_bytes: 0,
             detail: Some(detail),
             files: None,
             files_truncated: false,
             files_skipped: Vec::new(),
+            files_skipped_truncated: false,
             disk_bytes: 0,
             session_id: None,
             turn: None,

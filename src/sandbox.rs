@@ -369,7 +369,7 @@ pub(crate) fn finish(mut result: ExecResult, scratch: &Scratch, return_files: bo
             Ok((files, report)) => {
                 result.files = Some(files);
                 result.files_truncated = report.truncated;
-                result.files_skipped = report.skipped;
+                (result.files_skipped, result.files_skipped_truncated) = (report.skipped, report.skipped_truncated);
             }
             Err(e) => {
                 result.status = Status::InternalError;
@@ -473,12 +473,14 @@ pub(crate) fn assemble(request: &ExecRequest, outcome: Outcome) -> ExecResult {
         stdout_truncated: outcome.stdout_truncated,
         stderr_truncated: outcome.stderr_truncated,
         fuel_consumed: outcome.fuel_consumed,
+        cpu_ms: outcome.cpu_ms,
         wall_ms: outcome.wall_ms,
         peak_memory_bytes: outcome.peak_memory_bytes,
         detail: outcome.detail,
         files: None,
         files_truncated: false,
         files_skipped: Vec::new(),
+        files_skipped_truncated: false,
         disk_bytes: 0,
         session_id: None,
         turn: None,

@@ -308,6 +308,70 @@ async fn admin_kill_ends_python_javascript_and_shell_promptly_and_cleans_up() {
     assert_eq!(rows.as_array().map(Vec::len), Some(3), "{rows}");
 }
 
+/// An outside review: shell jobs burnt CPU without counting against `fuel_per_hour`. They are
+/// charged their CPU time at the reference rate, and a budget spent by them refuses the next.
+#[tokio::test(flavor = "multi_thread")]
+async fn shell_jobs_count_against_fuel_per_hour_by_their_cpu_time() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2.4 CPU-seconds' worth: a job of about a second of CPU leaves too little for a second one.
+    let path = config(dir.path(), "", &[("a", "fuel_per_hour = 2000000000\n")]);
+    let server = serve(&path, dir.path());
+    let client = reqwest::Client::new();
+    let busy = json!({"language": "shell", "code": "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; echo done", "limits": {"fuel": 2000000000}});
+    let first = run(&client, &server, "a-token", busy.clone()).await;
+    assert_eq!(first.body["status"], "ok", "{}", first.body);
+    assert!(first.body["fuel_consumed"].is_null(), "{}", first.body);
+    let cpu_ms = first.body["cpu_ms"].as_f64().unwrap_or_else(|| panic!("no cpu_ms: {}", first.body));
+    assert!(cpu_ms > 50.0, "a busy loop used {cpu_ms} ms of CPU");
+    let agents = send(client.get(server.url("/v1/agents")), ADMIN).await.body;
+    let charged = agents[0]["fuel_last_hour"].as_f64().unwrap();
+    let expected = (cpu_ms * 8_000_000.0).min(2e9);
+    assert!((charged - expected).abs() <= 8_000_000.0, "charged {charged}, its CPU time is worth {expected}");
+    // Until the budget is spent, the next job runs with what is left; after, it is refused.
+    let mut refused = None;
+    for _ in 0..40 {
+        let next = run(&client, &server, "a-token", busy.clone()).await;
+        if next.status == 429 {
+            refused = Some(next);
+            break;
+        }
+    }
+    let refused = refused.expect("shell jobs never spent the hour's fuel");
+    assert!(refused.body["error"].as_str().unwrap().contains("fuel_per_hour"), "{}", refused.body);
+}
+
+/// Stored code can be as large as a request body: a list of thousands of rows carrying it
+/// grew the server by 168 MB an answer (an outside review: ten at once, 3 GB). A list leaves
+/// it out; one execution's row, and the operator's own `wsbx audit list --json`, carry it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_of_finished_runs_leaves_their_stored_code_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), "", &[("a", "")]);
+    let text = std::fs::read_to_string(&path).unwrap().replace("[audit]\n", "[audit]\nstore_code = true\n");
+    std::fs::write(&path, text).unwrap();
+    let server = serve(&path, dir.path());
+    let client = reqwest::Client::new();
+    let code = format!("# {}\nprint(1)", "x".repeat(100_000));
+    let answer = run(&client, &server, "a-token", python(&code)).await;
+    assert_eq!(answer.body["status"], "ok", "{}", answer.body);
+    let id = answer.body["id"].as_str().unwrap().to_owned();
+    let db = dir.path().join("audit.db");
+    audited(&db, 1).await;
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(code.as_bytes()));
+    for token in [ADMIN, "a-token"] {
+        let list = send(client.get(server.url("/v1/executions?state=finished")), token).await.body;
+        let row = list.as_array().and_then(|rows| rows.iter().find(|r| r["execution_id"] == id.as_str())).unwrap_or_else(|| panic!("no row for {id}"));
+        assert!(row["code"].is_null(), "the list carried the code");
+        assert_eq!(row["code_sha256"], sha256.as_str());
+        let one = send(client.get(server.url(&format!("/v1/executions/{id}"))), token).await.body;
+        assert_eq!(one["code"], code.as_str());
+    }
+    let (status, out, err) = wsbx(&["audit", "list", "--db", db.to_str().unwrap(), "--json"]);
+    assert_eq!(status, 0, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    assert!(rows.as_array().unwrap().iter().any(|r| r["code"] == code.as_str()), "wsbx audit list --json lost the code");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_rows_match_the_runs_and_verify_names_a_tampered_row() {
     let dir = tempfile::tempdir().unwrap();

@@ -267,6 +267,17 @@ fn a_shell_guest_cannot_lock_its_session_out_of_its_directory() {
     assert_eq!(after.stdout, "kept\n");
 }
 
+/// Firejail refuses a home whose `.bashrc` is a link: a guest that left one saw every later
+/// turn fail as `internal_error` (an outside review). The link is dropped before the turn.
+#[test]
+fn a_shell_guests_bashrc_link_does_not_break_its_later_turns() {
+    let mut s = start(Language::Shell);
+    assert_status(&turn(&mut s, "echo kept > f; rm -f .bashrc; ln -s /etc/passwd .bashrc"), Status::Ok);
+    let after = turn(&mut s, "cat f; if test -L .bashrc; then echo still a link; fi");
+    assert_status(&after, Status::Ok);
+    assert_eq!(after.stdout, "kept\n");
+}
+
 /// A turn may not shrink the directory below what it holds: refused with a message that says
 /// so (and no host path), and the session goes on.
 #[test]

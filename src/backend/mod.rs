@@ -30,6 +30,8 @@ pub struct Outcome {
     pub stderr_truncated: bool,
     /// Fuel burnt, for backends that meter it.
     pub fuel_consumed: Option<u64>,
+    /// CPU time the guest's processes used, for backends that run processes (shell).
+    pub cpu_ms: Option<f64>,
     /// Wall time of the guest in milliseconds.
     pub wall_ms: f64,
     /// Highest memory the guest held, in bytes.
@@ -49,6 +51,7 @@ impl Outcome {
             stdout_truncated: false,
             stderr_truncated: false,
             fuel_consumed: None,
+            cpu_ms: None,
             wall_ms: 0.0,
             peak_memory_bytes: 0,
             detail: Some(detail.into()),

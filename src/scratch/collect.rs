@@ -28,7 +28,7 @@ const MAX_PATH_BYTES: usize = 32 << 20;
 /// fields), counted against the result's cap so that many empty files cannot make a result
 /// of any size.
 const ENTRY_BYTES: u64 = 100;
-/// Skipped entries reported by name at most (the count beyond is summarised).
+/// Skipped entries reported by name at most (beyond, the report says the list is cut).
 const MAX_REPORTED: usize = 100;
 
 /// A file of the scratch directory that was not returned or copied, and why.
@@ -45,14 +45,19 @@ pub struct SkippedFile {
 pub struct Report {
     /// Files left out because the byte cap was reached.
     pub truncated: bool,
-    /// Entries that could not or must not leave (links, special files, unreachable paths).
+    /// Entries that could not or must not leave (links, special files, unreachable paths):
+    /// the first 100 found.
     pub skipped: Vec<SkippedFile>,
+    /// Whether more entries were skipped than `skipped` lists.
+    pub skipped_truncated: bool,
 }
 
 impl Report {
     fn skip(&mut self, rel: &Path, reason: impl Into<String>) {
         if self.skipped.len() < MAX_REPORTED {
             self.skipped.push(SkippedFile { path: escape_path(rel), reason: reason.into() });
+        } else {
+            self.skipped_truncated = true;
         }
     }
 }
@@ -214,7 +219,8 @@ fn json_len(text: &str) -> u64 {
 ///
 /// Files are written `0644` (`0755` when the guest's file was executable by anyone), directories
 /// `0755`; when wsbx runs as root, what it creates belongs to the owner of `dest`, the caller's
-/// directory. Nothing in `dest` is followed through a link either.
+/// directory. Nothing in `dest` is followed through a link either, and a file already there
+/// is replaced by a new one, never written into (it may be a hard link to a file elsewhere).
 pub fn copy_out(scratch: &Path, dest: &Path, max_bytes: u64) -> io::Result<Report> {
     std::fs::create_dir_all(dest)?;
     let root = guarded::open_root(scratch)?;
@@ -285,20 +291,36 @@ fn copy_file(
     }
     let mode = if stat.st_mode & 0o111 != 0 { 0o755 } else { 0o644 };
     let (parent, name) = parent_of(dest, rel)?;
-    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(&parent, name, flags, Mode::from_raw_mode(mode))?;
-    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "the destination exists and is not a regular file"));
+    // What is already there is replaced, never written through: a hard link in `dest` to a
+    // file elsewhere (`ln /etc/x dest/out.csv`) must not get the guest's bytes, our mode or
+    // `dest`'s owner. So the content goes to a new file of ours, renamed over the name once
+    // complete (which also means no half-written file under the name). Anything but a
+    // regular file in the way is refused, as links and FIFOs always were.
+    match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(existing) if FileType::from_raw_mode(existing.st_mode) != FileType::RegularFile => {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the destination exists and is not a regular file"));
+        }
+        Ok(_) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
     }
-    rustix::fs::ftruncate(&fd, 0)?;
-    // An existing file keeps its mode through O_CREAT: set it, so no setuid bit survives.
-    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
-    if let Some((uid, gid)) = owner {
-        rustix::fs::fchown(&fd, Some(uid), Some(gid))?;
+    let temporary = format!(".wsbx-{}.tmp", uuid::Uuid::new_v4().simple());
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(&parent, temporary.as_str(), flags, Mode::from_raw_mode(mode))?;
+    let written = (|| {
+        // The umask may have taken bits off the mode O_CREAT gave.
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+        if let Some((uid, gid)) = owner {
+            rustix::fs::fchown(&fd, Some(uid), Some(gid))?;
+        }
+        let mut out = File::from(fd);
+        io::copy(&mut source.take(size), &mut out)?;
+        out.flush()?;
+        Ok::<_, io::Error>(rustix::fs::renameat(&parent, temporary.as_str(), &parent, name)?)
+    })();
+    if written.is_err() {
+        let _ = rustix::fs::unlinkat(&parent, temporary.as_str(), AtFlags::empty());
     }
-    let mut out = File::from(fd);
-    io::copy(&mut source.take(size), &mut out)?;
-    out.flush()
+    written
 }
 
 /// A scratch path as text, unambiguously: valid UTF-8 names without a backslash are kept as
@@ -386,6 +408,43 @@ mod tests {
         assert!(std::fs::symlink_metadata(out.path().join("fifo")).is_err());
         let skipped: Vec<_> = report.skipped.iter().map(|s| s.path.as_str()).collect();
         assert_eq!(skipped, ["fifo", "link"]);
+    }
+
+    /// An outside review: `ln victim DIR/real` and a guest writing `real` gave `victim` the
+    /// guest's bytes, mode 0644 and DIR's owner.
+    #[test]
+    fn copy_out_replaces_a_hard_link_in_dest_and_never_writes_through_it() {
+        let scratch = tempfile::tempdir().unwrap();
+        std::fs::write(scratch.path().join("real"), "GUEST\n").unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let victim = elsewhere.path().join("victim");
+        std::fs::write(&victim, "ORIGINAL\n").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        std::fs::hard_link(&victim, out.path().join("real")).unwrap();
+        let report = copy_out(scratch.path(), out.path(), u64::MAX).unwrap();
+        assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "ORIGINAL\n");
+        assert_eq!(std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777, 0o600);
+        assert_eq!(std::fs::read_to_string(out.path().join("real")).unwrap(), "GUEST\n");
+        // Only the file: no temporary left beside it.
+        let names: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["real"]);
+    }
+
+    #[test]
+    fn skipped_entries_past_the_hundredth_are_flagged_not_dropped_silently() {
+        let scratch = tempfile::tempdir().unwrap();
+        for n in 0..150 {
+            std::os::unix::fs::symlink("/etc/passwd", scratch.path().join(format!("link{n}"))).unwrap();
+        }
+        let (_, report) = collect(scratch.path(), u64::MAX).unwrap();
+        assert_eq!(report.skipped.len(), MAX_REPORTED);
+        assert!(report.skipped_truncated);
+        let few = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", few.path().join("one")).unwrap();
+        let (_, report) = collect(few.path(), u64::MAX).unwrap();
+        assert_eq!((report.skipped.len(), report.skipped_truncated), (1, false));
     }
 
     #[test]

@@ -121,7 +121,7 @@ async fn show(State(state): State<Arc<AppState>>, Extension(caller): Extension<C
         return Ok(Json(serde_json::to_value(run).unwrap_or_default()));
     }
     if state.audit.is_some() {
-        let filter = Filter { execution_id: Some(key.to_string()), kinds: vec![Kind::Run, Kind::Turn, Kind::PolicyDeny], limit: Some(1), ..Filter::default() };
+        let filter = Filter { execution_id: Some(key.to_string()), kinds: vec![Kind::Run, Kind::Turn, Kind::PolicyDeny], limit: Some(1), code: true, ..Filter::default() };
         if let Some(row) = finished(&state, filter).await?.into_iter().find(|r| caller.may_manage(&r.event.agent)) {
             return Ok(Json(serde_json::to_value(row).unwrap_or_default()));
         }

@@ -454,6 +454,7 @@ impl FirejailBackend {
     /// Starts a sandbox for a job with `limits` in `scratch`: hands the directory to the job
     /// user, makes the job's control group, writes the profile, spawns Firejail.
     fn start(&self, limits: &crate::Limits, scratch: &Path) -> Result<Jail, Outcome> {
+        drop_bashrc_link(scratch);
         if let Some((uid, gid)) = self.user {
             if let Err(e) = chown_tree(scratch, uid, gid) {
                 return Err(Outcome::failed(Status::InternalError, format!("handing the scratch directory to {JOB_USER}: {e}")));
@@ -550,6 +551,10 @@ impl FirejailBackend {
             stdout_truncated,
             stderr_truncated,
             fuel_consumed: None,
+            // Firejail's own and its reaped descendants': every process of a job that ended by
+            // itself. Processes a cut (deadline, kill) ended are partly missing: quotas charge
+            // such a job at least its wall time (`agents::fuel_burnt`).
+            cpu_ms: Some(cpu_ms(&usage)),
             wall_ms,
             // The group measures the job; without one, Firejail's maximum resident set (which
             // may include what its process inherited from wsbx at fork) is the best there is.
@@ -628,6 +633,12 @@ fn wait_until(pid: libc::pid_t, deadline: Instant, handle: Option<&RunHandle>) -
     }
 }
 
+/// The user and system CPU time in `usage`, in milliseconds.
+fn cpu_ms(usage: &libc::rusage) -> f64 {
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+    ms(usage.ru_utime) + ms(usage.ru_stime)
+}
+
 /// Set when the process is asked to stop (the CLI's signal handling): running shell jobs are
 /// killed at once instead of outliving wsbx.
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -685,6 +696,19 @@ fn drop_untouched_skel(scratch: &Path) {
         if guarded::read_bounded(root.as_fd(), Path::new(name), limit).ok().as_deref() == Some(content) {
             let _ = rustix::fs::unlinkat(&root, name, rustix::fs::AtFlags::empty());
         }
+    }
+}
+
+/// Firejail will not start over a home whose `.bashrc` is a symbolic link ("invalid
+/// .bashrc file"). A shell session's job can leave one for its next turn, which would then
+/// fail, and every turn after it, as wsbx's own error: the link (which no turn could use) is
+/// removed before the sandbox starts. Anything else named `.bashrc` is left as it is.
+fn drop_bashrc_link(scratch: &Path) {
+    let Ok(root) = guarded::open_root(scratch) else { return };
+    let link = rustix::fs::statat(&root, ".bashrc", rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|stat| rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Symlink);
+    if link {
+        let _ = rustix::fs::unlinkat(&root, ".bashrc", rustix::fs::AtFlags::empty());
     }
 }
 

@@ -338,6 +338,7 @@ fn measure(
         stdout_truncated,
         stderr_truncated,
         fuel_consumed: Some(fuel_consumed),
+        cpu_ms: None,
         wall_ms,
         peak_memory_bytes,
         detail,
